@@ -1,0 +1,101 @@
+"""Captioning backends register under a name; captioners load by built-in name or folder.
+
+A captioner folder holds `config.json` whose "backend" key names the registered class
+(Hugging Face style). Built-in captioners live in `imagetext/caption/pretrained/<name>/`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from imagetext.caption.base import Captioner
+from imagetext.models.base import read_config
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+
+# The captioner used when none is named; "default" is an alias of it.
+DEFAULT_CAPTIONER = "lite0-flickr8k"
+ALIASES = {"default": DEFAULT_CAPTIONER}
+
+# Modules imported on first use so that their classes register themselves; other packages
+# (e.g. the pretrained BLIP / ViT-GPT2 backends) append their module path here or import
+# themselves before `load_captioner` is called.
+BACKEND_MODULES = ["imagetext.caption.models"]
+
+_BACKENDS: dict[str, type[Captioner]] = {}
+
+
+def register_captioner(name: str):
+    """Class decorator: `@register_captioner("sat")` makes config.json {"backend": "sat"} load it."""
+
+    def decorator(cls: type[Captioner]) -> type[Captioner]:
+        cls.backend = name
+        _BACKENDS[name] = cls
+        return cls
+
+    return decorator
+
+
+def _import_backends() -> None:
+    for module in BACKEND_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:  # an optional backend's module may be absent
+            if exc.name != module:
+                raise
+
+
+def captioner_class(name: str) -> type[Captioner]:
+    _import_backends()
+    if name not in _BACKENDS:
+        raise ValueError(
+            f"unknown captioner backend {name!r}; known: {', '.join(sorted(_BACKENDS)) or 'none'}"
+        )
+    return _BACKENDS[name]
+
+
+def builtin_captioners() -> list[str]:
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "config.json").is_file())
+
+
+class CaptionerNotFoundError(LookupError):
+    pass
+
+
+def resolve_captioner(name_or_path: str | os.PathLike | None) -> Path:
+    """Turn a built-in name, an alias or a folder path into a captioner folder."""
+    name = str(name_or_path or DEFAULT_CAPTIONER)
+    name = ALIASES.get(name, name)
+    builtin = PRETRAINED_DIR / name
+    if (builtin / "config.json").is_file():
+        return builtin
+    path = Path(name).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    raise CaptionerNotFoundError(
+        f"captioner {name!r} not found. Looked for a built-in captioner at {builtin} "
+        f"(available: {', '.join(builtin_captioners()) or 'none'}) and for a folder with "
+        f"config.json at {path.resolve()}"
+    )
+
+
+_CACHE: dict[str, Captioner] = {}
+
+
+def load_captioner(name_or_path: str | os.PathLike | None = None, cache: bool = True) -> Captioner:
+    """Load a captioner by built-in name, alias ("default") or folder path (None = default)."""
+    folder = resolve_captioner(name_or_path)
+    key = str(folder.resolve())
+    if cache and key in _CACHE:
+        return _CACHE[key]
+    config = read_config(folder)
+    if "backend" not in config:
+        raise ValueError(f"{folder / 'config.json'} has no \"backend\" key naming the captioner class")
+    captioner = captioner_class(config["backend"]).from_pretrained(folder)
+    if cache:
+        _CACHE[key] = captioner
+    return captioner
