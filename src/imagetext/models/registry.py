@@ -32,6 +32,8 @@ def register_backend(name: str):
 def _import_builtin_backends() -> None:
     # imported lazily so that `imagetext --help` does not import torch
     import imagetext.models.conse  # noqa: F401
+    import imagetext.models.hf_clip  # noqa: F401
+    import imagetext.models.onnx_backend  # noqa: F401
 
 
 def backend_class(name: str) -> type[ImageTextEncoder]:
@@ -51,8 +53,10 @@ class ModelNotFoundError(LookupError):
     pass
 
 
-def resolve_model(name_or_path: str | os.PathLike | None) -> Path:
-    """Turn a built-in name, an alias or a folder path into a model folder."""
+def resolve_model(name_or_path: str | os.PathLike | None, allow_download: bool | None = None) -> Path:
+    """Turn a built-in name, an alias, a folder path or a Hugging Face hub id into a model
+    folder. A hub id resolves from the local HF cache; it is downloaded only when allowed
+    (`allow_download=True` or IMAGETEXT_ALLOW_DOWNLOAD=1; see imagetext.models.hub)."""
     name = str(name_or_path or DEFAULT_MODEL)
     name = ALIASES.get(name, name)
     builtin = PRETRAINED_DIR / name
@@ -61,6 +65,13 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> Path:
     path = Path(name).expanduser()
     if (path / "config.json").is_file():
         return path
+    from imagetext.models import hub
+
+    if hub.is_hub_id(name) and not path.exists():
+        return hub.resolve_hub_model(name, allow_download, looked=[
+            f"a built-in model (available: {', '.join(builtin_models()) or 'none'})",
+            f"a folder with config.json at {path.resolve()}",
+        ])
     looked = [str(builtin), str(path.resolve())]
     raise ModelNotFoundError(
         f"model {name!r} not found. Looked for a built-in model "
@@ -69,17 +80,39 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> Path:
     )
 
 
+# transformers folders (config.json with "model_type" but no "backend") that load as encoders
+HF_MODEL_TYPES = {"clip": "hf-clip", "siglip": "hf-clip"}
+HF_CAPTIONER_TYPES = {"blip", "vision-encoder-decoder"}
+
+
+def backend_for_config(config: dict, folder: str | os.PathLike) -> str:
+    """The backend named by config.json, or the one that reads this transformers model type."""
+    if "backend" in config:
+        return config["backend"]
+    model_type = config.get("model_type")
+    if model_type in HF_MODEL_TYPES:
+        return HF_MODEL_TYPES[model_type]
+    if model_type in HF_CAPTIONER_TYPES:
+        raise ValueError(f"{folder} holds a captioning model ({model_type}), not an image-text "
+                         "encoder; use it with `imagetext caption --model`")
+    raise ValueError(
+        f"{Path(folder) / 'config.json'} has no \"backend\" key, and its model_type "
+        f"{model_type!r} is not an image-text model imagetext can load "
+        f"(supported transformers types: {', '.join(sorted(HF_MODEL_TYPES))})")
+
+
 _CACHE: dict[str, ImageTextEncoder] = {}
 
 
-def load_encoder(name_or_path: str | os.PathLike | None = None, cache: bool = True) -> ImageTextEncoder:
-    """Load an image-text encoder by built-in name, alias or folder path."""
-    folder = resolve_model(name_or_path)
+def load_encoder(name_or_path: str | os.PathLike | None = None, cache: bool = True,
+                 allow_download: bool | None = None) -> ImageTextEncoder:
+    """Load an image-text encoder by built-in name, alias, folder path or hub id."""
+    folder = resolve_model(name_or_path, allow_download)
     key = str(folder.resolve())
     if cache and key in _CACHE:
         return _CACHE[key]
     config = read_config(folder)
-    encoder = backend_class(config["backend"]).from_pretrained(folder)
+    encoder = backend_class(backend_for_config(config, folder)).from_pretrained(folder)
     if cache:
         _CACHE[key] = encoder
     return encoder
