@@ -1,0 +1,455 @@
+"""The imagetext web app: server-rendered pages + a JSON API over `imagetext.api`.
+
+    from imagetext.web import create_app
+    app = create_app("~/Pictures")          # then: uvicorn.run(app)
+
+Pages (HTML + CSS, a little plain JS): /search, /similar, /caption, /classify and
+/images/{id}. JSON API under /api (documented at /docs). Only files of the indexed
+collection are ever served, and only by id; uploads are size-limited and decoded as
+images before any model sees them. Every error reaches the client as a readable
+message (JSON for /api, a page otherwise), never as a stack trace.
+"""
+
+# no `from __future__ import annotations`: FastAPI must see the closures' Query bounds
+import logging
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from imagetext.io.images import ImageLoadError
+from imagetext.web.service import CLASSIFY_TEMPLATE, WebService, decode_upload, preview_data_url
+from imagetext.web.thumbnails import THUMBNAIL_SIZES, ThumbnailCache
+from imagetext.web.validation import (
+    UserError,
+    check_int,
+    check_k,
+    check_query,
+    check_template,
+    check_threshold,
+    parse_labels,
+    read_upload,
+)
+
+log = logging.getLogger("imagetext.web")
+
+HERE = Path(__file__).parent
+DEFAULT_K = 12
+MAX_BEAM = 8
+MAX_RANK_IMAGES = 64
+MAX_ID = 2**62  # image ids are SQLite integers
+REQUEST_OVERHEAD_BYTES = 256 * 1024  # multipart boundaries and the small form fields
+
+
+def _moderation_labels() -> list[str]:
+    from imagetext.api import MODERATION_LABELS
+
+    return list(MODERATION_LABELS)
+
+
+def _default_moderation_threshold() -> float:
+    from imagetext.api import DEFAULT_MODERATION_THRESHOLD
+
+    return DEFAULT_MODERATION_THRESHOLD
+
+
+_TOO_LARGE_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Upload too large · imagetext</title><link rel="stylesheet" href="/static/style.css">
+</head><body><main class="page"><div class="alert alert-error" role="alert">{message}</div>
+<p><a href="javascript:history.back()">Go back</a></p></main></body></html>"""
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse a request whose declared body is over the upload limit.
+
+    Checked on Content-Length before anything is read, so a huge upload is turned away
+    without being spooled to disk; `read_upload` checks the actual size as well.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_bytes:
+                message = (f"The request is {int(length) / 1e6:.1f} MB; uploads are limited to "
+                           f"{self.max_bytes / 1e6:.1f} MB.")
+                if scope["path"].startswith("/api/"):
+                    response = JSONResponse({"detail": message}, status_code=413)
+                else:
+                    response = HTMLResponse(_TOO_LARGE_PAGE.format(message=message),
+                                            status_code=413)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(
+    collection_root: str | os.PathLike,
+    model: Any = None,
+    *,
+    index_dir: str | os.PathLike | None = None,
+    captioner: Any = "auto",
+    max_upload_mb: float = 20.0,
+    max_k: int = 200,
+    thumbnail_dir: str | os.PathLike | None = None,
+) -> FastAPI:
+    """Build the web app for the collection at `collection_root`.
+
+    model: encoder name, folder or loaded encoder (None = the embedded default).
+    index_dir: where the index lives (default `<root>/.imagetext/`).
+    captioner: "auto" (the installed default captioner, if any), a captioner name or
+        folder, a loaded captioner, or None to switch captioning off.
+    max_upload_mb: upload limit per request; max_k: the most results one query may ask for.
+    thumbnail_dir: thumbnail cache (default `<index_dir>/thumbnails`).
+    The collection is opened (not re-indexed) here; `imagetext serve` indexes first.
+    """
+    service = WebService(collection_root, model=model, index_dir=index_dir, captioner=captioner)
+    index_folder = Path(index_dir) if index_dir else service.root / ".imagetext"
+    thumbnails = ThumbnailCache(thumbnail_dir or index_folder / "thumbnails")
+    max_upload_bytes = int(max_upload_mb * 1_000_000)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # load the captioner while the first page is being looked at, not on first use
+        service._worker.submit(service.load_captioner)
+        yield
+        service.close()
+
+    app = FastAPI(
+        title="imagetext",
+        description=(
+            "Caption images and search a photo collection by text and by image, offline on "
+            "a CPU. Uploads are limited to "
+            f"{max_upload_mb:g} MB per request; only images of the indexed collection are "
+            "served, by id."
+        ),
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_middleware(BodySizeLimit, max_bytes=max_upload_bytes + REQUEST_OVERHEAD_BYTES)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    # -- errors: readable messages, JSON for the API and a page for people ------------
+    def wants_json(request: Request) -> bool:
+        return request.url.path.startswith("/api/") or request.url.path == "/api"
+
+    async def error_response(request: Request, status: int, message: str, extra=None):
+        if wants_json(request):
+            return JSONResponse({"detail": message, **(extra or {})}, status_code=status)
+        return await render(request, "error.html", {"error": message, "code": status},
+                            status=status, tab=None)
+
+    @app.exception_handler(UserError)
+    async def on_user_error(request: Request, exc: UserError):
+        return await error_response(request, exc.status, exc.message)
+
+    @app.exception_handler(ImageLoadError)
+    async def on_image_error(request: Request, exc: ImageLoadError):
+        return await error_response(request, 400, f"Not a usable image: {exc.reason}.")
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError):
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "body", "path"))
+            got = err.get("input")
+            shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and got != "" else ""
+            problems.append(f"{where or 'request'}: {err.get('msg', 'invalid value')}{shown}")
+        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        return await error_response(request, 422, "; ".join(problems), {"errors": errors})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"There is no page at {request.url.path}."
+        return await error_response(request, exc.status_code, message)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return await error_response(
+            request, 500, f"Something went wrong on the server ({type(exc).__name__}); "
+            "the details are in the server log.")
+
+    # -- page helpers -------------------------------------------------------------------
+    async def render(request: Request, template: str, context: dict, status: int = 200,
+                     tab: str | None = "search") -> HTMLResponse:
+        try:
+            server_status = await service.call(service.status)
+        except Exception:  # the status line must never take an error page down with it
+            log.exception("status failed")
+            server_status = None
+        context = {"tab": tab, "server": server_status, "max_upload_mb": max_upload_mb,
+                   "max_k": max_k, **context}
+        return templates.TemplateResponse(request, template, context, status_code=status)
+
+    async def upload_image(file: UploadFile | None):
+        data = await read_upload(file, max_upload_bytes)
+        return await run_in_threadpool(decode_upload, data)
+
+    # ======================================================================================
+    # Pages
+    # ======================================================================================
+    @app.get("/", include_in_schema=False)
+    async def home(request: Request):
+        return await search_page(request)
+
+    @app.get("/search", response_class=HTMLResponse, include_in_schema=False)
+    async def search_page(request: Request, q: str | None = None, k: str | None = None):
+        context: dict = {"q": q or "", "k": k or DEFAULT_K, "results": None}
+        status = 200
+        if q is not None:
+            try:
+                query = check_query(q)
+                context["k"] = check_k(k, max_k, DEFAULT_K)
+                context["results"] = await service.call(service.search, query, context["k"])
+            except UserError as exc:
+                context["error"], status = exc.message, exc.status
+        return await render(request, "search.html", context, status, tab="search")
+
+    @app.get("/similar", response_class=HTMLResponse, include_in_schema=False)
+    async def similar_page(request: Request, id: str | None = None, k: str | None = None):
+        context: dict = {"k": k or DEFAULT_K, "results": None, "query_image": None}
+        status = 200
+        if id is not None:
+            try:
+                image_id = check_int(id, "id", 0, MAX_ID, 0)
+                context["k"] = check_k(k, max_k, DEFAULT_K)
+                context["query_image"] = await service.call(service.record, image_id)
+                context["results"] = await service.call(service.similar, image_id, context["k"])
+            except UserError as exc:
+                context["error"], status = exc.message, exc.status
+        return await render(request, "similar.html", context, status, tab="similar")
+
+    @app.post("/similar", response_class=HTMLResponse, include_in_schema=False)
+    async def similar_upload_page(request: Request, file: UploadFile | None = File(None),
+                                  k: str | None = Form(None)):
+        context: dict = {"k": k or DEFAULT_K, "results": None, "query_image": None}
+        status = 200
+        try:
+            context["k"] = check_k(k, max_k, DEFAULT_K)
+            image = await upload_image(file)
+            context["upload_preview"] = await run_in_threadpool(preview_data_url, image)
+            context["upload_name"] = file.filename
+            context["results"] = await service.call(service.similar, image, context["k"])
+        except UserError as exc:
+            context["error"], status = exc.message, exc.status
+        return await render(request, "similar.html", context, status, tab="similar")
+
+    @app.get("/caption", response_class=HTMLResponse, include_in_schema=False)
+    async def caption_page(request: Request):
+        await service.call(service.load_captioner)
+        return await render(request, "caption.html", {"beam_size": 3, "num_return": 3},
+                            tab="caption")
+
+    @app.post("/caption", response_class=HTMLResponse, include_in_schema=False)
+    async def caption_upload_page(request: Request, file: UploadFile | None = File(None),
+                                  beam_size: str | None = Form(None),
+                                  num_return: str | None = Form(None)):
+        context: dict = {"beam_size": beam_size or 3, "num_return": num_return or 3}
+        status = 200
+        try:
+            beams = check_int(beam_size, "beam size", 1, MAX_BEAM, 3)
+            n = check_int(num_return, "number of captions", 1, MAX_BEAM, 3)
+            context.update(beam_size=beams, num_return=n)
+            image = await upload_image(file)
+            context["upload_preview"] = await run_in_threadpool(preview_data_url, image)
+            context["upload_name"] = file.filename
+            context["result"] = await service.call(service.caption, image, beams, n)
+        except UserError as exc:
+            context["error"], status = exc.message, exc.status
+        return await render(request, "caption.html", context, status, tab="caption")
+
+    def classify_defaults() -> dict:
+        return {"labels": "", "preset": "", "threshold": f"{_default_moderation_threshold():g}",
+                "template": CLASSIFY_TEMPLATE,
+                "moderation_labels": _moderation_labels()}
+
+    @app.get("/classify", response_class=HTMLResponse, include_in_schema=False)
+    async def classify_page(request: Request):
+        context = classify_defaults()
+        context["labels"] = "cat, dog, car, building, person, food"
+        return await render(request, "classify.html", context, tab="classify")
+
+    @app.post("/classify", response_class=HTMLResponse, include_in_schema=False)
+    async def classify_upload_page(request: Request, file: UploadFile | None = File(None),
+                                   labels: str | None = Form(None),
+                                   preset: str | None = Form(None),
+                                   threshold: str | None = Form(None),
+                                   template: str | None = Form(None)):
+        context = classify_defaults()
+        context.update(labels=labels or "", preset=preset or "", threshold=threshold or "",
+                       template=template or CLASSIFY_TEMPLATE)
+        status = 200
+        try:
+            label_list, limit = classify_inputs(labels, preset, threshold)
+            prompt = check_template(template, CLASSIFY_TEMPLATE)
+            image = await upload_image(file)
+            context["upload_preview"] = await run_in_threadpool(preview_data_url, image)
+            context["upload_name"] = file.filename
+            context["result"] = await service.call(service.classify, image, label_list, prompt,
+                                                   limit)
+        except UserError as exc:
+            context["error"], status = exc.message, exc.status
+        return await render(request, "classify.html", context, status, tab="classify")
+
+    @app.get("/images/{image_id}", response_class=HTMLResponse, include_in_schema=False)
+    async def image_page(request: Request, image_id: int):
+        record = await service.call(service.record, image_id)
+        return await render(request, "image.html", {"image": record}, tab=None)
+
+    # ======================================================================================
+    # JSON API
+    # ======================================================================================
+    def classify_inputs(labels, preset, threshold) -> tuple[list[str] | None, float | None]:
+        preset = (preset or "").strip().lower()
+        if preset == "moderation":  # labels None: the preset labels, unsafe ones flaggable
+            return None, check_threshold(threshold)
+        if preset:
+            raise UserError(f"Unknown preset {preset!r}; the only preset is 'moderation'.")
+        return parse_labels(labels), check_threshold(threshold)
+
+    @app.get("/api/status", tags=["collection"])
+    async def api_status() -> dict:
+        """The model, the collection folder and how many images are indexed."""
+        return await service.call(service.status)
+
+    @app.get("/api/search", tags=["search"])
+    async def api_search(
+        q: Annotated[str, Query(description="A sentence describing the images to find.",
+                                max_length=1000)],
+        k: Annotated[int, Query(ge=1, le=max_k, description="How many results.")] = DEFAULT_K,
+    ) -> dict:
+        """Text-to-image search: the k images of the collection that best match `q`."""
+        query = check_query(q)
+        results = await service.call(service.search, query, k)
+        return {"query": query, "k": k, "results": results}
+
+    @app.get("/api/similar", tags=["search"])
+    async def api_similar_indexed(
+        id: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Id of an indexed image.")
+                      ] = None,
+        path: Annotated[str | None, Query(
+            description="A file inside the collection (relative to its root).")] = None,
+        k: Annotated[int, Query(ge=1, le=max_k)] = DEFAULT_K,
+    ) -> dict:
+        """"More like this": images similar to an indexed image (by id) or a collection file."""
+        if (id is None) == (path is None):
+            raise UserError("Give exactly one of `id` (an indexed image) or `path`.")
+        if id is not None:
+            results = await service.call(service.similar, id, k)
+            return {"id": id, "k": k, "results": results}
+        file = service.collection_path(path)
+        image_id = await service.call(service.indexed_id, file)
+        query = str(file) if image_id is None else image_id
+        results = await service.call(service.similar, query, k)
+        return {"path": service.relative(file), "k": k, "results": results}
+
+    @app.post("/api/similar", tags=["search"])
+    async def api_similar_upload(
+        file: Annotated[UploadFile, File(description="The query image.")],
+        k: Annotated[int, Form(ge=1, le=max_k)] = DEFAULT_K,
+    ) -> dict:
+        """Reverse image search: the images of the collection most similar to an upload."""
+        image = await upload_image(file)
+        results = await service.call(service.similar, image, k)
+        return {"k": k, "results": results}
+
+    @app.post("/api/caption", tags=["caption"])
+    async def api_caption(
+        file: Annotated[UploadFile, File(description="The image to caption.")],
+        beam_size: Annotated[int, Form(ge=1, le=MAX_BEAM)] = 3,
+        num_return: Annotated[int, Form(ge=1, le=MAX_BEAM)] = 1,
+    ) -> dict:
+        """Caption an uploaded image (503 when no captioner is installed)."""
+        image = await upload_image(file)
+        return await service.call(service.caption, image, beam_size, num_return)
+
+    @app.post("/api/classify", tags=["classify"])
+    async def api_classify(
+        file: Annotated[UploadFile, File(description="The image to classify.")],
+        labels: Annotated[str | None, Form(
+            description="Labels separated by commas or new lines (ignored with a preset).")] = None,
+        preset: Annotated[str | None, Form(
+            description="'moderation' for the content-moderation label set.")] = None,
+        threshold: Annotated[float | None, Form(
+            ge=0, le=1, description="Labels scoring at least this are flagged.")] = None,
+        template: Annotated[str, Form(description="Prompt with {} for the label.")] =
+            CLASSIFY_TEMPLATE,
+    ) -> dict:
+        """Zero-shot classification: softmax scores of the image over the given labels."""
+        label_list, limit = classify_inputs(labels, preset, threshold)
+        prompt = check_template(template, CLASSIFY_TEMPLATE)
+        image = await upload_image(file)
+        return await service.call(service.classify, image, label_list, prompt, limit)
+
+    @app.post("/api/rank", tags=["classify"])
+    async def api_rank(
+        prompt: Annotated[str, Form(description="A sentence to rank the images by.")],
+        files: Annotated[list[UploadFile], File(description="The images to rank.")],
+    ) -> dict:
+        """Rank uploaded images by how well they match `prompt`, best first."""
+        text = check_query(prompt, "prompt")
+        if len(files) > MAX_RANK_IMAGES:
+            raise UserError(f"{len(files)} images given; at most {MAX_RANK_IMAGES} per request.")
+        images, names = [], []
+        budget = max_upload_bytes
+        for upload in files:
+            data = await read_upload(upload, budget)
+            budget -= len(data)
+            try:
+                images.append(await run_in_threadpool(decode_upload, data))
+            except UserError as exc:
+                raise UserError(f"{upload.filename}: {exc.message}", exc.status) from None
+            names.append(upload.filename or f"image {len(names)}")
+        ranked = await service.call(service.rank, text, images, names)
+        return {"prompt": text, "results": ranked}
+
+    @app.get("/api/images/{image_id}", tags=["collection"])
+    async def api_image_record(image_id: int) -> dict:
+        """What the index knows about one image: path, size, caption."""
+        return await service.call(service.record, image_id)
+
+    @app.get("/api/images/{image_id}/file", tags=["collection"], response_class=FileResponse)
+    async def api_image_file(image_id: int):
+        """The original file of an indexed image."""
+        path = await service.call(service.file_path, image_id)
+        return FileResponse(path, headers={"Cache-Control": "private, max-age=300"})
+
+    @app.get("/api/images/{image_id}/thumbnail", tags=["collection"],
+             response_class=FileResponse)
+    async def api_image_thumbnail(
+        image_id: int,
+        size: Annotated[int, Query(description=f"One of {THUMBNAIL_SIZES}.")] = 256,
+    ):
+        """A cached JPEG thumbnail (longest side `size`) of an indexed image."""
+        if size not in THUMBNAIL_SIZES:
+            raise UserError(f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}.")
+        path = await service.call(service.file_path, image_id)
+        thumb = await run_in_threadpool(thumbnails.get, path, size)
+        return FileResponse(thumb, media_type="image/jpeg",
+                            headers={"Cache-Control": "private, max-age=300"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return RedirectResponse("/static/favicon.svg")
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz():
+        return Response("ok", media_type="text/plain")
+
+    return app

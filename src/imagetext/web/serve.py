@@ -1,0 +1,68 @@
+"""`imagetext serve`: index a collection (incrementally), then serve the web app with uvicorn."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def index_collection(root: Path, model: Any = None, index_dir: Path | None = None) -> None:
+    """Bring the index of `root` up to date, printing what changed."""
+    from imagetext.api import Collection
+
+    collection = Collection.open(root, index_dir=index_dir, model=model)
+    try:
+        report = collection.index(progress=sys.stderr.isatty())
+        failed = list(getattr(report, "failed", []) or [])
+        print(
+            f"Indexed {root}: {len(report.added)} added, {len(report.updated)} updated, "
+            f"{len(report.removed)} removed, {len(report.unchanged)} unchanged, "
+            f"{len(failed)} failed.",
+            file=sys.stderr,
+        )
+        for path, reason in failed[:10]:
+            print(f"  skipped {path}: {reason}", file=sys.stderr)
+        if len(failed) > 10:
+            print(f"  ... and {len(failed) - 10} more", file=sys.stderr)
+    finally:
+        close = getattr(collection, "close", None)
+        if callable(close):
+            close()
+
+
+def serve(
+    collection: str | os.PathLike | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    demo: bool = False,
+    model: str | None = None,
+    index: bool = True,
+    index_dir: str | os.PathLike | None = None,
+    captioner: str | None = "auto",
+    max_upload_mb: float = 20.0,
+) -> None:
+    import uvicorn
+
+    from imagetext.web.app import create_app
+
+    if demo and collection:
+        raise ValueError("give either --collection or --demo, not both")
+    if not collection:
+        from imagetext.demo import prepare_demo_gallery
+
+        root = prepare_demo_gallery()
+        print(f"Serving the demo gallery of sample photos in {root}", file=sys.stderr)
+    else:
+        root = Path(collection).expanduser().resolve()
+        if not root.is_dir():
+            raise FileNotFoundError(f"collection folder not found: {root}")
+    index_path = Path(index_dir).expanduser() if index_dir else None
+    if index:
+        index_collection(root, model=model, index_dir=index_path)
+    app = create_app(root, model=model, index_dir=index_path, captioner=captioner,
+                     max_upload_mb=max_upload_mb)
+    print(f"imagetext is running at http://{host}:{port}/  (API docs: /docs; Ctrl+C stops)",
+          file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

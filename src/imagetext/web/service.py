@@ -1,0 +1,249 @@
+"""The web app's bridge to `imagetext.api`: one collection, one model, one worker thread.
+
+All model and index work runs on a single worker thread: the CPU models are not made
+for concurrent calls, two requests would only slow each other down on a small machine,
+and the event loop stays free to serve pages, thumbnails and static files meanwhile.
+The functions return plain dicts ready for JSON and for the templates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from imagetext.io.images import ImageLoadError, open_image
+from imagetext.web.validation import UserError
+
+log = logging.getLogger("imagetext.web")
+
+CLASSIFY_TEMPLATE = "a photo of a {}."
+
+
+class WebService:
+    def __init__(
+        self,
+        collection_root: str | os.PathLike,
+        model: Any = None,
+        index_dir: str | os.PathLike | None = None,
+        captioner: Any = "auto",
+    ):
+        from imagetext.api import Collection
+
+        self.root = Path(collection_root).expanduser().resolve()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"collection folder not found: {self.root}")
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagetext-model")
+        self.collection = self.call_sync(Collection.open, self.root, index_dir=index_dir, model=model)
+        self.model = model
+        self._captioner_spec = captioner
+        self._captioner = None
+        self._captioner_error: str | None = None
+        self._captioner_tried = False
+
+    # -- running on the worker -------------------------------------------------------
+    def call_sync(self, fn, *args, **kwargs):
+        return self._worker.submit(fn, *args, **kwargs).result()
+
+    async def call(self, fn, *args, **kwargs):
+        return await asyncio.wrap_future(self._worker.submit(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
+        close = getattr(self.collection, "close", None)
+        if callable(close):
+            close()
+
+    # -- the encoder the collection uses (for classify / rank) -------------------------
+    @property
+    def encoder(self):
+        """The collection's encoder (loaded on first use), shared by classify and rank."""
+        return self.collection.encoder
+
+    # -- captioner ----------------------------------------------------------------------
+    def load_captioner(self):
+        """The captioner, loaded on first use; None (with a reason) when none is installed."""
+        if self._captioner_tried:
+            return self._captioner
+        self._captioner_tried = True
+        spec = self._captioner_spec
+        if spec is None or spec is False:
+            self._captioner_error = "captioning is switched off for this server"
+        elif isinstance(spec, str):
+            try:
+                from imagetext.caption.registry import load_captioner
+
+                self._captioner = load_captioner(None if spec == "auto" else spec)
+            except Exception as exc:  # no captioner installed, or a broken one: say so
+                self._captioner_error = f"{type(exc).__name__}: {exc}"
+                log.warning("no captioner available: %s", self._captioner_error)
+        else:
+            self._captioner = spec
+        return self._captioner
+
+    def captioner_info(self) -> dict:
+        captioner = self._captioner
+        if captioner is not None:
+            return {"installed": True, "name": getattr(captioner, "name", type(captioner).__name__)}
+        return {"installed": False if self._captioner_tried else None,
+                "reason": self._captioner_error}
+
+    # -- records and files ------------------------------------------------------------
+    def relative(self, path: str | os.PathLike) -> str:
+        try:
+            return Path(path).relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+
+    def result_dict(self, result) -> dict:
+        data = result.to_dict() if hasattr(result, "to_dict") else dict(vars(result))
+        image_id = int(data["id"])
+        data["relative_path"] = self.relative(data["path"])
+        data["image_url"] = f"/api/images/{image_id}/file"
+        data["thumbnail_url"] = f"/api/images/{image_id}/thumbnail?size=256"
+        data["preview_url"] = f"/api/images/{image_id}/thumbnail?size=1024"
+        data["view_url"] = f"/images/{image_id}"
+        data["similar_url"] = f"/similar?id={image_id}"
+        return data
+
+    def status(self) -> dict:
+        status = dict(self.collection.status())
+        status["root"] = str(self.root)
+        status["captioner"] = self.captioner_info()
+        return status
+
+    def record(self, image_id: int) -> dict:
+        if not 0 <= image_id <= 2**62:
+            raise UserError(f"No image with id {image_id} in this collection.", 404)
+        try:
+            return self.result_dict(self.collection.get(image_id))
+        except KeyError:
+            raise UserError(f"No image with id {image_id} in this collection.", 404) from None
+
+    def file_path(self, image_id: int) -> Path:
+        """The file of an indexed image; never anything outside the collection folder."""
+        if not 0 <= image_id <= 2**62:
+            raise UserError(f"No image with id {image_id} in this collection.", 404)
+        try:
+            path = Path(self.collection.path_of(image_id))
+        except KeyError:
+            raise UserError(f"No image with id {image_id} in this collection.", 404) from None
+        absolute = Path(os.path.abspath(path))
+        if not absolute.is_relative_to(self.root):
+            raise UserError(f"Image {image_id} is not inside the collection folder.", 403)
+        if not absolute.is_file():
+            raise UserError(f"The file of image {image_id} is gone from the collection.", 404)
+        return absolute
+
+    def collection_path(self, raw: str) -> Path:
+        """A client-given path (relative to the root, or absolute) that must be inside it."""
+        raw = (raw or "").strip()
+        if not raw:
+            raise UserError("The path is empty.")
+        candidate = Path(raw).expanduser()
+        if not candidate.is_absolute():
+            candidate = self.root / candidate
+        resolved = candidate.resolve()
+        if not resolved.is_relative_to(self.root):
+            raise UserError(f"The path {raw!r} is outside the collection; refusing to read it.", 403)
+        if not resolved.is_file():
+            raise UserError(f"No file {raw!r} in the collection.", 404)
+        return resolved
+
+    # -- the jobs ---------------------------------------------------------------------
+    def search(self, query: str, k: int) -> list[dict]:
+        return [self.result_dict(r) for r in self.collection.search(query, k=k)]
+
+    def indexed_id(self, path: Path) -> int | None:
+        """The id of a collection file if it is indexed (so it is left out of its own results)."""
+        record = self.collection.store.find_path(path.relative_to(self.root).as_posix())
+        return None if record is None else int(record.id)
+
+    def similar(self, source, k: int) -> list[dict]:
+        if isinstance(source, int):
+            self.record(source)  # a readable 404 for an unknown id
+        # (by id, Collection.similar leaves the query image itself out)
+        return [self.result_dict(r) for r in self.collection.similar(source, k=k)]
+
+    def caption(self, image: Image.Image, beam_size: int, num_return: int) -> dict:
+        captioner = self.load_captioner()
+        if captioner is None:
+            raise UserError(
+                "No captioner is installed, so images cannot be captioned yet "
+                f"({self._captioner_error}).",
+                503,
+            )
+        pixels = captioner.preprocess(image)[None]
+        (captions,) = captioner.generate(
+            pixels, beam_size=beam_size, num_return=min(num_return, beam_size)
+        )
+        return {
+            "captioner": getattr(captioner, "name", type(captioner).__name__),
+            "caption": captions[0][0],
+            "captions": [{"text": text, "score": float(score)} for text, score in captions],
+        }
+
+    def classify(self, image: Image.Image, labels: list[str] | None, template: str,
+                 threshold: float | None) -> dict:
+        """Zero-shot scores of `image` over `labels`; labels=None is the moderation preset."""
+        from imagetext import api
+
+        if labels is None:
+            limit = api.DEFAULT_MODERATION_THRESHOLD if threshold is None else threshold
+            (result,) = api.moderate([image], model=self.encoder, threshold=limit)
+            flaggable = set(api.UNSAFE_LABELS)
+        else:
+            (result,) = api.classify([image], labels, model=self.encoder, templates=[template],
+                                     threshold=threshold)
+            flaggable = set(result.labels)
+            limit = threshold
+        data = result.to_dict()
+        data.pop("image", None)  # the name of an in-memory upload says nothing
+        flagged = set(result.flagged)
+        data["ranked"] = [
+            {"label": label, "score": float(score), "flagged": label in flagged,
+             "flaggable": label in flaggable}
+            for label, score in result.ranked()
+        ]
+        data["threshold"] = limit
+        data["template"] = template if labels is not None else api.DEFAULT_TEMPLATES[0]
+        data["preset"] = "moderation" if labels is None else None
+        return data
+
+    def rank(self, prompt: str, images: list[Image.Image], names: list[str]) -> list[dict]:
+        from imagetext import api
+
+        # api.rank reports each image by its file name: give every upload a unique one
+        keys = [f"{i}:{name}" for i, name in enumerate(names)]
+        for image, key in zip(images, keys):
+            image.filename = key
+        position = {key: i for i, key in enumerate(keys)}
+        out = []
+        for ranked in api.rank(prompt, images, model=self.encoder):
+            index = position[ranked.image]
+            out.append({"index": index, "name": names[index], "score": float(ranked.score)})
+        return out
+
+
+def decode_upload(data: bytes) -> Image.Image:
+    """Bytes of an upload -> RGB image, or a 400 saying why it is not a usable image."""
+    try:
+        return open_image(data)
+    except ImageLoadError as exc:
+        raise UserError(f"The upload is not a usable image: {exc.reason}.", 400) from None
+
+
+def preview_data_url(image: Image.Image, size: int = 512) -> str:
+    """A small JPEG of an uploaded image as a data: URL, to show it back on the result page."""
+    thumb = image.copy()
+    thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    thumb.save(buffer, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -1,0 +1,130 @@
+"""Checks on what a browser or API client sends, each failing with a readable message.
+
+Every function raises `UserError` (an HTTP 4xx with a sentence for a person) instead of
+letting bad input reach the models, so that nothing a client sends ends in a 500.
+"""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import UploadFile
+
+MAX_QUERY_CHARS = 1000
+MAX_LABELS = 100
+MAX_LABEL_CHARS = 200
+
+
+class UserError(Exception):
+    """A request that cannot be served, with a sentence for the person who sent it.
+
+    `status` is the HTTP status: 4xx for bad input, 503 when a needed model is not installed.
+    """
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def check_query(query: str | None, what: str = "query") -> str:
+    query = (query or "").strip()
+    if not query:
+        raise UserError(f"The {what} is empty: type a sentence describing the images you want.")
+    if len(query) > MAX_QUERY_CHARS:
+        raise UserError(
+            f"The {what} is {len(query)} characters long; the limit is {MAX_QUERY_CHARS}."
+        )
+    return query
+
+
+def check_k(k: int | str | None, max_k: int, default: int = 12) -> int:
+    if k is None or (isinstance(k, str) and not k.strip()):
+        return default
+    try:
+        value = int(k)
+    except (TypeError, ValueError):
+        raise UserError(f"k must be a whole number between 1 and {max_k}, not {k!r}.") from None
+    if not 1 <= value <= max_k:
+        raise UserError(f"k must be between 1 and {max_k} (got {value}).")
+    return value
+
+
+def check_int(value: int | str | None, name: str, low: int, high: int, default: int) -> int:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a whole number, not {value!r}.") from None
+    if not low <= number <= high:
+        raise UserError(f"{name} must be between {low} and {high} (got {number}).")
+    return number
+
+
+def check_threshold(value: float | str | None) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"The threshold must be a number between 0 and 1, not {value!r}.") from None
+    if not 0.0 <= threshold <= 1.0:
+        raise UserError(f"The threshold must be between 0 and 1 (got {threshold:g}).")
+    return threshold
+
+
+def parse_labels(text: str | list[str] | None) -> list[str]:
+    """Labels from one comma/newline-separated string or a list of strings, de-duplicated."""
+    parts: list[str] = []
+    for chunk in [text] if isinstance(text, str) else (text or []):
+        parts.extend(re.split(r"[,\n]", chunk or ""))
+    labels: list[str] = []
+    for label in (p.strip() for p in parts):
+        if label and label not in labels:
+            labels.append(label)
+    if len(labels) < 2:
+        raise UserError(
+            "Give at least two labels (separated by commas or new lines) so that the scores "
+            "can be compared, e.g. 'cat, dog, car'."
+        )
+    if len(labels) > MAX_LABELS:
+        raise UserError(f"{len(labels)} labels given; the limit is {MAX_LABELS}.")
+    too_long = [lab for lab in labels if len(lab) > MAX_LABEL_CHARS]
+    if too_long:
+        raise UserError(f"A label is longer than {MAX_LABEL_CHARS} characters: {too_long[0][:40]!r}…")
+    return labels
+
+
+def check_template(template: str | None, default: str) -> str:
+    template = (template or "").strip() or default
+    if template.count("{}") != 1:
+        raise UserError(
+            "The prompt template must contain '{}' exactly once, where the label goes, "
+            "e.g. 'a photo of {}.'"
+        )
+    if len(template) > MAX_QUERY_CHARS:
+        raise UserError(f"The prompt template is too long (limit {MAX_QUERY_CHARS} characters).")
+    return template
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1_000_000:.1f} MB"
+
+
+async def read_upload(upload: UploadFile | None, max_bytes: int, what: str = "image") -> bytes:
+    """The bytes of an uploaded file, refusing a missing, empty or too large upload."""
+    if upload is None or isinstance(upload, str):
+        raise UserError(f"No {what} was uploaded: choose an image file (JPEG, PNG, WebP, ...).")
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UserError(
+            f"The file {upload.filename!r} is larger than the upload limit of "
+            f"{_megabytes(max_bytes)}.",
+            status=413,
+        )
+    if not data:
+        if not upload.filename:  # a form submitted without choosing a file
+            raise UserError(f"No {what} was uploaded: choose an image file (JPEG, PNG, WebP, ...).")
+        raise UserError(f"The uploaded file {upload.filename!r} is empty.")
+    return data
