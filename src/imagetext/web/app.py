@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -127,7 +128,9 @@ def create_app(
         yield
         service.close()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc served from bundled Swagger UI / ReDoc files, no CDN
+    app = FastAPIOffline(
+        favicon_url="/static/favicon.svg",
         title="imagetext",
         description=(
             "Caption images and search a photo collection by text and by image, offline on "
@@ -236,8 +239,8 @@ def create_app(
         return await render(request, "similar.html", context, status, tab="similar")
 
     @app.post("/similar", response_class=HTMLResponse, include_in_schema=False)
-    async def similar_upload_page(request: Request, file: UploadFile | None = File(None),
-                                  k: str | None = Form(None)):
+    async def similar_upload_page(request: Request, file: Annotated[UploadFile | None, File()] = None,
+                                  k: Annotated[str | None, Form()] = None):
         context: dict = {"k": k or DEFAULT_K, "results": None, "query_image": None}
         status = 200
         try:
@@ -257,9 +260,9 @@ def create_app(
                             tab="caption")
 
     @app.post("/caption", response_class=HTMLResponse, include_in_schema=False)
-    async def caption_upload_page(request: Request, file: UploadFile | None = File(None),
-                                  beam_size: str | None = Form(None),
-                                  num_return: str | None = Form(None)):
+    async def caption_upload_page(request: Request, file: Annotated[UploadFile | None, File()] = None,
+                                  beam_size: Annotated[str | None, Form()] = None,
+                                  num_return: Annotated[str | None, Form()] = None):
         context: dict = {"beam_size": beam_size or 3, "num_return": num_return or 3}
         status = 200
         try:
@@ -286,11 +289,11 @@ def create_app(
         return await render(request, "classify.html", context, tab="classify")
 
     @app.post("/classify", response_class=HTMLResponse, include_in_schema=False)
-    async def classify_upload_page(request: Request, file: UploadFile | None = File(None),
-                                   labels: str | None = Form(None),
-                                   preset: str | None = Form(None),
-                                   threshold: str | None = Form(None),
-                                   template: str | None = Form(None)):
+    async def classify_upload_page(request: Request, file: Annotated[UploadFile | None, File()] = None,
+                                   labels: Annotated[str | None, Form()] = None,
+                                   preset: Annotated[str | None, Form()] = None,
+                                   threshold: Annotated[str | None, Form()] = None,
+                                   template: Annotated[str | None, Form()] = None):
         context = classify_defaults()
         context.update(labels=labels or "", preset=preset or "", threshold=threshold or "",
                        template=template or CLASSIFY_TEMPLATE)

@@ -81,7 +81,7 @@ class WebService:
                 from imagetext.caption.registry import load_captioner
 
                 self._captioner = load_captioner(None if spec == "auto" else spec)
-            except Exception as exc:  # no captioner installed, or a broken one: say so
+            except Exception as exc:  # noqa: BLE001 - none installed or a broken one: say so
                 self._captioner_error = f"{type(exc).__name__}: {exc}"
                 log.warning("no captioner available: %s", self._captioner_error)
         else:
