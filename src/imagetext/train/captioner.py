@@ -1,0 +1,256 @@
+"""Training loop for the in-house captioners on cached frozen tower features.
+
+`train_captioner(data, arch=...)` reads a captioned dataset (any format
+`imagetext.data.read_pairs` understands, with train/val splits), builds the word
+vocabulary from the training captions, caches the EfficientNet-Lite0 feature maps of the
+training images (centre view + mirror image as augmentation) and of the validation
+images, and trains a decoder from `caption.decoders` with teacher forcing, label
+smoothing, AdamW and a warm-up + cosine learning-rate schedule.
+
+After every epoch it decodes the validation images greedily, scores BLEU-4 and CIDEr
+(fast word tokenisation, no Java) and keeps the best-CIDEr model as a captioner folder
+`<out>/best`; `<out>/checkpoint.pt` holds everything needed to resume (`resume=True`).
+At the end the best model is scored on the whole validation split with beam search and
+the full metric set (PTB tokenizer, METEOR) into `<out>/metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imagetext.caption.decoders import build_decoder
+from imagetext.caption.efficientnet_captioner import EfficientNetCaptioner
+from imagetext.caption.tokenizer import WordTokenizer
+from imagetext.eval.caption_metrics import caption_scores
+
+FEATURE_OUTPUTS = ("logits", "pooled", "fmap")  # shared cache with the retrieval trainers
+
+DECODER_DEFAULTS = {
+    "show-attend-tell": {"embed_dim": 256, "hidden_dim": 512, "attention_dim": 256,
+                         "dropout": 0.5, "cell": "lstm"},
+    "transformer": {"d_model": 256, "layers": 3, "heads": 4, "ff_dim": 1024, "dropout": 0.1},
+}
+ARCH_ALIASES = {"sat": "show-attend-tell"}
+DEFAULT_LR = {"show-attend-tell": 4e-4, "transformer": 4e-4}
+
+
+def default_lr(arch: str) -> float:
+    return DEFAULT_LR.get(ARCH_ALIASES.get(arch, arch), 4e-4)
+
+
+@dataclass
+class CaptionTrainConfig:
+    arch: str = "show-attend-tell"
+    epochs: int = 10
+    images_per_batch: int = 64  # each image brings all its captions (Flickr8k: 5)
+    lr: float = 4e-4
+    weight_decay: float = 1e-2
+    warmup_steps: int = 200
+    label_smoothing: float = 0.1
+    max_words: int = 22  # longer training captions are truncated
+    min_count: int = 5  # vocabulary: words seen at least this often in training
+    flip: bool = True  # use the mirrored view as augmentation (half the epochs' samples)
+    val_images: int | None = None  # per-epoch validation on the first N val images (None = all)
+    final_beam: int = 3
+    seed: int = 0
+    threads: int | None = None
+    decoder: dict = field(default_factory=dict)
+
+
+@dataclass
+class CaptionSplit:
+    images: list[str]  # image paths
+    captions: list[list[str]]  # all captions of each image
+    ids: list[str]  # image ids (file names) for reports
+
+
+def load_caption_split(data: str | Path, split: str) -> CaptionSplit:
+    """Images and their captions of one split of a dataset read by `imagetext.data`."""
+    from imagetext.data import read_pairs
+
+    dataset = read_pairs(data, split=split)
+    by_image: dict[str, list[str]] = {}
+    ids: dict[str, str] = {}
+    for p in dataset:
+        by_image.setdefault(p.image_path, []).append(p.caption)
+        ids[p.image_path] = p.image_id
+    images = list(by_image)
+    if not images:
+        raise ValueError(f"no images in split {split!r} of {data}")
+    return CaptionSplit(images, [by_image[i] for i in images], [ids[i] for i in images])
+
+
+def split_features(split: CaptionSplit, view: str = "center", progress: bool = True) -> np.ndarray:
+    """(N, 1280, 7, 7) float16 cached feature maps of the split's images."""
+    from imagetext.train.features import extract_features
+
+    return extract_features(split.images, outputs=FEATURE_OUTPUTS, view=view, progress=progress)["fmap"]
+
+
+def _encode_captions(tokenizer: WordTokenizer, captions: list[list[str]], max_words: int):
+    """Flatten captions to (rows, T) inputs/targets, plus each row's image index."""
+    seqs, owner = [], []
+    for i, caps in enumerate(captions):
+        for c in caps:
+            seqs.append(tokenizer.encode(c, max_length=max_words))
+            owner.append(i)
+    width = max(len(s) for s in seqs)
+    targets = torch.zeros(len(seqs), width, dtype=torch.long)
+    for r, s in enumerate(seqs):
+        targets[r, : len(s)] = torch.tensor(s)
+    inputs = torch.cat([torch.full((len(seqs), 1), tokenizer.bos_id), targets[:, :-1]], 1)
+    inputs[inputs == tokenizer.eos_id] = tokenizer.pad_id  # nothing is fed after <eos>
+    return inputs, targets, torch.tensor(owner)
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def validate(captioner: EfficientNetCaptioner, fmap: np.ndarray, split: CaptionSplit,
+             beam_size: int = 1, full: bool = False) -> dict[str, float]:
+    hyps = captioner.generate_from_features(fmap, beam_size=beam_size)
+    hypotheses = {split.ids[i]: h[0][0] for i, h in enumerate(hyps)}
+    references = {split.ids[i]: split.captions[i] for i in range(len(hyps))}
+    if full:
+        return caption_scores(references, hypotheses)
+    return caption_scores(references, hypotheses, tokenize="simple", meteor=False,
+                          metrics=("bleu4", "cider"))
+
+
+def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfig | None = None,
+                    train_split: str = "train", val_split: str = "val", resume: bool = False,
+                    name: str | None = None, log=print) -> dict:
+    """Train, keep the best-CIDEr epoch in `<out>/best`, return the final metrics dict."""
+    cfg = config or CaptionTrainConfig()
+    cfg.arch = ARCH_ALIASES.get(cfg.arch, cfg.arch)
+    if cfg.arch not in DECODER_DEFAULTS:
+        raise ValueError(f"unknown arch {cfg.arch!r}; choose from {', '.join(DECODER_DEFAULTS)} (or 'sat')")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    train = load_caption_split(data, train_split)
+    val = load_caption_split(data, val_split)
+    tokenizer = WordTokenizer.build((c for caps in train.captions for c in caps), cfg.min_count)
+    log(f"{len(train.images)} train images, {len(val.images)} val images, vocabulary {len(tokenizer)}")
+
+    t0 = time.time()
+    views = [split_features(train, "center")]
+    if cfg.flip:
+        views.append(split_features(train, "flip"))
+    val_fmap = split_features(val, "center")
+    if cfg.val_images:
+        val_sub = CaptionSplit(val.images[: cfg.val_images], val.captions[: cfg.val_images],
+                               val.ids[: cfg.val_images])
+        val_sub_fmap = val_fmap[: cfg.val_images]
+    else:
+        val_sub, val_sub_fmap = val, val_fmap
+    log(f"features ready in {time.time() - t0:.0f}s")
+    views_t = [torch.from_numpy(v) for v in views]  # float16; cast per batch
+
+    inputs, targets, owner = _encode_captions(tokenizer, train.captions, cfg.max_words)
+    rows_of_image = [[] for _ in train.images]
+    for r, i in enumerate(owner.tolist()):
+        rows_of_image[i].append(r)
+
+    decoder_args = {**DECODER_DEFAULTS[cfg.arch], **cfg.decoder, "vocab_size": len(tokenizer)}
+    decoder = build_decoder(cfg.arch, **decoder_args)
+    captioner = EfficientNetCaptioner(decoder, tokenizer, name=name or f"lite0-{cfg.arch}-flickr8k",
+                                      generation={"beam_size": cfg.final_beam})
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train.images) / cfg.images_per_batch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(cfg.warmup_steps, cfg.epochs * steps_per_epoch))
+    history: list[dict] = []
+    start_epoch, best_cider = 0, -1.0
+    ckpt_path = out / "checkpoint.pt"
+    if resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ckpt["tokenizer"] != tokenizer.words or ckpt["arch"] != cfg.arch:
+            raise ValueError(f"{ckpt_path} was trained with another vocabulary or architecture")
+        decoder.load_state_dict(ckpt["decoder"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, best_cider, history = ckpt["epoch"], ckpt["best_cider"], ckpt["history"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        random.setstate(ckpt["python_rng"])
+        log(f"resumed from {ckpt_path} after epoch {start_epoch}")
+    n_params = sum(p.numel() for p in decoder.parameters())
+    log(f"{cfg.arch}: {n_params / 1e6:.2f} M decoder parameters, {steps_per_epoch} steps/epoch")
+
+    for epoch in range(start_epoch, cfg.epochs):
+        decoder.train()
+        t_epoch = time.time()
+        order = list(range(len(train.images)))
+        random.shuffle(order)
+        total_loss, total_tokens = 0.0, 0
+        for b in range(0, len(order), cfg.images_per_batch):
+            img = torch.tensor(order[b : b + cfg.images_per_batch])
+            view = [random.randrange(len(views_t)) for _ in range(len(img))]
+            fmap = torch.stack([views_t[v][i] for v, i in zip(view, img.tolist())]).float()
+            rows = [r for i in img.tolist() for r in rows_of_image[i]]
+            per_image = torch.tensor([len(rows_of_image[i]) for i in img.tolist()])
+            memory = decoder.encode(fmap)
+            memory = {k: v.repeat_interleave(per_image, 0) for k, v in memory.items()}
+            x, y = inputs[rows], targets[rows]
+            width = int((y != 0).sum(1).max())
+            x, y = x[:, :width], y[:, :width]
+            logits, aux = decoder(memory, x)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                   ignore_index=tokenizer.pad_id, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            (loss + aux).backward()
+            torch.nn.utils.clip_grad_norm_(decoder.parameters(), 2.0)
+            optimizer.step()
+            scheduler.step()
+            n_tok = int((y != 0).sum())
+            total_loss += float(loss) * n_tok
+            total_tokens += n_tok
+        train_time = time.time() - t_epoch
+        scores = validate(captioner, val_sub_fmap, val_sub, beam_size=1)
+        record = {"epoch": epoch + 1, "loss": total_loss / total_tokens, **scores,
+                  "lr": scheduler.get_last_lr()[0], "train_s": round(train_time, 1),
+                  "val_s": round(time.time() - t_epoch - train_time, 1)}
+        history.append(record)
+        improved = scores["cider"] > best_cider
+        if improved:
+            best_cider = scores["cider"]
+            captioner.save_pretrained(out / "best")
+        log(json.dumps(record) + ("  *best*" if improved else ""))
+        torch.save({"decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best_cider": best_cider,
+                    "history": history, "tokenizer": tokenizer.words, "arch": cfg.arch,
+                    "config": asdict(cfg), "torch_rng": torch.get_rng_state(),
+                    "python_rng": random.getstate()}, ckpt_path)
+
+    best = EfficientNetCaptioner.from_pretrained(out / "best")
+    t_eval = time.time()
+    final = validate(best, val_fmap, val, beam_size=cfg.final_beam, full=True)
+    result = {"model": best.name, "arch": cfg.arch, "split": val_split, "n_images": len(val.images),
+              "beam_size": cfg.final_beam, **final,
+              "best_epoch": max(history, key=lambda r: r["cider"])["epoch"],
+              "decoder_parameters": n_params, "config": asdict(cfg), "history": history}
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    log(f"final {val_split} (beam {cfg.final_beam}, {time.time() - t_eval:.0f}s): "
+        + json.dumps({k: round(v, 4) for k, v in final.items()}))
+    return result
