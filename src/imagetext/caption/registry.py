@@ -22,7 +22,7 @@ ALIASES = {"default": DEFAULT_CAPTIONER}
 # Modules imported on first use so that their classes register themselves; other packages
 # (e.g. the pretrained BLIP / ViT-GPT2 backends) append their module path here or import
 # themselves before `load_captioner` is called.
-BACKEND_MODULES = ["imagetext.caption.efficientnet_captioner"]
+BACKEND_MODULES = ["imagetext.caption.efficientnet_captioner", "imagetext.caption.hf_captioners"]
 
 _BACKENDS: dict[str, type[Captioner]] = {}
 
