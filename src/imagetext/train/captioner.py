@@ -224,7 +224,7 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
             optimizer.step()
             scheduler.step()
             n_tok = int((y != 0).sum())
-            total_loss += float(loss) * n_tok
+            total_loss += loss.item() * n_tok
             total_tokens += n_tok
         train_time = time.time() - t_epoch
         scores = validate(captioner, val_sub_fmap, val_sub, beam_size=1)
