@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +120,7 @@ def test_no_repeat_ngram():
 
 @needs_flickr
 def test_no_repeat_ngram_in_decoding(photos):
-    rows, tok, fmap = photos
+    _rows, tok, fmap = photos
     torch.manual_seed(2)
     decoder = build_decoder("show-attend-tell", vocab_size=len(tok), **SMALL["show-attend-tell"])
     captioner = EfficientNetCaptioner(decoder, tok)  # untrained: loves repeating itself
@@ -127,7 +128,7 @@ def test_no_repeat_ngram_in_decoding(photos):
         for hyps in captioner.generate_from_features(fmap, beam_size=beam, max_length=20,
                                                      no_repeat_ngram_size=2):
             words = hyps[0][0].split()
-            bigrams = list(zip(words, words[1:]))
+            bigrams = list(itertools.pairwise(words))
             assert len(bigrams) == len(set(bigrams))
             assert len(words) <= 20
 

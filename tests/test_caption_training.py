@@ -30,8 +30,7 @@ def tiny_dataset(tmp_path_factory):
                 rows.append(row)
     with open(root / "captions.tsv", "w", encoding="utf-8") as f:
         f.write("image\tcaption_index\tcaption\tsplit\n")
-        for r in rows:
-            f.write(f"{r['image']}\t{r['caption_index']}\t{r['caption']}\t{r['split']}\n")
+        f.writelines(f"{r['image']}\t{r['caption_index']}\t{r['caption']}\t{r['split']}\n" for r in rows)
     for name in counts["train"] | counts["val"]:
         shutil.copy(FLICKR / "images" / name, root / "images" / name)
     return root
@@ -59,8 +58,9 @@ def test_train_select_resume_and_use(tiny_dataset, tmp_path, capsys):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["best_epoch"] == best["epoch"]
 
-    from imagetext.cli import app
     from typer.testing import CliRunner
+
+    from imagetext.cli import app
 
     image = next((tiny_dataset / "images").iterdir())
     result = CliRunner().invoke(app, ["caption", str(image), "--model", str(out / "best"), "--json",

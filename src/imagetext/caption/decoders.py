@@ -40,9 +40,9 @@ class ShowAttendTellDecoder(nn.Module):
         super().__init__()
         if cell not in ("lstm", "gru"):
             raise ValueError(f"cell must be 'lstm' or 'gru', not {cell!r}")
-        self.config = dict(vocab_size=vocab_size, feature_dim=feature_dim, embed_dim=embed_dim,
-                           hidden_dim=hidden_dim, attention_dim=attention_dim, dropout=dropout,
-                           cell=cell, attention_reg=attention_reg)
+        self.config = {"vocab_size": vocab_size, "feature_dim": feature_dim, "embed_dim": embed_dim,
+                           "hidden_dim": hidden_dim, "attention_dim": attention_dim, "dropout": dropout,
+                           "cell": cell, "attention_reg": attention_reg}
         self.cell_type, self.attention_reg = cell, attention_reg
         self.project = nn.Linear(feature_dim, hidden_dim)
         self.att_memory = nn.Linear(hidden_dim, attention_dim)
@@ -119,9 +119,9 @@ class TransformerCaptionDecoder(nn.Module):
                  layers: int = 3, heads: int = 6, ff_dim: int = 1536, dropout: float = 0.1,
                  max_positions: int = 40, regions: int = 49):
         super().__init__()
-        self.config = dict(vocab_size=vocab_size, feature_dim=feature_dim, d_model=d_model,
-                           layers=layers, heads=heads, ff_dim=ff_dim, dropout=dropout,
-                           max_positions=max_positions, regions=regions)
+        self.config = {"vocab_size": vocab_size, "feature_dim": feature_dim, "d_model": d_model,
+                           "layers": layers, "heads": heads, "ff_dim": ff_dim, "dropout": dropout,
+                           "max_positions": max_positions, "regions": regions}
         self.project = nn.Sequential(nn.Linear(feature_dim, d_model), nn.LayerNorm(d_model))
         self.region_pos = nn.Parameter(torch.zeros(1, regions + 1, d_model))
         self.embed = nn.Embedding(vocab_size, d_model)

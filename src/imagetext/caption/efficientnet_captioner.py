@@ -108,8 +108,8 @@ class EfficientNetCaptioner(Captioner):
         with torch.inference_mode():
             for i in range(0, len(fmap), batch_size):
                 memory = self.decoder.encode(fmap[i : i + batch_size].float())
-                kwargs = dict(max_length=max_length, length_penalty=length_penalty,
-                              no_repeat_ngram_size=no_repeat, banned_ids=banned)
+                kwargs = {"max_length": max_length, "length_penalty": length_penalty,
+                              "no_repeat_ngram_size": no_repeat, "banned_ids": banned}
                 if beam_size == 1:
                     res = [[r] for r in greedy_decode(self.decoder, memory, tok.bos_id, tok.eos_id, **kwargs)]
                 else:
