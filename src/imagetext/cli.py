@@ -6,6 +6,12 @@ Heavy modules (torch, transformers, faiss) are imported inside the commands so t
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
 app = typer.Typer(
@@ -22,8 +28,411 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(export_app, name="export")
 
 
+# -- shared options ----------------------------------------------------------------------
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Model: a built-in name (see `imagetext info`), a model folder or a hub id. "
+    "Default: the model that built the index, else the embedded default.")]
+CollectionOpt = Annotated[Optional[Path], typer.Option(
+    "--collection", "-c", help="The indexed folder. Default: $IMAGETEXT_COLLECTION, else the "
+    "nearest folder at or above the current one that has an index.")]
+IndexDirOpt = Annotated[Optional[Path], typer.Option(
+    "--index-dir", help="Where the index lives (default: <folder>/.imagetext).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+KOpt = Annotated[int, typer.Option("-k", "--top-k", min=1, max=10000, help="Number of results.")]
+
+
+class CliError(Exception):
+    """An error whose message is the whole story: printed without a traceback."""
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def _open_collection(collection: Optional[Path], index_dir: Optional[Path], model: Optional[str]):
+    from imagetext.api import Collection
+
+    root = collection or (Path(os.environ["IMAGETEXT_COLLECTION"])
+                          if os.environ.get("IMAGETEXT_COLLECTION") else None)
+    if root is None and index_dir is None:
+        root = Collection.find(".")
+        if root is None:
+            raise CliError("no index found here or in any parent folder; run `imagetext index "
+                           "FOLDER` first, or pass --collection FOLDER")
+    elif root is None:
+        raise CliError("--index-dir needs --collection too (the folder the index describes)")
+    col = Collection.open(root, index_dir=index_dir, model=model)
+    if len(col) == 0:
+        raise CliError(f"the index of {col.root} is empty; run `imagetext index {col.root}`")
+    return col
+
+
+def _print_results(results, as_json: bool) -> None:
+    if as_json:
+        _print_json([r.to_dict() for r in results])
+        return
+    if not results:
+        print("no results")
+    for r in results:
+        caption = f"  {r.caption}" if r.caption else ""
+        print(f"{r.score:.3f}  {r.path}{caption}")
+
+
+@app.command()
+def index(
+    folder: Annotated[Path, typer.Argument(help="Folder of images to index (recursively).")],
+    model: ModelOpt = None,
+    index_dir: IndexDirOpt = None,
+    reindex: Annotated[bool, typer.Option(help="Rebuild from scratch (e.g. to switch models).")] = False,
+    index_type: Annotated[Optional[str], typer.Option(
+        help="FAISS index: auto (exact up to 100k images, then HNSW), flat, hnsw or ivf.")] = None,
+    caption: Annotated[bool, typer.Option(
+        "--caption", help="Also caption every image with the default captioner and store it.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, max=1024)] = 32,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Decoding threads.")] = 2,
+    as_json: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+):
+    """Index a folder: embed new and changed images, drop deleted ones (incremental)."""
+    from imagetext.api import Collection
+
+    col = Collection.open(folder, index_dir=index_dir, model=model, reindex=reindex)
+    captioner = None
+    if caption:
+        from imagetext.caption.registry import load_captioner
+
+        captioner = load_captioner(None)
+    report = col.index(progress=not (quiet or as_json), batch_size=batch_size, workers=workers,
+                       index_type=index_type, captioner=captioner)
+    if as_json:
+        _print_json({**report.to_dict(), **col.status()})
+        return
+    status = col.status()
+    print(f"{status['n_images']} images indexed in {col.root} ({status['model']}): "
+          f"{report.added} added, {report.updated} updated, {report.removed} removed, "
+          f"{report.unchanged} unchanged, {report.duplicates} duplicates reused"
+          + (f"; {report.embedded} embedded at {report.images_per_second:.1f} images/s"
+             if report.embedded else ""))
+    if report.failed:
+        print(f"{len(report.failed)} files skipped (not readable as images):", file=sys.stderr)
+        for path, reason in report.failed:
+            print(f"  {path}: {reason}", file=sys.stderr)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in words.")],
+    k: KOpt = 10,
+    collection: CollectionOpt = None,
+    index_dir: IndexDirOpt = None,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Find the images that best match a sentence."""
+    col = _open_collection(collection, index_dir, model)
+    _print_results(col.search(query, k=k), as_json)
+
+
+@app.command()
+def similar(
+    image: Annotated[Path, typer.Argument(help="Query image (inside or outside the collection).")],
+    k: KOpt = 10,
+    collection: CollectionOpt = None,
+    index_dir: IndexDirOpt = None,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Find the images that look most like IMAGE (reverse image search)."""
+    col = _open_collection(collection, index_dir, model)
+    query = image
+    try:  # an indexed file is looked up by id, so it does not come back as its own best match
+        rel = image.resolve().relative_to(col.root).as_posix()
+        record = col.store.find_path(rel)
+        if record is not None:
+            query = record.id
+    except ValueError:
+        pass
+    _print_results(col.similar(query if isinstance(query, int) else str(query), k=k), as_json)
+
+
+@app.command()
+def classify(
+    images: Annotated[list[Path], typer.Argument(help="Images to classify.")],
+    labels: Annotated[Optional[str], typer.Option(
+        "--labels", "-l", help='Comma-separated labels, e.g. "cat,dog,car".')] = None,
+    template: Annotated[list[str], typer.Option(
+        help='Prompt template(s) with {} for the label (repeat to ensemble).')] = ["a photo of a {}."],
+    threshold: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, help="Flag every label scoring at least this (multi-label use).")] = None,
+    moderation: Annotated[bool, typer.Option(
+        "--moderation", help="Use the preset content-moderation labels and flag unsafe ones "
+        "(threshold 0.5 unless given).")] = False,
+    top: Annotated[int, typer.Option(min=1, help="Labels shown per image.")] = 5,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Classify images zero-shot against your labels (softmax scores)."""
+    from imagetext import api
+
+    if moderation:
+        results = api.moderate([str(p) for p in images], model=model,
+                               threshold=threshold if threshold is not None
+                               else api.DEFAULT_MODERATION_THRESHOLD)
+    else:
+        if not labels:
+            raise CliError("give --labels \"a,b,c\" (or --moderation)")
+        results = api.classify([str(p) for p in images], labels, model=model,
+                               templates=template, threshold=threshold)
+    if as_json:
+        _print_json([r.to_dict() for r in results])
+        return
+    for r in results:
+        flag = f"  FLAGGED: {', '.join(r.flagged)}" if r.flagged else ""
+        print(f"{r.image}{flag}")
+        for label, score in r.ranked()[:top]:
+            print(f"  {score:6.1%}  {label}")
+
+
+@app.command()
+def rank(
+    prompt: Annotated[str, typer.Argument(help="The prompt to rank by.")],
+    images: Annotated[list[Path], typer.Argument(help="Images to rank.")],
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Order images by how well they match a prompt, best first."""
+    from imagetext import api
+
+    results = api.rank(prompt, [str(p) for p in images], model=model)
+    if as_json:
+        _print_json([r.to_dict() for r in results])
+        return
+    for r in results:
+        print(f"{r.score:.3f}  {r.image}")
+
+
+@app.command()
+def info(
+    collection: CollectionOpt = None,
+    index_dir: IndexDirOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Show the models available and, if there is one, the index: model, counts, type, size."""
+    from imagetext.index.collection import Collection
+    from imagetext.models.registry import DEFAULT_MODEL, builtin_models
+
+    out: dict = {"default_model": DEFAULT_MODEL, "builtin_models": builtin_models()}
+    try:
+        from imagetext.caption.registry import DEFAULT_CAPTIONER, builtin_captioners
+
+        out["default_captioner"] = DEFAULT_CAPTIONER
+        out["builtin_captioners"] = builtin_captioners()
+    except ImportError:
+        pass
+    root = collection or os.environ.get("IMAGETEXT_COLLECTION") or Collection.find(".")
+    if root:
+        with Collection.open(root, index_dir=index_dir) as col:
+            out["collection"] = col.status()
+    if as_json:
+        _print_json(out)
+        return
+    print(f"default model: {out['default_model']}  (built-in: {', '.join(out['builtin_models'])})")
+    if "default_captioner" in out:
+        print(f"default captioner: {out['default_captioner']}  "
+              f"(built-in: {', '.join(out['builtin_captioners']) or 'none'})")
+    if "collection" in out:
+        c = out["collection"]
+        print(f"collection: {c['root']}\n  index: {c['index_dir']} ({c['index_type']}, "
+              f"{c['index_bytes'] / 1e6:.1f} MB)\n  model: {c['model']}\n  images: {c['n_images']} "
+              f"({c['n_captioned']} captioned, {c['n_failed']} unreadable files skipped)")
+    else:
+        print("no index here (run `imagetext index FOLDER`)")
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder or caption file "
+                                       "(captions.tsv + images/, or any supported format).")],
+    split: Annotated[Optional[str], typer.Option(help="Split to evaluate, e.g. val.")] = None,
+    model: ModelOpt = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N images.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    as_json: JsonOpt = False,
+):
+    """Image-text retrieval Recall@1/5/10 in both directions on a dataset split."""
+    from imagetext.eval.retrieval import evaluate_retrieval
+
+    result = evaluate_retrieval(str(data), split, model=model, batch_size=batch_size, limit=limit,
+                                progress=not as_json)
+    if as_json:
+        _print_json(result)
+        return
+    print(f"{result['model']} on {data} ({split or 'all'}): {result['n_images']} images, "
+          f"{result['n_captions']} captions")
+    print("           R@1    R@5   R@10")
+    for d, name in (("t2i", "text→image"), ("i2t", "image→text")):
+        print(f"{name:10s} " + " ".join(f"{result[f'{d}_r{k}']:6.1f}" for k in (1, 5, 10)))
+
+
+@app.command()
+def caption(
+    images: Annotated[list[Path], typer.Argument(help="Images to caption.")],
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Captioner: a built-in name or a captioner folder (default: the "
+        "shipped default captioner).")] = None,
+    beam: Annotated[int, typer.Option("--beam", min=1, max=20, help="Beam size (1 = greedy).")] = 3,
+    max_length: Annotated[int, typer.Option(min=1, max=100, help="Most words per caption.")] = 30,
+    length_penalty: Annotated[float, typer.Option(help="Beam ranking: logp / length**this.")] = 1.0,
+    no_repeat_ngram: Annotated[int, typer.Option(min=0, help="Forbid repeating n-grams of this size.")] = 0,
+    num_return: Annotated[int, typer.Option(min=1, help="Captions per image (at most --beam).")] = 1,
+    as_json: JsonOpt = False,
+):
+    """Describe images in a sentence."""
+    from imagetext.caption.cli import caption_images
+
+    caption_images([str(p) for p in images], model=model, beam=beam, max_length=max_length,
+                   length_penalty=length_penalty, no_repeat_ngram=no_repeat_ngram,
+                   num_return=num_return, as_json=as_json)
+
+
+@train_app.command("captioner")
+def train_captioner_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Dataset with train/val splits "
+                                       "(captions.tsv + images/, or any supported format).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (best/ = the captioner).")],
+    arch: Annotated[str, typer.Option(help="show-attend-tell (alias sat) or transformer.")] = "show-attend-tell",
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default per arch).")] = None,
+    images_per_batch: Annotated[int, typer.Option(min=1)] = 64,
+    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.1,
+    flip: Annotated[bool, typer.Option(help="Mirrored images as augmentation.")] = True,
+    train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
+    val_split: Annotated[str, typer.Option(help="Split to select the best epoch on.")] = "val",
+    beam: Annotated[int, typer.Option(min=1, help="Beam size of the final evaluation.")] = 3,
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from <out>/checkpoint.pt.")] = False,
+    name: Annotated[Optional[str], typer.Option(help="Model name stored in config.json.")] = None,
+):
+    """Train a captioner (Show-Attend-Tell or transformer) on cached image features."""
+    from imagetext.train.captioner import CaptionTrainConfig, default_lr, train_captioner
+
+    config = CaptionTrainConfig(arch=arch, epochs=epochs, lr=lr or default_lr(arch),
+                                images_per_batch=images_per_batch, label_smoothing=label_smoothing,
+                                flip=flip, final_beam=beam, seed=seed)
+    result = train_captioner(str(data), out, config, train_split=train_split, val_split=val_split,
+                             resume=resume, name=name)
+    print(f"best epoch {result['best_epoch']}; the captioner is in {out / 'best'}")
+
+
+@train_app.command("clip")
+def train_clip_cmd(
+    data: Annotated[list[str], typer.Option("--data", help="Image-caption source: a folder "
+                    "(captions.tsv + images/, Kaggle captions.txt, Flickr8k token file, COCO) or a "
+                    "caption file (CSV/TSV/JSONL/JSON). Repeat to merge several sources.")],
+    out: Annotated[Path, typer.Option("--out", help="Output model folder (config.json, "
+                                      "model.safetensors, README.md); use it with --model.")],
+    mode: Annotated[str, typer.Option(help="heads: frozen towers + trained heads on cached "
+                    "features (how the default is made); finetune: the whole dual encoder of "
+                    "--base, with WiSE-FT; scratch: a small CLIP from random weights.")] = "heads",
+    val_data: Annotated[Optional[list[str]], typer.Option(
+        "--val-data", help="Separate validation source(s); default: the data's val split, "
+        "else a held-out share of its images.")] = None,
+    images_dir: Annotated[Optional[Path], typer.Option(help="Folder for relative image paths.")] = None,
+    train_split: Annotated[str, typer.Option(help="Split to train on, when the data has splits.")] = "train",
+    val_split: Annotated[str, typer.Option(help="Split to select the best epoch on.")] = "val",
+    holdout: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of images held out "
+                       "for validation when the data has no val split.")] = 0.1,
+    epochs: Annotated[int, typer.Option(min=1)] = 12,
+    batch_size: Annotated[int, typer.Option(min=2)] = 256,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the heads / model.")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.1,
+    warmup: Annotated[int, typer.Option(min=0, help="Warm-up steps.")] = 100,
+    temperature: Annotated[float, typer.Option(min=0.001, help="Initial temperature (learned).")] = 0.07,
+    precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")] = "fp32",
+    head_inputs: Annotated[str, typer.Option(help="heads mode: comma-separated image-head inputs "
+                           "(pooled, fmap = attention pooling over the 7x7 map, logits).")] = "pooled,fmap",
+    dim: Annotated[int, typer.Option(min=8, help="Size of the shared embedding space.")] = 512,
+    tune_text_layers: Annotated[int, typer.Option(min=0, max=6, help="heads mode: train MiniLM's "
+                                "last N layers too.")] = 1,
+    text_lr: Annotated[float, typer.Option(help="Learning rate of the tuned MiniLM layers.")] = 5e-5,
+    flip: Annotated[bool, typer.Option(help="heads mode: mirrored images as augmentation.")] = True,
+    base: Annotated[Optional[str], typer.Option(help="finetune mode: the model to fine-tune "
+                    "(default: the default model).")] = None,
+    tune: Annotated[str, typer.Option(help="finetune mode: all, or last (heads + last blocks).")] = "all",
+    wise_alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="finetune mode: WiSE-FT weight "
+                          "of the fine-tuned model (1 = no interpolation).")] = 0.5,
+    image_size: Annotated[Optional[int], typer.Option(min=32, help="finetune/scratch modes: "
+                          "training image size (scratch default 96).")] = None,
+    vocab_size: Annotated[int, typer.Option(min=100, help="scratch mode: tokenizer vocabulary.")] = 4000,
+    checkpoint_dir: Annotated[Optional[Path], typer.Option(help="Where last.pt/best.pt go "
+                              "(default: <out>/checkpoints).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for PyTorch.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Model name stored in config.json.")] = None,
+    compare_with: Annotated[Optional[list[str]], typer.Option(
+        "--compare-with", help="Also measure these models (e.g. conse) on the validation data "
+        "and put them next to the new model in its model card.")] = None,
+):
+    """Train an image-text model contrastively (CLIP loss) on image-caption pairs."""
+    from imagetext.train.clip_cli import run_train_clip
+
+    run_train_clip(**locals())
+
+
+@eval_app.command("caption")
+def eval_caption(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder or caption file "
+                                       "(captions.tsv + images/, or any supported format).")],
+    split: Annotated[Optional[str], typer.Option(help="Split to evaluate, e.g. val.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Captioner name or folder (default: the shipped one).")] = None,
+    beam: Annotated[int, typer.Option("--beam", min=1, max=20)] = 3,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N images.")] = None,
+    meteor: Annotated[bool, typer.Option(help="Compute METEOR (needs Java).")] = True,
+    as_json: JsonOpt = False,
+):
+    """BLEU-1..4, METEOR, ROUGE-L and CIDEr of a captioner on a dataset split."""
+    from imagetext.eval.caption_eval import evaluate_captioner
+
+    result = evaluate_captioner(str(data), split, model=model, beam_size=beam, limit=limit,
+                                meteor=meteor, progress=not as_json)
+    if as_json:
+        _print_json(result)
+        return
+    print(f"{result['model']} on {data} ({split or 'all'}): {result['n_images']} images, "
+          f"beam {beam}, {result['seconds']}s")
+    for key in ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"):
+        if key in result:
+            print(f"  {key:8s} {result[key]:.4f}")
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from imagetext.io.images import ImageLoadError
+
+    errors: list[type[BaseException]] = [CliError, ImageLoadError, FileNotFoundError, ValueError,
+                                         KeyError, LookupError, PermissionError]
+    for module, name in (("imagetext.index.collection", "ModelMismatchError"),
+                         ("imagetext.index.collection", "IndexBusyError")):
+        mod = sys.modules.get(module)
+        if mod is not None:
+            errors.append(getattr(mod, name))
+    return tuple(errors)
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("interrupted; finished batches are kept, run the command again to resume",
+              file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("IMAGETEXT_DEBUG") or not isinstance(exc, _known_errors()):
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ class ImageTextEncoder(ABC):
     dim: int
     visual_dim: int
     preprocess: Preprocess
+    # similarities are multiplied by this before a softmax over labels (CLIP's learned
+    # temperature; ConSE sets its own)
+    logit_scale: float = 100.0
 
     @abstractmethod
     def encode_pixels(self, pixels: np.ndarray) -> ImageEmbeddings:

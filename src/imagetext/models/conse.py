@@ -38,6 +38,10 @@ def class_prompts(template: str) -> list[str]:
 
 @register_backend("conse")
 class ConSEEncoder(ImageTextEncoder):
+    # ConSE vectors are mixtures of class-name embeddings, so their similarities to label
+    # prompts are close together; 30 gives calibrated-looking softmax scores (100 is 0/1)
+    logit_scale = 30.0
+
     def __init__(
         self,
         image_tower: EfficientNetLite | None = None,

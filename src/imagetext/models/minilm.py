@@ -39,6 +39,9 @@ class MiniLMTextTower(nn.Module):
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar on every CLI call
 
         folder = str(folder or minilm_folder())
         self.tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -1,0 +1,457 @@
+"""A collection: a folder of images plus its index (SQLite + FAISS) in `<root>/.imagetext/`.
+
+`Collection.index()` is incremental: it embeds only new or changed files, drops deleted
+ones, recognises identical content by hash (moved or copied files cost no model time),
+skips and reports unreadable files, and commits batch by batch, so an interrupted run
+keeps what it finished and the next run resumes from there.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from imagetext.io.images import ImageLoadError, is_image_path, open_image_sized
+from imagetext.index.pipeline import prefetch_map
+from imagetext.index.store import ImageRecord, MetadataStore, NewImage
+from imagetext.index.vectors import VectorIndex, choose_kind
+
+INDEX_DIRNAME = ".imagetext"
+DB_NAME = "index.sqlite"
+
+
+class ModelMismatchError(RuntimeError):
+    pass
+
+
+class IndexBusyError(RuntimeError):
+    pass
+
+
+@dataclass
+class IndexReport:
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    duplicates: int = 0  # new files whose content was already indexed (vectors copied)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    seconds: float = 0.0
+    embedded: int = 0  # images that went through the model
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["failed"] = [{"path": p, "reason": r} for p, r in self.failed]
+        d["images_per_second"] = round(self.images_per_second, 1)
+        return d
+
+
+@dataclass
+class SearchResult:
+    id: int
+    path: str  # absolute path of the image file
+    score: float
+    width: int
+    height: int
+    caption: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _FileState:
+    rel: str
+    path: Path
+    size: int
+    mtime: float
+    old_id: int | None
+
+
+@dataclass
+class _Decoded:
+    sha1: str
+    width: int
+    height: int
+    pixels: np.ndarray
+
+
+def scan_folder(root: Path, skip: Path | None = None) -> Iterator[tuple[str, Path, os.stat_result]]:
+    """Image files under root (recursively, following no symlinked folders, no hidden folders)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and (skip is None or Path(dirpath, d) != skip))
+        for name in sorted(filenames):
+            if name.startswith(".") or not is_image_path(name):
+                continue
+            path = Path(dirpath, name)
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            yield path.relative_to(root).as_posix(), path, st
+
+
+class Collection:
+    """A folder of images and its searchable index."""
+
+    def __init__(self, root: Path, index_dir: Path, model: str | None = None):
+        self.root = root
+        self.index_dir = index_dir
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        self.store = MetadataStore(index_dir / DB_NAME)
+        self._model_ref = model
+        self._encoder = None
+        self._vectors: dict[str, VectorIndex] = {}
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, root: str | os.PathLike, index_dir: str | os.PathLike | None = None,
+             model: str | None = None, reindex: bool = False) -> Collection:
+        """Open (or create) the collection of images under `root`.
+
+        `model` defaults to the model that built the index, or the default model for a new
+        one. Naming a different model than the index was built with raises
+        ModelMismatchError unless `reindex=True`, which clears the index for that model.
+        """
+        root = Path(root).expanduser().resolve()
+        if not root.is_dir():
+            raise FileNotFoundError(f"collection folder not found: {root}")
+        index_dir = Path(index_dir).expanduser().resolve() if index_dir else root / INDEX_DIRNAME
+        col = cls(root, index_dir, model)
+        col._check_model(reindex)
+        return col
+
+    @classmethod
+    def find(cls, start: str | os.PathLike = ".") -> Path | None:
+        """The nearest folder at or above `start` that holds an index, like git finds a repo."""
+        path = Path(start).resolve()
+        for folder in (path, *path.parents):
+            if (folder / INDEX_DIRNAME / DB_NAME).is_file():
+                return folder
+        return None
+
+    def _check_model(self, reindex: bool) -> None:
+        indexed = self.store.get_meta("model_name")
+        if self._model_ref is None:
+            self._model_ref = self.store.get_meta("model_ref")
+            return
+        if indexed is None or self.store.count() == 0 and not reindex:
+            return
+        name = self.encoder.name
+        if name != indexed:
+            if not reindex:
+                raise ModelMismatchError(
+                    f"the index in {self.index_dir} was built with model {indexed!r}, not "
+                    f"{name!r}. Search it with --model {self.store.get_meta('model_ref')!r}, or "
+                    f"rebuild it for {name!r} with --reindex."
+                )
+            self.clear()
+
+    def clear(self) -> None:
+        """Drop every indexed image (kept files on disk are untouched)."""
+        ids = list(i for _, _, i in self.store.file_states().values())
+        self.store.remove(ids)
+        self.store.forget_failures(self.store.failure_states())
+        for key in ("model_name", "model_ref", "dim", "visual_dim"):
+            self.store.db.execute("DELETE FROM meta WHERE key = ?", (key,))
+        self._vectors.clear()
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from imagetext.models.registry import load_encoder
+
+            self._encoder = load_encoder(self._model_ref)
+        return self._encoder
+
+    def _vector_index(self, kind: str) -> VectorIndex:
+        if kind not in self._vectors:
+            dim = int(self.store.get_meta("dim" if kind == "semantic" else "visual_dim") or 0)
+            if not dim:
+                dim = self.encoder.dim if kind == "semantic" else self.encoder.visual_dim
+            self._vectors[kind] = VectorIndex(self.index_dir, self.store, kind, dim)
+        return self._vectors[kind]
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.store.count()
+
+    # -- indexing --------------------------------------------------------------------------
+    @contextmanager
+    def _writer_lock(self):
+        lock_path = self.index_dir / "lock"
+        with open(lock_path, "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise IndexBusyError(f"another process is indexing {self.root}") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def index(
+        self,
+        progress: bool = True,
+        batch_size: int = 32,
+        workers: int = 2,
+        index_type: str | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+        captioner=None,
+    ) -> IndexReport:
+        """Bring the index in step with the folder; returns what changed."""
+        start = time.perf_counter()
+        report = IndexReport()
+        with self._writer_lock():
+            if index_type:
+                choose_kind(index_type, 0)  # validate the name early
+                self.store.set_meta("index_type", index_type)
+            elif self.store.get_meta("index_type") is None:
+                self.store.set_meta("index_type", "auto")
+            todo, removed_ids = self._plan(report)
+            # the model is loaded only when there is something to embed
+            encoder = self.encoder if todo or self.store.get_meta("model_name") is None else None
+            if encoder is not None:
+                self.store.set_meta("model_name", encoder.name)
+                self.store.set_meta("model_ref", str(self._model_ref or "default"))
+                self.store.set_meta("dim", str(encoder.dim))
+                self.store.set_meta("visual_dim", str(encoder.visual_dim))
+            vectors = {k: self._vector_index(k) for k in ("semantic", "visual")}
+            for v in vectors.values():
+                v.load()  # current before we change the store, so updates can be incremental
+            report.removed = self.store.remove(removed_ids)
+            added_ids: list[int] = []
+            added_vecs: dict[str, list[np.ndarray]] = {"semantic": [], "visual": []}
+            replaced: list[int] = []
+            try:
+                if todo:
+                    self._embed(todo, encoder, batch_size, workers, progress, on_progress,
+                                captioner, report, added_ids, added_vecs, replaced)
+            finally:
+                # even on Ctrl-C, bring FAISS in step with what was committed
+                gone = np.asarray(removed_ids + replaced, np.int64)
+                new_ids = np.asarray(added_ids, np.int64)
+                for kind, v in vectors.items():
+                    if not len(gone) and not len(new_ids) and v.is_current():
+                        continue
+                    vecs = (np.concatenate(added_vecs[kind]) if added_vecs[kind]
+                            else np.zeros((0, v.dim), np.float32))
+                    v.apply(new_ids, vecs, gone)
+                report.seconds = time.perf_counter() - start
+        return report
+
+    def _plan(self, report: IndexReport) -> tuple[list[_FileState], list[int]]:
+        states = self.store.file_states()
+        failures = self.store.failure_states()
+        seen: set[str] = set()
+        todo: list[_FileState] = []
+        for rel, path, st in scan_folder(self.root, skip=self.index_dir):
+            seen.add(rel)
+            old = states.get(rel)
+            if old and old[0] == st.st_size and old[1] == st.st_mtime:
+                report.unchanged += 1
+                continue
+            failed = failures.get(rel)
+            if failed and failed[0] == st.st_size and failed[1] == st.st_mtime:
+                report.failed.append((rel, failed[2]))  # unchanged broken file: report, don't retry
+                continue
+            todo.append(_FileState(rel, path, st.st_size, st.st_mtime, old[2] if old else None))
+        removed = [i for rel, (_, _, i) in states.items() if rel not in seen]
+        self.store.forget_failures([rel for rel in failures if rel not in seen])
+        return todo, removed
+
+    def _embed(self, todo, encoder, batch_size, workers, progress, on_progress, captioner,
+               report, added_ids, added_vecs, replaced) -> None:
+        preprocess = encoder.preprocess
+        caption_pre = getattr(captioner, "preprocess", None)
+
+        def load(f: _FileState) -> _Decoded:
+            data = f.path.read_bytes()
+            sha1 = hashlib.sha1(data).hexdigest()
+            img, (width, height) = open_image_sized(data, draft_size=preprocess.resize)
+            pixels = preprocess(img)
+            if caption_pre is not None and caption_pre != preprocess:
+                pixels = (pixels, caption_pre(img))
+            return _Decoded(sha1, width, height, pixels)
+
+        bar = _progress_bar(len(todo)) if progress and todo else None
+        done = 0
+        batch: list[tuple[_FileState, _Decoded]] = []
+        failures: list[tuple[str, int, float, str]] = []
+
+        def flush() -> None:
+            if not batch:
+                return
+            pixels = [d.pixels for _, d in batch]
+            if isinstance(pixels[0], tuple):
+                enc_px = np.stack([p[0] for p in pixels])
+                cap_px = np.stack([p[1] for p in pixels])
+            else:
+                enc_px = cap_px = np.stack(pixels)
+            emb = encoder.encode_pixels(enc_px)
+            captions = [None] * len(batch)
+            if captioner is not None:
+                captions = [c[0][0] for c in captioner.generate(cap_px, num_return=1)]
+            images = [NewImage(f.rel, f.size, f.mtime, d.sha1, d.width, d.height,
+                               emb.semantic[j], emb.visual[j], captions[j])
+                      for j, (f, d) in enumerate(batch)]
+            self._commit(images, [f.old_id for f, _ in batch], report, added_ids, added_vecs, replaced)
+            report.embedded += len(batch)
+            batch.clear()
+
+        try:
+            for loaded in prefetch_map(load, todo, workers=workers, prefetch=batch_size * 3):
+                f = loaded.item
+                if loaded.error is not None:
+                    reason = loaded.error.reason if isinstance(loaded.error, ImageLoadError) else (
+                        f"{type(loaded.error).__name__}: {loaded.error}")
+                    report.failed.append((f.rel, reason))
+                    failures.append((f.rel, f.size, f.mtime, reason))
+                else:
+                    d = loaded.value
+                    if not self._reuse(f, d, report, added_ids, added_vecs, replaced):
+                        batch.append((f, d))
+                        if len(batch) >= batch_size:
+                            flush()
+                done += 1
+                if bar:
+                    bar.update(done)
+                if on_progress:
+                    on_progress(done, len(todo))
+            flush()
+        finally:
+            self.store.record_failures(failures)
+            if bar:
+                bar.close()
+
+    def _reuse(self, f: _FileState, d: _Decoded, report, added_ids, added_vecs, replaced) -> bool:
+        """Skip the model for content we already have: a touched file or a copy."""
+        if f.old_id is not None and self.store.get(f.old_id).sha1 == d.sha1:
+            self.store.touch(f.old_id, f.size, f.mtime)
+            report.unchanged += 1
+            return True
+        known = self.store.vectors_by_sha1(d.sha1)
+        if known is None:
+            return False
+        from imagetext.index.store import blob_to_vector
+
+        image = NewImage(f.rel, f.size, f.mtime, d.sha1, d.width, d.height,
+                         blob_to_vector(known[0], "semantic"), blob_to_vector(known[1], "visual"),
+                         known[2])
+        self._commit([image], [f.old_id], report, added_ids, added_vecs, replaced)
+        report.duplicates += 1
+        return True
+
+    def _commit(self, images, old_ids, report, added_ids, added_vecs, replaced) -> None:
+        replace = [i for i in old_ids if i is not None]
+        ids = self.store.add_batch(images, replace_ids=replace)
+        replaced.extend(replace)
+        report.updated += len(replace)
+        report.added += len(images) - len(replace)
+        added_ids.extend(ids)
+        added_vecs["semantic"].append(np.stack([im.semantic for im in images]).astype(np.float32))
+        added_vecs["visual"].append(np.stack([im.visual for im in images]).astype(np.float32))
+
+    # -- querying --------------------------------------------------------------------------
+    def _results(self, scores: np.ndarray, ids: np.ndarray, exclude: int | None = None,
+                 k: int | None = None) -> list[SearchResult]:
+        valid = [(int(i), float(s)) for i, s in zip(ids, scores) if i >= 0 and i != exclude]
+        records = self.store.get_many(i for i, _ in valid)
+        out = [self._result(records[i], s) for i, s in valid if i in records]
+        return out[:k] if k else out
+
+    def _result(self, r: ImageRecord, score: float) -> SearchResult:
+        return SearchResult(r.id, str(self.root / r.path), score, r.width, r.height, r.caption)
+
+    def search(self, query: str, k: int = 10) -> list[SearchResult]:
+        """Images best matching a sentence."""
+        query = (query or "").strip()
+        if not query:
+            raise ValueError("the search query is empty")
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        vec = self.encoder.encode_texts([query])
+        scores, ids = self._vector_index("semantic").search(vec, k)
+        return self._results(scores[0], ids[0])
+
+    def similar(self, image, k: int = 10) -> list[SearchResult]:
+        """Images most like `image`: a path, bytes or PIL image, or the id of an indexed image."""
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        exclude = None
+        if isinstance(image, (int, np.integer)):
+            vec = self.store.vector(int(image), "visual")[None]
+            exclude = int(image)
+        else:
+            vec = self.encoder.encode_images([image]).visual
+        scores, ids = self._vector_index("visual").search(vec, k + (exclude is not None))
+        return self._results(scores[0], ids[0], exclude=exclude, k=k)
+
+    def get(self, image_id: int) -> SearchResult:
+        return self._result(self.store.get(image_id), 1.0)
+
+    def path_of(self, image_id: int) -> Path:
+        """The file of an indexed image; only files inside the collection are ever returned."""
+        path = (self.root / self.store.get(image_id).path).resolve()
+        if not path.is_relative_to(self.root):
+            raise KeyError(f"image {image_id} is outside the collection")
+        return path
+
+    def status(self) -> dict:
+        index_bytes = sum(p.stat().st_size for p in self.index_dir.iterdir() if p.is_file())
+        n = self.store.count()
+        return {
+            "root": str(self.root),
+            "index_dir": str(self.index_dir),
+            "model": self.store.get_meta("model_name") or (self._model_ref or "default"),
+            "n_images": n,
+            "n_failed": len(self.store.failure_states()),
+            "n_captioned": n - len(self.store.ids_without_caption()),
+            "index_type": choose_kind(self.store.get_meta("index_type") or "auto", n),
+            "index_bytes": index_bytes,
+        }
+
+
+class _progress_bar:
+    """A rich progress bar with images/s, drawn on stderr."""
+
+    def __init__(self, total: int):
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.start = time.perf_counter()
+        self.progress = Progress(
+            TextColumn("indexing"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=False,
+        )
+        self.task = self.progress.add_task("index", total=total, rate="")
+        self.progress.start()
+
+    def update(self, done: int) -> None:
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        self.progress.update(self.task, completed=done, rate=f"{rate:.1f} img/s")
+
+    def close(self) -> None:
+        self.progress.stop()

@@ -1,0 +1,250 @@
+"""SQLite metadata store: one row per indexed image, with its vectors.
+
+SQLite is the source of truth. Each image row holds its path (relative to the collection
+root), size, mtime, content hash, pixel size, room for a caption and labels, and both
+vectors as blobs; the FAISS files are derived from it and rebuilt whenever they are
+older than the database (see vectors.py). Every change happens in a transaction, so an
+interrupted indexing run leaves the batches it finished and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime REAL NOT NULL,
+    sha1 TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    caption TEXT,
+    labels TEXT,
+    indexed_at REAL NOT NULL,
+    semantic BLOB NOT NULL,
+    visual BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_sha1 ON images (sha1);
+CREATE TABLE IF NOT EXISTS failures (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime REAL NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
+
+@dataclass
+class ImageRecord:
+    id: int
+    path: str  # relative to the collection root, POSIX separators
+    size: int
+    mtime: float
+    sha1: str
+    width: int
+    height: int
+    caption: str | None = None
+    labels: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NewImage:
+    path: str
+    size: int
+    mtime: float
+    sha1: str
+    width: int
+    height: int
+    semantic: np.ndarray
+    visual: np.ndarray
+    caption: str | None = None
+
+
+_COLUMNS = "id, path, size, mtime, sha1, width, height, caption, labels"
+
+
+def _record(row: tuple) -> ImageRecord:
+    labels = json.loads(row[8]) if row[8] else []
+    return ImageRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], labels)
+
+
+class MetadataStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
+                                  check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        version = self.get_meta("schema_version")
+        if version is None:
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
+        elif int(version) > SCHEMA_VERSION:
+            raise RuntimeError(f"index {self.path} was written by a newer imagetext (schema {version})")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- meta ---------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every change to the images table; FAISS files record the one they saw."""
+        return int(self.get_meta("generation") or 0)
+
+    def _bump(self) -> None:
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES ('generation', '1') ON CONFLICT(key) "
+            "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
+
+    # -- reads --------------------------------------------------------------------------
+    def count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+    def file_states(self) -> dict[str, tuple[int, float, int]]:
+        """path -> (size, mtime, id) for every indexed image."""
+        return {p: (s, m, i) for i, p, s, m in self.db.execute("SELECT id, path, size, mtime FROM images")}
+
+    def failure_states(self) -> dict[str, tuple[int, float, str]]:
+        return {p: (s, m, r) for p, s, m, r in self.db.execute("SELECT path, size, mtime, reason FROM failures")}
+
+    def get(self, image_id: int) -> ImageRecord:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM images WHERE id = ?", (int(image_id),)).fetchone()
+        if row is None:
+            raise KeyError(f"no image with id {image_id} in the index")
+        return _record(row)
+
+    def get_many(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM images WHERE id IN ({marks})", ids)
+        return {r[0]: _record(r) for r in rows}
+
+    def find_path(self, path: str) -> ImageRecord | None:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM images WHERE path = ?", (path,)).fetchone()
+        return None if row is None else _record(row)
+
+    def vectors_by_sha1(self, sha1: str) -> tuple[bytes, bytes, str | None] | None:
+        row = self.db.execute(
+            "SELECT semantic, visual, caption FROM images WHERE sha1 = ? LIMIT 1", (sha1,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def vector(self, image_id: int, kind: str) -> np.ndarray:
+        column = {"semantic": "semantic", "visual": "visual"}[kind]
+        row = self.db.execute(f"SELECT {column} FROM images WHERE id = ?", (int(image_id),)).fetchone()
+        if row is None:
+            raise KeyError(f"no image with id {image_id} in the index")
+        return blob_to_vector(row[0], kind)
+
+    def iter_vectors(self, kind: str, chunk: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) in chunks, for rebuilding a FAISS index."""
+        column = {"semantic": "semantic", "visual": "visual"}[kind]
+        cursor = self.db.execute(f"SELECT id, {column} FROM images ORDER BY id")
+        while rows := cursor.fetchmany(chunk):
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            yield ids, np.stack([blob_to_vector(r[1], kind) for r in rows])
+
+    # -- writes (each call is one transaction) ------------------------------------------
+    def add_batch(self, images: list[NewImage], replace_ids: Iterable[int] = ()) -> list[int]:
+        """Insert images (replacing the rows `replace_ids` of changed files); returns new ids."""
+        now = time.time()
+        ids = []
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            for image_id in replace_ids:
+                self.db.execute("DELETE FROM images WHERE id = ?", (int(image_id),))
+            for im in images:
+                self.db.execute("DELETE FROM failures WHERE path = ?", (im.path,))
+                cur = self.db.execute(
+                    "INSERT INTO images (path, size, mtime, sha1, width, height, caption, labels,"
+                    " indexed_at, semantic, visual) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
+                    (im.path, im.size, im.mtime, im.sha1, im.width, im.height, im.caption, now,
+                     vector_to_blob(im.semantic, "semantic"), vector_to_blob(im.visual, "visual")),
+                )
+                ids.append(cur.lastrowid)
+            self._bump()
+        return ids
+
+    def touch(self, image_id: int, size: int, mtime: float) -> None:
+        """A file whose stat changed but whose content did not: keep its vectors."""
+        with self.db:
+            self.db.execute("UPDATE images SET size = ?, mtime = ? WHERE id = ?", (size, mtime, image_id))
+
+    def remove(self, image_ids: Iterable[int]) -> int:
+        ids = [(int(i),) for i in image_ids]
+        if not ids:
+            return 0
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("DELETE FROM images WHERE id = ?", ids)
+            self._bump()
+        return len(ids)
+
+    def record_failures(self, failures: list[tuple[str, int, float, str]]) -> None:
+        if not failures:
+            return
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO failures (path, size, mtime, reason) VALUES (?, ?, ?, ?)", failures
+            )
+
+    def forget_failures(self, paths: Iterable[str]) -> None:
+        with self.db:
+            self.db.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in paths])
+
+    def set_caption(self, image_id: int, caption: str | None) -> None:
+        with self.db:
+            self.db.execute("UPDATE images SET caption = ? WHERE id = ?", (caption, int(image_id)))
+
+    def set_labels(self, image_id: int, labels: list[str]) -> None:
+        with self.db:
+            self.db.execute("UPDATE images SET labels = ? WHERE id = ?", (json.dumps(labels), int(image_id)))
+
+    def ids_without_caption(self) -> list[int]:
+        return [r[0] for r in self.db.execute("SELECT id FROM images WHERE caption IS NULL ORDER BY id")]
+
+    def search_captions(self, words: list[str], limit: int) -> list[int]:
+        """Ids of images whose caption contains every word (case-insensitive)."""
+        if not words:
+            return []
+        where = " AND ".join("caption LIKE ?" for _ in words)
+        rows = self.db.execute(
+            f"SELECT id FROM images WHERE caption IS NOT NULL AND {where} LIMIT ?",
+            [f"%{w}%" for w in words] + [limit],
+        )
+        return [r[0] for r in rows]
+
+
+# The visual vector (1280-d for the default model) is stored as float16: half the size,
+# cosine error < 1e-3. The semantic vector, which text queries are scored against, stays float32.
+BLOB_DTYPES = {"semantic": np.float32, "visual": np.float16}
+
+
+def vector_to_blob(v: np.ndarray, kind: str) -> bytes:
+    return np.asarray(v, dtype=BLOB_DTYPES[kind]).tobytes()
+
+
+def blob_to_vector(blob: bytes, kind: str) -> np.ndarray:
+    return np.frombuffer(blob, dtype=BLOB_DTYPES[kind]).astype(np.float32)

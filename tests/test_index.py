@@ -1,0 +1,180 @@
+"""The collection index on real photos: search, reverse search, incremental updates,
+corrupt files, interruption and crash safety."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imagetext.api import Collection, ModelMismatchError
+
+
+def _index(root: Path, **kw):
+    col = Collection.open(root)
+    return col, col.index(progress=False, batch_size=8, **kw)
+
+
+def test_search_and_similar_on_real_photos(gallery, photos, tmp_path):
+    col, report = _index(gallery)
+    assert report.added == 30 and report.failed == [] and len(col) == 30
+    assert Path(col.search("a cat", k=3)[0].path).name == "chelsea.png"
+    assert Path(col.search("a cup of coffee", k=3)[0].path).name == "coffee.png"
+    results = col.search("a dog", k=5)
+    assert len(results) == 5 and results[0].score >= results[-1].score
+
+    # a resized and cropped copy (outside the collection) finds its original first
+    img = Image.open(photos["astronaut"]).convert("RGB")
+    w, h = img.size
+    query = tmp_path / "query.jpg"
+    img.crop((w // 10, h // 10, w - w // 8, h - h // 12)).resize((300, 280)).save(query, quality=80)
+    top = col.similar(str(query), k=3)
+    assert Path(top[0].path).name == "astronaut.png"
+    assert top[0].score > 0.8 > top[1].score
+
+    # "more like this" on an indexed image never returns the image itself
+    cat_id = col.search("a cat", k=1)[0].id
+    assert all(r.id != cat_id for r in col.similar(cat_id, k=5))
+
+
+def test_incremental_reindex(gallery, photos):
+    col, first = _index(gallery)
+    assert first.embedded == 30
+
+    again = col.index(progress=False)
+    assert (again.embedded, again.added, again.removed, again.unchanged) == (0, 0, 0, 30)
+
+    # a touched file (same content, new mtime) is not re-embedded
+    os.utime(gallery / "coffee.png", (time.time() + 10, time.time() + 10))
+    # a copy of existing content reuses its vectors
+    shutil.copy(gallery / "chelsea.png", gallery / "flickr" / "cat-copy.png")
+    # a deleted file leaves the index
+    (gallery / "rocket.jpg").unlink()
+    # a changed file is re-embedded under the same path
+    Image.open(photos["rocket"]).convert("RGB").save(gallery / "astronaut.png")
+    report = col.index(progress=False)
+    assert report.embedded == 1 and report.updated == 1
+    assert report.duplicates == 1 and report.removed == 1 and report.added == 1
+    assert len(col) == 30
+    names = [Path(r.path).name for r in col.search("a cat", k=2)]
+    assert sorted(names) == ["cat-copy.png", "chelsea.png"]
+    assert all(Path(r.path).name != "rocket.jpg" for r in col.search("a rocket", k=30))
+    # a fresh process sees the same index (FAISS files are current, nothing rebuilt)
+    reopened = Collection.open(gallery)
+    assert len(reopened) == 30
+    assert reopened.status()["n_images"] == 30
+
+
+def test_corrupt_files_are_skipped_and_reported(gallery):
+    (gallery / "broken.jpg").write_text("not a jpeg at all")
+    data = (gallery / "chelsea.png").read_bytes()
+    (gallery / "flickr" / "half.png").write_bytes(data[: len(data) // 4])
+    col, report = _index(gallery)
+    assert len(col) == 30
+    failed = dict(report.failed)
+    assert set(failed) == {"broken.jpg", "flickr/half.png"}
+    assert "not an image" in failed["broken.jpg"]
+    assert Path(col.search("a cat", k=1)[0].path).name == "chelsea.png"
+    # reported again on the next run, without trying (and failing) to decode them again
+    again = col.index(progress=False)
+    assert set(dict(again.failed)) == {"broken.jpg", "flickr/half.png"} and again.embedded == 0
+    # once fixed, the file is indexed
+    shutil.copy(gallery / "coffee.png", gallery / "broken.jpg")
+    fixed = col.index(progress=False)
+    assert dict(fixed.failed).keys() == {"flickr/half.png"} and len(col) == 31
+
+
+def test_interrupted_run_keeps_finished_batches_and_resumes(gallery):
+    col = Collection.open(gallery)
+
+    def stop_after_two_batches(done, total):
+        if done == 17:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        col.index(progress=False, batch_size=8, on_progress=stop_after_two_batches)
+    kept = len(col)
+    assert 8 <= kept < 30
+    reopened = Collection.open(gallery)
+    assert len(reopened.search("a photo", k=50)) == kept  # FAISS in step with SQLite
+    report = reopened.index(progress=False, batch_size=8)
+    assert report.embedded == 30 - kept and len(reopened) == 30
+
+
+def test_killed_indexer_leaves_an_index_that_opens(tmp_path):
+    from tests.conftest import flickr_images
+
+    root = tmp_path / "many"
+    root.mkdir()
+    for p in flickr_images(160):
+        shutil.copy(p, root / p.name)
+    cmd = [sys.executable, "-m", "imagetext.cli", "index", str(root), "--batch-size", "8", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    db = root / ".imagetext" / "index.sqlite"
+    deadline = time.time() + 120
+    count = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        if db.exists():
+            try:
+                with sqlite3.connect(db, timeout=1) as con:
+                    count = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+            except sqlite3.OperationalError:
+                continue
+            if count >= 16:
+                break
+    assert proc.poll() is None, "indexing finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    col = Collection.open(root)
+    kept = len(col)
+    assert 16 <= kept < 160
+    assert len(col.search("a dog", k=500)) == kept
+    report = col.index(progress=False)
+    assert report.embedded == 160 - kept and len(col) == 160
+
+
+def test_damaged_faiss_file_is_rebuilt(gallery):
+    col, _ = _index(gallery)
+    (col.index_dir / "semantic.faiss").write_bytes(b"garbage")
+    reopened = Collection.open(gallery)
+    assert Path(reopened.search("a cat", k=1)[0].path).name == "chelsea.png"
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_index_types_agree_with_exact(gallery, kind):
+    col, _ = _index(gallery)
+    exact = [r.id for r in col.search("a cup of coffee", k=3)]
+    col.index(progress=False, index_type=kind)
+    assert col.status()["index_type"] == kind
+    assert col.search("a cup of coffee", k=3)[0].id == exact[0]
+
+
+def test_index_refuses_vectors_from_another_model(gallery):
+    col, _ = _index(gallery)
+    # pretend another model built this index: opening it with ours must not mix vectors
+    col.store.set_meta("model_name", "some-other-model")
+    col.store.set_meta("model_ref", "some-other-model")
+    with pytest.raises(ModelMismatchError, match="--reindex"):
+        Collection.open(gallery, model="conse")
+    rebuilt = Collection.open(gallery, model="conse", reindex=True)
+    assert len(rebuilt) == 0
+    rebuilt.index(progress=False)
+    assert len(rebuilt) == 30 and rebuilt.status()["model"] == rebuilt.encoder.name
+
+
+def test_empty_query_and_bad_k_are_clear_errors(gallery):
+    col, _ = _index(gallery)
+    with pytest.raises(ValueError, match="empty"):
+        col.search("   ")
+    with pytest.raises(ValueError, match="k must"):
+        col.search("a cat", k=0)
+    assert len(col.search("a cat", k=10_000)) == 30  # a huge k returns everything
