@@ -41,6 +41,14 @@ def features(output) -> torch.Tensor:
     return output.pooler_output
 
 
+def quiet_transformers() -> None:
+    """Turn off transformers' per-load "Loading weights" progress bar (noise in a CLI);
+    its warnings, e.g. about weights missing from a checkpoint, stay on."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
 def default_preprocess(model_type: str, image_size: int) -> ProcessorPreprocess:
     if model_type == "siglip":
         return square_default(image_size)
@@ -125,6 +133,7 @@ class HFClipEncoder(ImageTextEncoder):
     def from_pretrained(cls, folder: str | os.PathLike) -> HFClipEncoder:
         from transformers import AutoModel, AutoTokenizer
 
+        quiet_transformers()
         folder = Path(folder)
         config = read_config(folder)
         model_type = config.get("model_type")
