@@ -407,6 +407,36 @@ def eval_caption(
             print(f"  {key:8s} {result[key]:.4f}")
 
 
+@export_app.command("onnx")
+def export_onnx_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model to export: a transformers "
+                     "CLIP/SigLIP folder, a hub id (org/name) or an hf-clip model folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (a model folder that "
+                   "--model accepts; backend onnx).")],
+    quantize: Annotated[Optional[str], typer.Option(help="int8: dynamic int8 weights (4x smaller, "
+                        "faster, vectors approximate; the model name gets +int8).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty --out.")] = False,
+):
+    """Export a model to ONNX for fast CPU inference with ONNX Runtime (checked against PyTorch)."""
+    from imagetext.models.onnx_backend import export_onnx
+
+    summary = export_onnx(model, out, quantize=quantize, overwrite=overwrite)
+    print(f"exported {summary['name']} to {summary['out']} (min cosine vs PyTorch: image "
+          f"{summary['image_cosine']:.5f}, text {summary['text_cosine']:.5f}); "
+          f"use it with --model {summary['out']}")
+
+
+@app.callback()
+def _global_options(
+    allow_download: Annotated[bool, typer.Option(
+        "--allow-download", help="Let a --model hub id (org/name) missing from the local Hugging "
+        "Face cache be downloaded (same as IMAGETEXT_ALLOW_DOWNLOAD=1). Off: nothing is fetched.")]
+    = False,
+):
+    if allow_download:
+        os.environ["IMAGETEXT_ALLOW_DOWNLOAD"] = "1"
+
+
 def _known_errors() -> tuple[type[BaseException], ...]:
     from imagetext.io.images import ImageLoadError
 
