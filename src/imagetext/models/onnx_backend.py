@@ -21,6 +21,7 @@ image tower through ONNX Runtime (imagetext.models.onnx_runtime).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -148,9 +149,13 @@ def export_onnx(model: str | os.PathLike | ImageTextEncoder, out: str | os.PathL
         if quantize == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            for f in (IMAGE_FILE, TEXT_FILE):
-                quantize_dynamic(str(tmp / f), str(tmp / f"q-{f}"), weight_type=QuantType.QInt8)
-                os.replace(tmp / f"q-{f}", tmp / f)
+            logging.disable(logging.WARNING)  # its "consider pre-processing" advice on stderr
+            try:
+                for f in (IMAGE_FILE, TEXT_FILE):
+                    quantize_dynamic(str(tmp / f), str(tmp / f"q-{f}"), weight_type=QuantType.QInt8)
+                    os.replace(tmp / f"q-{f}", tmp / f)
+            finally:
+                logging.disable(logging.NOTSET)
 
         # check: ONNX Runtime must give the PyTorch vectors
         want_img = encoder.encode_pixels(pixels).semantic
