@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -256,3 +259,94 @@ def test_captioner_fine_tuning_hook_learns_captions(models, family):
     # tiny random vision towers tell two photos apart only weakly, so this checks that the
     # decoder learned the training captions (token shift, start/end tokens), not which is which
     assert set(captioner.caption(PNGS[:2], beam_size=2, max_length=6)) <= set(captions)
+
+
+def cli(*args: str, cwd: Path | None = None) -> str:
+    proc = subprocess.run([sys.executable, "-m", "imagetext.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, check=False)
+    if proc.returncode != 0:
+        raise AssertionError(f"imagetext {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def test_every_command_runs_with_pretrained_backends(models, tmp_path):
+    """index / search / similar / classify / rank / eval retrieval with a transformers CLIP,
+    search through its ONNX export, caption / eval caption with a BLIP captioner."""
+    from imagetext.caption.hf_captioners import HFCaptioner
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    rows = ["image\tcaption_index\tcaption\tsplit"]
+    for p in ALL:
+        shutil.copy(p, data / "images" / p.name)
+        rows += [f"{p.name}\t{i}\ta photo of a {p.stem} number {i}\tval" for i in range(2)]
+    (data / "captions.tsv").write_text("\n".join(rows) + "\n")
+    gallery, clip = data / "images", str(models["clip"])
+
+    out = json.loads(cli("index", str(gallery), "--model", clip, "--json"))
+    assert out["n_images"] == len(ALL)
+    hits = json.loads(cli("search", "a cat", "-k", "3", "--json", cwd=gallery))
+    assert len(hits) == 3 and hits[0]["score"] >= hits[1]["score"]
+    sim = json.loads(cli("similar", str(gallery / "coffee.png"), "-k", "2", "--json", cwd=gallery))
+    assert len(sim) == 2 and all(Path(h["path"]).name != "coffee.png" for h in sim)
+    # the ONNX export has the same name and vectors: it searches the same index
+    onnx_dir = tmp_path / "clip-onnx"
+    cli("export", "onnx", "--model", clip, "--out", str(onnx_dir))
+    onnx_hits = json.loads(cli("search", "a cat", "-k", "3", "--json", "--model", str(onnx_dir),
+                               cwd=gallery))
+    assert [h["path"] for h in onnx_hits] == [h["path"] for h in hits]
+    # another model may not add its vectors to this index
+    proc = subprocess.run([sys.executable, "-m", "imagetext.cli", "index", str(gallery), "--model",
+                           str(models["siglip"])], capture_output=True, text=True, check=False)
+    assert proc.returncode == 1 and "--reindex" in proc.stderr
+
+    scores = json.loads(cli("classify", str(ALL[0]), "--labels", "cat, dog, rocket", "--model",
+                            clip, "--json"))
+    assert abs(sum(scores[0]["scores"]) - 1) < 1e-4
+    ranked = json.loads(cli("rank", "a rocket", *map(str, ALL[:3]), "--model", clip, "--json"))
+    assert len(ranked) == 3
+    recall = json.loads(cli("eval", "retrieval", "--data", str(data), "--split", "val",
+                            "--model", clip, "--json"))
+    assert recall["n_images"] == len(ALL) and 0 <= recall["t2i_r1"] <= 100
+
+    blip = tmp_path / "blip"
+    HFCaptioner.from_pretrained(models["blip"]).save_pretrained(blip)
+    captions = json.loads(cli("caption", str(ALL[0]), str(ALL[1]), "--model", str(blip),
+                              "--max-length", "5", "--json"))
+    assert captions["model"] == "blip" and len(captions["results"]) == 2
+    scores = json.loads(cli("eval", "caption", "--data", str(data), "--split", "val", "--model",
+                            str(blip), "--beam", "1", "--no-meteor", "--json"))
+    assert scores["n_images"] == len(ALL) and "cider" in scores
+
+
+def test_train_clip_finetune_trains_a_transformers_clip(models, tmp_path):
+    """`imagetext train clip --mode finetune --base <hf model>` goes through dual_encoder():
+    --tune last changes only the last blocks; the result is an hf-clip model folder."""
+    from safetensors.torch import load_file
+
+    from imagetext.train.clip_train import DataSpec, train_clip
+    from imagetext.train.contrastive import TrainConfig
+
+    data = tmp_path / "pairs"
+    (data / "images").mkdir(parents=True)
+    rows = ["image\tcaption_index\tcaption\tsplit"]
+    for i, p in enumerate(ALL):
+        shutil.copy(p, data / "images" / p.name)
+        split = "val" if i == len(ALL) - 1 else "train"
+        rows += [f"{p.name}\t{k}\ta photo of {p.stem} {k}\t{split}" for k in range(2)]
+    (data / "captions.tsv").write_text("\n".join(rows) + "\n")
+    config = TrainConfig(epochs=2, batch_size=4, lr=1e-3, warmup_steps=1, seed=0,
+                         checkpoint_dir=str(tmp_path / "ckpt"))
+    folder, _ = train_clip(DataSpec(sources=[str(data)]), tmp_path / "tuned", mode="finetune",
+                           config=config, name="tiny-clip-tuned", base=str(models["clip"]),
+                           tune="last", wise_alpha=1.0, image_size=None)
+    tuned = load_encoder(folder, cache=False)
+    assert tuned.backend == "hf-clip" and tuned.name == "tiny-clip-tuned"
+    before, after = load_file(str(models["clip"] / "model.safetensors")), load_file(
+        str(Path(folder) / "model.safetensors"))
+    last = "vision_model.encoder.layers.1.mlp.fc1.weight"
+    first = "vision_model.encoder.layers.0.mlp.fc1.weight"
+    assert not torch.equal(before[last], after[last])
+    assert torch.equal(before[first], after[first])
+    assert not torch.equal(before["text_projection.weight"], after["text_projection.weight"])
+    assert tuned.encode_images(PNGS[:1]).semantic.shape == (1, 24)

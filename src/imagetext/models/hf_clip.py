@@ -125,8 +125,13 @@ class HFClipEncoder(ImageTextEncoder):
 
     # -- fine-tuning hooks -------------------------------------------------------------
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
-        """The torch modules a training loop may update (image tower, text tower, model)."""
+        """The torch modules a training loop may update (the whole transformers model)."""
         return {"model": self.model}
+
+    def dual_encoder(self) -> HFClipDualEncoder:
+        """This model as a trainable module: what `imagetext train clip --mode finetune
+        --base <this model>` (train/clip_finetune.py) trains, with WiSE-FT on its state_dict."""
+        return HFClipDualEncoder(self)
 
     # -- folder convention -------------------------------------------------------------
     @classmethod
@@ -165,6 +170,43 @@ class HFClipEncoder(ImageTextEncoder):
         config.update({"backend": self.backend, "imagetext_name": self.name})
         config_path.write_text(json.dumps(config, indent=2) + "\n")
         write_model_card(folder, self)
+
+
+class HFClipDualEncoder(torch.nn.Module):
+    """The trainable form of an HFClipEncoder: un-normalised image / text embeddings with
+    autograd; `to_encoder` turns the (fine-tuned) weights back into an encoder."""
+
+    def __init__(self, encoder: HFClipEncoder):
+        super().__init__()
+        self.model = encoder.model
+        self._encoder = encoder
+        self.name = encoder.name
+        self.preprocess = encoder.preprocess
+        pre = encoder.preprocess
+        self.image_size = (pre.crop_size or pre.size or (pre.crop, pre.crop))[0]
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self._encoder.tokenize(texts)
+
+    def forward_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return features(self.model.get_image_features(pixel_values=pixels))
+
+    def forward_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return features(self.model.get_text_features(**tokens))
+
+    def last_blocks(self) -> list[torch.nn.Module]:
+        """What `--tune last` trains: each tower's last transformer layer, final norm and
+        projection."""
+        vision, text = self.model.vision_model, self.model.text_model
+        blocks = [vision.encoder.layers[-1], vision.post_layernorm, text.encoder.layers[-1],
+                  text.final_layer_norm]
+        if self._encoder.model_type == "clip":
+            return blocks + [self.model.visual_projection, self.model.text_projection]
+        return blocks + [vision.head, text.head]  # SigLIP: attention-pool head, text head
+
+    def to_encoder(self, name: str | None = None) -> HFClipEncoder:
+        return HFClipEncoder(self.model.eval(), self._encoder.tokenizer, self.preprocess,
+                             name=name or self.name, batch_size=self._encoder.batch_size)
 
 
 def write_model_card(folder: Path, encoder: HFClipEncoder) -> None:
