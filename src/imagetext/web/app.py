@@ -178,7 +178,8 @@ def create_app(
     async def on_http_error(request: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
-            message = f"There is no page at {request.url.path}."
+            message = (f"No API endpoint at {request.url.path}; see /docs."
+                       if wants_json(request) else f"There is no page at {request.url.path}.")
         return await error_response(request, exc.status_code, message)
 
     @app.exception_handler(Exception)

@@ -1,0 +1,331 @@
+"""The web app's JSON API and pages over HTTP, against a real uvicorn on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.web_server import MAX_UPLOAD_MB, shared_server
+
+
+@pytest.fixture(scope="module")
+def server():
+    return shared_server()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def png_bytes(path) -> bytes:
+    return path.read_bytes()
+
+
+def names(results) -> list[str]:
+    return [r["relative_path"] for r in results]
+
+
+def assert_clear_error(response, status: int, *words: str) -> str:
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and detail, response.text
+    assert "Traceback" not in detail
+    for word in words:
+        assert word.lower() in detail.lower(), detail
+    return detail
+
+
+# -- status and search --------------------------------------------------------------------
+def test_status_names_the_model_and_counts_the_images(client, server):
+    status = client.get("/api/status").json()
+    assert status["n_images"] == server.n_images >= 18 + 12
+    assert status["model"] == "conse-lite0-minilm"
+    assert status["root"] == str(server.root)
+    assert status["captioner"]["installed"] in (True, False)
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("a cat", "chelsea.png"),
+    ("a cup of coffee", "coffee.png"),
+    ("a rocket launching into the sky", "rocket.jpg"),
+    ("a motorcycle", "motorcycle_left.png"),
+])
+def test_search_finds_the_matching_photo_first(client, query, expected):
+    body = client.get("/api/search", params={"q": query, "k": 5}).json()
+    assert body["query"] == query and body["k"] == 5
+    assert len(body["results"]) == 5
+    assert names(body["results"])[0] == expected
+    scores = [r["score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_search_result_links_serve_the_image_and_a_cached_thumbnail(client, server):
+    (top,) = client.get("/api/search", params={"q": "a cat", "k": 1}).json()["results"]
+    assert top["relative_path"] == "chelsea.png"
+    original = client.get(top["image_url"])
+    assert original.status_code == 200
+    assert original.content == (server.root / "chelsea.png").read_bytes()
+
+    thumb = client.get(top["thumbnail_url"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    img = Image.open(io.BytesIO(thumb.content))
+    assert max(img.size) == 256
+    cached = list((server.root / ".imagetext" / "thumbnails").rglob("*.jpg"))
+    assert cached, "thumbnail was not cached"
+    assert client.get(top["thumbnail_url"]).content == thumb.content
+
+    large = Image.open(io.BytesIO(client.get(top["preview_url"]).content))
+    assert large.size == (451, 300)  # never upscaled beyond the original
+
+    record = client.get(f"/api/images/{top['id']}").json()
+    assert record["relative_path"] == "chelsea.png" and record["width"] == 451
+
+
+def test_search_in_a_subfolder_returns_flickr_photos(client):
+    results = client.get("/api/search", params={"q": "a dog running on grass", "k": 10}).json()
+    assert any(r["relative_path"].startswith("flickr/") for r in results["results"])
+
+
+# -- similar --------------------------------------------------------------------------------
+def test_similar_to_an_upload_finds_the_same_photo(client, server):
+    files = {"file": ("cat.png", png_bytes(server.root / "chelsea.png"), "image/png")}
+    body = client.post("/api/similar", files=files, data={"k": "4"}).json()
+    assert len(body["results"]) == 4
+    assert body["results"][0]["relative_path"] == "chelsea.png"
+    assert body["results"][0]["score"] > 0.99
+
+
+def test_similar_to_a_photo_from_outside_the_collection(client, server):
+    files = {"file": ("outside.png", server.outside.read_bytes(), "image/png")}
+    body = client.post("/api/similar", files=files).json()
+    assert body["results"][0]["relative_path"] == "coffee.png"
+
+
+def test_more_like_this_by_id_leaves_the_image_itself_out(client):
+    (cat,) = client.get("/api/search", params={"q": "a cat", "k": 1}).json()["results"]
+    body = client.get("/api/similar", params={"id": cat["id"], "k": 6}).json()
+    assert len(body["results"]) == 6
+    assert cat["id"] not in [r["id"] for r in body["results"]]
+
+
+def test_similar_by_path_inside_the_collection(client):
+    body = client.get("/api/similar", params={"path": "coffee.png", "k": 3}).json()
+    assert body["path"] == "coffee.png" and len(body["results"]) == 3
+    assert "coffee.png" not in names(body["results"])
+
+
+# -- bad input: clear 4xx, never a 500 -------------------------------------------------------
+@pytest.mark.parametrize("path", ["../outside.png", "/etc/passwd", "../../../../etc/passwd",
+                                  "flickr/../../outside.png"])
+def test_a_path_outside_the_collection_is_refused(client, path):
+    assert_clear_error(client.get("/api/similar", params={"path": path}), 403, "outside")
+
+
+def test_a_missing_path_inside_the_collection_is_404(client):
+    assert_clear_error(client.get("/api/similar", params={"path": "nope.jpg"}), 404, "no file")
+
+
+def test_similar_needs_exactly_one_of_id_and_path(client):
+    assert_clear_error(client.get("/api/similar"), 400, "exactly one")
+    assert_clear_error(client.get("/api/similar", params={"id": 1, "path": "coffee.png"}), 400)
+
+
+@pytest.mark.parametrize("q", ["", "   ", "\n\t"])
+def test_an_empty_query_is_a_400(client, q):
+    assert_clear_error(client.get("/api/search", params={"q": q}), 400, "empty")
+
+
+def test_a_missing_query_is_a_422(client):
+    assert_clear_error(client.get("/api/search"), 422, "q")
+
+
+@pytest.mark.parametrize("k", ["100000", "0", "-3", "abc", "1e9"])
+def test_a_bad_k_is_refused(client, k):
+    assert_clear_error(client.get("/api/search", params={"q": "a cat", "k": k}), 422, "k")
+
+
+def test_a_too_long_query_is_refused(client):
+    assert client.get("/api/search", params={"q": "cat " * 400}).status_code == 422
+
+
+@pytest.mark.parametrize("image_id", ["999999", "99999999999999999999999", "-1"])
+def test_unknown_image_ids_are_404(client, image_id):
+    for suffix in ("", "/file", "/thumbnail"):
+        response = client.get(f"/api/images/{image_id}{suffix}")
+        assert response.status_code in (404, 422), response.text
+        assert "detail" in response.json()
+
+
+def test_image_routes_take_only_numeric_ids(client):
+    assert_clear_error(client.get("/api/images/..%2F..%2Fetc%2Fpasswd/file"), 404, "no api")
+    assert_clear_error(client.get("/api/images/abc/file"), 422, "image_id")
+
+
+def test_static_files_cannot_escape_their_folder(client):
+    for url in ("/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2Fservice.py"):
+        response = client.get(url)
+        assert response.status_code == 404, url
+        assert "WebService" not in response.text and "create_app" not in response.text
+
+
+def test_an_unsupported_thumbnail_size_is_400(client):
+    (top,) = client.get("/api/search", params={"q": "a cat", "k": 1}).json()["results"]
+    assert_clear_error(client.get(f"/api/images/{top['id']}/thumbnail", params={"size": 4096}),
+                       400, "size")
+
+
+def test_a_non_image_upload_is_a_400(client):
+    files = {"file": ("notes.txt", b"hello, I am text", "text/plain")}
+    assert_clear_error(client.post("/api/similar", files=files), 400, "not an image")
+
+
+def test_a_truncated_image_upload_is_a_400(client, server):
+    data = (server.root / "rocket.jpg").read_bytes()[:2000]
+    files = {"file": ("rocket.jpg", data, "image/jpeg")}
+    assert_clear_error(client.post("/api/similar", files=files), 400, "image")
+
+
+def test_an_empty_upload_is_a_400(client):
+    files = {"file": ("empty.png", b"", "image/png")}
+    assert_clear_error(client.post("/api/similar", files=files), 400, "empty")
+
+
+def test_a_missing_upload_is_a_422(client):
+    assert_clear_error(client.post("/api/similar", data={"k": "3"}), 422, "file")
+
+
+def test_an_upload_over_the_limit_is_a_413(client):
+    big = b"\x89PNG\r\n\x1a\n" + bytes(int((MAX_UPLOAD_MB + 1) * 1_000_000))
+    files = {"file": ("big.png", big, "image/png")}
+    assert_clear_error(client.post("/api/similar", files=files), 413, "limit")
+
+
+def test_unknown_api_routes_answer_json_404(client):
+    assert_clear_error(client.get("/api/nothing-here"), 404, "no api endpoint")
+
+
+# -- classify, rank, caption --------------------------------------------------------------
+def test_classify_scores_the_labels(client, server):
+    files = {"file": ("cat.png", png_bytes(server.root / "chelsea.png"), "image/png")}
+    body = client.post("/api/classify", files=files,
+                       data={"labels": "cat, dog, car\nbuilding", "threshold": "0.5"}).json()
+    assert body["labels"] == ["cat", "dog", "car", "building"]
+    assert body["top"] == "cat"
+    assert sum(body["scores"]) == pytest.approx(1.0, abs=1e-4)
+    assert body["flagged"] == ["cat"]
+    assert next(r["label"] for r in body["ranked"]) == "cat"
+
+
+def test_classify_with_the_moderation_preset(client, server):
+    files = {"file": ("coffee.png", png_bytes(server.root / "coffee.png"), "image/png")}
+    body = client.post("/api/classify", files=files, data={"preset": "moderation"}).json()
+    assert body["preset"] == "moderation"
+    assert len(body["labels"]) >= 5 and body["threshold"] == 0.5
+    assert body["flagged"] == []  # a cup of coffee is not unsafe
+    flaggable = [r["label"] for r in body["ranked"] if r["flaggable"]]
+    assert flaggable and len(flaggable) < len(body["labels"])
+
+
+@pytest.mark.parametrize("data, status, word", [
+    ({"labels": "cat"}, 400, "two labels"),
+    ({"labels": ""}, 400, "two labels"),
+    ({"labels": "cat, dog", "threshold": "2"}, 422, "threshold"),
+    ({"labels": "cat, dog", "template": "no placeholder"}, 400, "{}"),
+    ({"preset": "violence"}, 400, "preset"),
+])
+def test_classify_bad_input(client, server, data, status, word):
+    files = {"file": ("cat.png", png_bytes(server.root / "chelsea.png"), "image/png")}
+    assert_clear_error(client.post("/api/classify", files=files, data=data), status, word)
+
+
+def test_rank_orders_uploads_by_the_prompt(client, server):
+    files = [("files", (name, png_bytes(server.root / name), "image/png"))
+             for name in ("chelsea.png", "coffee.png", "astronaut.png")]
+    body = client.post("/api/rank", files=files, data={"prompt": "a cup of coffee"}).json()
+    assert next(r["name"] for r in body["results"]) == "coffee.png"
+    assert sorted(r["index"] for r in body["results"]) == [0, 1, 2]
+
+
+def test_rank_with_a_bad_file_names_it(client, server):
+    files = [("files", ("cat.png", png_bytes(server.root / "chelsea.png"), "image/png")),
+             ("files", ("bad.txt", b"text", "text/plain"))]
+    assert_clear_error(client.post("/api/rank", files=files, data={"prompt": "a cat"}), 400,
+                       "bad.txt")
+
+
+def test_caption_says_plainly_when_no_captioner_is_installed(server):
+    from imagetext.web import create_app
+    from tests.web_server import start_server
+
+    app = create_app(server.root, captioner=None)
+    uvicorn_server, thread, url = start_server(app)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            files = {"file": ("cat.png", (server.root / "chelsea.png").read_bytes(), "image/png")}
+            assert_clear_error(c.post("/api/caption", files=files), 503, "no captioner")
+            page = c.get("/caption")
+            assert page.status_code == 200
+            assert "No captioner is installed" in page.text
+            assert c.get("/api/status").json()["captioner"]["installed"] is False
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_caption_with_the_installed_captioner(client, server):
+    files = {"file": ("cat.png", png_bytes(server.root / "chelsea.png"), "image/png")}
+    response = client.post("/api/caption", files=files, data={"beam_size": "3", "num_return": "2"})
+    if not client.get("/api/status").json()["captioner"]["installed"]:
+        assert_clear_error(response, 503, "no captioner")
+        return
+    body = response.json()
+    assert response.status_code == 200, body
+    assert isinstance(body["caption"], str) and len(body["caption"].split()) >= 2
+    assert 1 <= len(body["captions"]) <= 2 and body["captions"][0]["text"] == body["caption"]
+
+
+# -- pages and docs -------------------------------------------------------------------------
+def test_pages_render_with_the_status_line(client, server):
+    for url in ("/", "/search", "/similar", "/caption", "/classify"):
+        page = client.get(url)
+        assert page.status_code == 200, url
+        assert "images indexed" in page.text and "conse-lite0-minilm" in page.text
+
+
+def test_search_page_shows_results_and_escapes_the_query(client):
+    page = client.get("/search", params={"q": "a cat <script>alert(1)</script>", "k": "3"})
+    assert page.status_code == 200
+    assert "<script>alert(1)</script>" not in page.text
+    assert page.text.count('class="tile"') == 3
+
+
+@pytest.mark.parametrize("params, word", [
+    ({"q": "", "k": "5"}, "empty"),
+    ({"q": "a cat", "k": "5000"}, "between 1 and"),
+    ({"q": "a cat", "k": "many"}, "whole number"),
+])
+def test_search_page_shows_bad_input_as_a_message(client, params, word):
+    page = client.get("/search", params=params)
+    assert page.status_code == 400
+    assert 'role="alert"' in page.text and word in page.text
+
+
+def test_unknown_pages_are_a_friendly_404(client):
+    page = client.get("/no/such/page")
+    assert page.status_code == 404 and "There is no page at /no/such/page" in page.text
+    assert client.get("/images/424242").status_code == 404
+
+
+def test_openapi_docs_are_served_offline(client):
+    schema = client.get("/openapi.json").json()
+    for path in ("/api/search", "/api/similar", "/api/caption", "/api/classify", "/api/rank",
+                 "/api/status", "/api/images/{image_id}/thumbnail"):
+        assert path in schema["paths"], path
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger-ui" in docs.text
+    assert "cdn." not in docs.text and "https://" not in docs.text.split("<body")[0]
