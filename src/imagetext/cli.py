@@ -426,6 +426,34 @@ def export_onnx_cmd(
           f"use it with --model {summary['out']}")
 
 
+@app.command()
+def serve(
+    collection: Annotated[Optional[Path], typer.Option(
+        "--collection", "-c", help="Folder of images to serve (indexed incrementally first). "
+        "Default: the demo gallery of sample photos.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: all interfaces).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    demo: Annotated[bool, typer.Option(
+        "--demo", help="Serve the demo gallery (scikit-image's sample photos, indexed on first "
+        "start).")] = False,
+    model: ModelOpt = None,
+    index_dir: IndexDirOpt = None,
+    index: Annotated[bool, typer.Option(
+        "--index/--no-index", help="Bring the index up to date before serving.")] = True,
+    captioner: Annotated[Optional[str], typer.Option(
+        help="Captioner name or folder for the Caption tab (default: the installed default).")]
+    = None,
+    max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Upload limit per request.")]
+    = 20.0,
+):
+    """Serve the web app: search, similar images, captions and classification in a browser."""
+    from imagetext.web.serve import serve as run_server
+
+    run_server(collection, host=host, port=port, demo=demo, model=model, index=index,
+               index_dir=index_dir, captioner=captioner or "auto", max_upload_mb=max_upload_mb)
+
+
 @app.callback()
 def _global_options(
     allow_download: Annotated[bool, typer.Option(

@@ -12,24 +12,17 @@ def index_collection(root: Path, model: Any = None, index_dir: Path | None = Non
     """Bring the index of `root` up to date, printing what changed."""
     from imagetext.api import Collection
 
-    collection = Collection.open(root, index_dir=index_dir, model=model)
-    try:
+    with Collection.open(root, index_dir=index_dir, model=model) as collection:
         report = collection.index(progress=sys.stderr.isatty())
-        failed = list(getattr(report, "failed", []) or [])
         print(
-            f"Indexed {root}: {len(report.added)} added, {len(report.updated)} updated, "
-            f"{len(report.removed)} removed, {len(report.unchanged)} unchanged, "
-            f"{len(failed)} failed.",
+            f"{len(collection)} images indexed in {root}: {report.added} added, "
+            f"{report.updated} updated, {report.removed} removed, {report.unchanged} unchanged.",
             file=sys.stderr,
         )
-        for path, reason in failed[:10]:
+        for path, reason in report.failed[:10]:
             print(f"  skipped {path}: {reason}", file=sys.stderr)
-        if len(failed) > 10:
-            print(f"  ... and {len(failed) - 10} more", file=sys.stderr)
-    finally:
-        close = getattr(collection, "close", None)
-        if callable(close):
-            close()
+        if len(report.failed) > 10:
+            print(f"  ... and {len(report.failed) - 10} more unreadable files", file=sys.stderr)
 
 
 def serve(
