@@ -72,6 +72,46 @@ def test_preprocess_matches_the_model_processor(models, family):
         assert model.preprocess.size == (64, 64) and model.preprocess.crop_size is None
 
 
+# preprocessor_config.json of published checkpoints (old int sizes, feature_extractor_type)
+PUBLISHED_PROCESSORS = {
+    "openai/clip-vit-base-patch32": ("CLIPImageProcessorPil", {
+        "crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": hf_tiny.OPENAI_MEAN,
+        "image_std": hf_tiny.OPENAI_STD, "resample": 3, "size": 224}),
+    "laion/CLIP-ViT-B-32-laion2B-s34B-b79K": ("CLIPImageProcessorPil", {
+        "crop_size": {"height": 224, "width": 224}, "do_center_crop": True, "do_normalize": True,
+        "do_rescale": True, "do_resize": True, "image_mean": hf_tiny.OPENAI_MEAN,
+        "image_processor_type": "CLIPImageProcessor", "image_std": hf_tiny.OPENAI_STD,
+        "resample": 3, "rescale_factor": 1 / 255, "size": {"shortest_edge": 224}}),
+    "google/siglip-base-patch16-224": ("SiglipImageProcessorPil", {
+        "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5] * 3,
+        "image_processor_type": "SiglipImageProcessor", "image_std": [0.5] * 3, "resample": 3,
+        "rescale_factor": 1 / 255, "size": {"height": 224, "width": 224}}),
+    "Salesforce/blip-image-captioning-base": ("BlipImageProcessorPil", {
+        "do_normalize": True, "do_resize": True, "image_mean": hf_tiny.OPENAI_MEAN,
+        "image_processor_type": "BlipImageProcessor", "image_std": hf_tiny.OPENAI_STD,
+        "size": 384}),
+    "nlpconnect/vit-gpt2-image-captioning": ("ViTImageProcessorPil", {
+        "do_normalize": True, "do_resize": True, "feature_extractor_type": "ViTFeatureExtractor",
+        "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2, "size": 224}),
+}
+
+
+@pytest.mark.parametrize("repo", sorted(PUBLISHED_PROCESSORS))
+def test_published_processor_configs_are_reproduced(repo):
+    import transformers
+
+    from imagetext.models.hf_preprocess import ProcessorPreprocess, from_processor_config
+
+    class_name, config = PUBLISHED_PROCESSORS[repo]
+    ours = from_processor_config(config, ProcessorPreprocess())
+    theirs = getattr(transformers, class_name)(**config)
+    landscape = [Image.open(SAMPLES / n).convert("RGB") for n in ("chelsea.png", "rocket.jpg")]
+    for image in landscape + [landscape[0].transpose(Image.Transpose.ROTATE_90)]:
+        want = theirs(images=image, return_tensors="np")["pixel_values"][0]
+        np.testing.assert_allclose(ours(image), want, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_raw_transformers_folder_loads_and_matches_transformers(models, family):
     from transformers import AutoModel, AutoTokenizer
