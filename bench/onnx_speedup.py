@@ -123,7 +123,9 @@ def main() -> None:
                     results[f"onnx_{label}_{kind}_per_s"] / results[f"torch_{kind}_per_s"], 2)
 
     for key, value in results.items():
-        print(f"{key:32s} {value:.1f}" if isinstance(value, float) else f"{key:32s} {value}")
+        if isinstance(value, float):
+            value = f"{value:.5f}" if "cosine" in key else f"{value:.1f}"
+        print(f"{key:32s} {value}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
