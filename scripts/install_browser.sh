@@ -16,5 +16,6 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update
-$SUDO apt-get install -y --no-install-recommends chromium
+# fonts: without recommends, a bare system would render page text as empty boxes
+$SUDO apt-get install -y --no-install-recommends chromium fonts-liberation fonts-dejavu-core
 /usr/bin/chromium --version

@@ -277,6 +277,50 @@ def test_caption_says_plainly_when_no_captioner_is_installed(server):
         thread.join(timeout=10)
 
 
+@pytest.fixture(scope="module")
+def small_captioner():
+    """A real captioner (small and untrained): the web layer must work with any captioner."""
+    import torch
+
+    from imagetext.caption.decoders import build_decoder
+    from imagetext.caption.efficientnet_captioner import EfficientNetCaptioner
+    from imagetext.caption.tokenizer import WordTokenizer
+
+    tok = WordTokenizer.build(["a cat sits on a sofa", "a dog runs on the grass",
+                               "a cup of coffee on a table"], min_count=1)
+    torch.manual_seed(0)
+    decoder = build_decoder("transformer", vocab_size=len(tok), d_model=32, layers=1, heads=2,
+                            ff_dim=64, dropout=0.0)
+    return EfficientNetCaptioner(decoder, tok, name="small-untrained")
+
+
+def test_caption_returns_the_beam_alternatives(server, small_captioner):
+    from imagetext.web import create_app
+    from tests.web_server import start_server
+
+    app = create_app(server.root, captioner=small_captioner)
+    uvicorn_server, thread, url = start_server(app)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            files = {"file": ("cat.png", (server.root / "chelsea.png").read_bytes(), "image/png")}
+            body = c.post("/api/caption", files=files,
+                          data={"beam_size": "4", "num_return": "3"}).json()
+            assert body["captioner"] == "small-untrained"
+            assert len(body["captions"]) == 3 and body["captions"][0]["text"] == body["caption"]
+            scores = [cap["score"] for cap in body["captions"]]
+            assert scores == sorted(scores, reverse=True)
+            assert c.get("/api/status").json()["captioner"] == {"installed": True,
+                                                              "name": "small-untrained"}
+            page = c.post("/caption", files=files, data={"beam_size": "4", "num_return": "3"})
+            assert page.status_code == 200 and 'id="caption-text"' in page.text
+            assert page.text.count("<li><span>") == 2  # the two alternatives
+            too_many = c.post("/api/caption", files=files, data={"beam_size": "99"})
+            assert_clear_error(too_many, 422, "beam_size")
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(timeout=10)
+
+
 def test_caption_with_the_installed_captioner(client, server):
     files = {"file": ("cat.png", png_bytes(server.root / "chelsea.png"), "image/png")}
     response = client.post("/api/caption", files=files, data={"beam_size": "3", "num_return": "2"})

@@ -164,5 +164,5 @@ def test_classify_tab_with_labels_and_the_moderation_preset(page, server):
     assert "weapon" in page.locator("textarea[name=labels]").input_value()
     page.click("form.upload-form button[type=submit]")
     page.wait_for_selector("#scores .bar-row")
-    assert "Nothing scored" in page.locator("#classify-result").inner_text()
+    assert "Nothing flagged" in page.locator("#verdict").inner_text()
     shot(page, "classify-moderation")

@@ -279,8 +279,8 @@ def create_app(
         return await render(request, "caption.html", context, status, tab="caption")
 
     def classify_defaults() -> dict:
-        return {"labels": "", "preset": "", "threshold": f"{_default_moderation_threshold():g}",
-                "template": CLASSIFY_TEMPLATE,
+        return {"labels": "", "preset": "", "threshold": "", "template": CLASSIFY_TEMPLATE,
+                "moderation_threshold": f"{_default_moderation_threshold():g}",
                 "moderation_labels": _moderation_labels()}
 
     @app.get("/classify", response_class=HTMLResponse, include_in_schema=False)

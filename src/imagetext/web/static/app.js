@@ -62,6 +62,8 @@
         labels.value = own === labels.dataset.moderation ? "" : own;
       }
       labels.disabled = moderation;
+      var threshold = document.querySelector("input[name=threshold]");
+      if (moderation && threshold && !threshold.value) threshold.value = threshold.dataset.moderationDefault;
     };
     radios.forEach(function (r) { r.addEventListener("change", sync); });
     sync();
