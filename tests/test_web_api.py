@@ -373,3 +373,44 @@ def test_openapi_docs_are_served_offline(client):
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger-ui" in docs.text
     assert "cdn." not in docs.text and "https://" not in docs.text.split("<body")[0]
+
+
+# -- the command ----------------------------------------------------------------------------
+def test_imagetext_serve_demo_indexes_the_sample_photos_and_serves_them(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from imagetext.demo import DEMO_PHOTOS
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "IMAGETEXT_CACHE": str(tmp_path / "cache")}
+    log = tmp_path / "serve.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "imagetext.cli", "serve", "--demo",
+                                 "--port", str(port)], env=env, stdout=err, stderr=err)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 150
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                status = httpx.get(url + "/api/status", timeout=5).json()
+                break
+            except httpx.TransportError:
+                assert time.time() < deadline, log.read_text()
+                time.sleep(0.5)
+        gallery = tmp_path / "cache" / "demo-gallery"
+        assert status["root"] == str(gallery)
+        assert status["n_images"] == len(DEMO_PHOTOS)
+        assert (gallery / "CREDITS.txt").is_file()
+        top = httpx.get(url + "/api/search", params={"q": "a cat", "k": 1}).json()["results"][0]
+        assert top["relative_path"] == "chelsea.png"
+        assert "18 added" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -107,7 +107,8 @@ def create_app(
 ) -> FastAPI:
     """Build the web app for the collection at `collection_root`.
 
-    model: encoder name, folder or loaded encoder (None = the embedded default).
+    model: encoder name or model folder (None = the model that built the index, else the
+        embedded default).
     index_dir: where the index lives (default `<root>/.imagetext/`).
     captioner: "auto" (the installed default captioner, if any), a captioner name or
         folder, a loaded captioner, or None to switch captioning off.
@@ -116,7 +117,8 @@ def create_app(
     The collection is opened (not re-indexed) here; `imagetext serve` indexes first.
     """
     service = WebService(collection_root, model=model, index_dir=index_dir, captioner=captioner)
-    index_folder = Path(index_dir) if index_dir else service.root / ".imagetext"
+    index_folder = Path(getattr(service.collection, "index_dir", None)
+                        or index_dir or service.root / ".imagetext")
     thumbnails = ThumbnailCache(thumbnail_dir or index_folder / "thumbnails")
     max_upload_bytes = int(max_upload_mb * 1_000_000)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
