@@ -91,19 +91,31 @@ class ShowAttendTellDecoder(nn.Module):
         return logits, new, alpha
 
     def forward(self, memory: State, inputs: torch.Tensor, lengths: torch.Tensor | None = None):
+        """Teacher forcing. With `lengths` sorted in decreasing order (as the trainer passes
+        them), step t only runs the rows still inside their caption, as in Xu et al.'s code:
+        no work is spent on padding."""
         state = self.init_state(memory)
-        logits, alphas = [], []
-        for t in range(inputs.shape[1]):
-            step_logits, state, alpha = self._advance(state, inputs[:, t])
-            logits.append(step_logits)
-            alphas.append(alpha)
-        logits = torch.stack(logits, 1)
+        batch, steps = inputs.shape
+        if lengths is None:
+            lengths = torch.full((batch,), steps)
+        elif bool((lengths[1:] > lengths[:-1]).any()):
+            raise ValueError("lengths must be sorted in decreasing order")
+        logits = inputs.new_zeros((batch, steps, self.out.out_features), dtype=torch.float32)
+        attention = inputs.new_zeros((batch, steps, state["memory"].shape[1]), dtype=torch.float32)
+        for t in range(steps):
+            n = int((lengths > t).sum())
+            if n == 0:
+                break
+            if n < state["h"].shape[0]:
+                state = {k: v[:n] for k, v in state.items()}
+            step_logits, state, alpha = self._advance(state, inputs[:n, t])
+            logits[:n, t] = step_logits
+            attention[:n, t] = alpha
         aux = logits.new_zeros(())
         if self.attention_reg and self.training:
             # doubly stochastic attention: every region should get ~1 unit of attention overall
-            mask = (inputs != 0).float() if lengths is None else (
-                torch.arange(inputs.shape[1])[None, :] < lengths[:, None]).float()
-            total = (torch.stack(alphas, 1) * mask.unsqueeze(-1)).sum(1)  # (B, N)
+            mask = (torch.arange(steps)[None, :] < lengths[:, None]).float()
+            total = (attention * mask.unsqueeze(-1)).sum(1)  # (B, N)
             aux = self.attention_reg * ((mask.sum(1, keepdim=True) / total.shape[1] - total) ** 2).mean()
         return logits, aux
 

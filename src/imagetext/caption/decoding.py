@@ -8,8 +8,9 @@ generated tokens including <eos>.
 
 Beam search is batched over images: B images x K beams run as one (B*K)-row batch per
 step; a caption is finished when it emits <eos>, an image is done once it has K finished
-captions (HF's early_stopping=True), and beams still alive at `max_length` are finished
-as they are.
+captions and its best live beam, scored at the current length, does not beat them
+(Hugging Face's default rule), and beams still alive at `max_length` are finished as
+they are.
 """
 
 from __future__ import annotations
@@ -105,13 +106,14 @@ def beam_search(decoder, memory: State, bos_id: int, eos_id: int, beam_size: int
         for b in range(batch):
             rows, toks, scs = [], [], []
             if not done[b]:
-                for s, idx in zip(top_scores[b].tolist(), top_index[b].tolist()):
+                for rank, (s, idx) in enumerate(zip(top_scores[b].tolist(), top_index[b].tolist())):
                     if s == float("-inf"):
                         break
                     beam, token = divmod(idx, vocab)
                     row = b * k + beam
                     if token == eos_id:
-                        finished[b].append((s / length ** length_penalty, prefix[row, 1:].tolist()))
+                        if rank < k:  # as in HF: an <eos> outside the top k is not a contender
+                            finished[b].append((s / length ** length_penalty, prefix[row, 1:].tolist()))
                     else:
                         rows.append(row)
                         toks.append(token)
@@ -119,7 +121,11 @@ def beam_search(decoder, memory: State, bos_id: int, eos_id: int, beam_size: int
                     if len(rows) == k:
                         break
                 if len(finished[b]) >= k:
-                    done[b] = True
+                    # HF's default stopping rule: done when the best live beam, scored at the
+                    # current length, no longer beats the k-th best finished caption
+                    worst = sorted((h[0] for h in finished[b]), reverse=True)[k - 1]
+                    if max(scs, default=float("-inf")) / length ** length_penalty <= worst:
+                        done[b] = True
             if done[b] or not rows:  # keep the row count fixed with dead beams
                 done[b] = True
                 rows, toks, scs = [b * k] * k, [eos_id] * k, [float("-inf")] * k

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imagetext.caption.decoders import build_decoder
+from imagetext.caption.decoders import build_decoder, select_rows
 from imagetext.caption.efficientnet_captioner import EfficientNetCaptioner
 from imagetext.caption.tokenizer import WordTokenizer
 from imagetext.eval.caption_metrics import caption_scores
@@ -122,6 +122,31 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
+def _epoch_batches(arch: str, rows_of_image: list[list[int]], lengths: torch.Tensor,
+                   images_per_batch: int, rows_per_batch: int, rng: random.Random) -> list[list[int]]:
+    """One epoch of batches (lists of caption rows); every caption once.
+
+    Show-Attend-Tell: all captions of `images_per_batch` images (the image is encoded once
+    for its 5 captions, and the decoder skips finished rows step by step). Transformer:
+    captions of similar length together (sorted within chunks of 50 batches), so that the
+    parallel decoder wastes little work on padding.
+    """
+    images = list(range(len(rows_of_image)))
+    rng.shuffle(images)
+    if arch == "show-attend-tell":
+        return [[r for i in images[b : b + images_per_batch] for r in rows_of_image[i]]
+                for b in range(0, len(images), images_per_batch)]
+    rows = [r for i in images for r in rows_of_image[i]]
+    rng.shuffle(rows)
+    batches = []
+    chunk = 50 * rows_per_batch
+    for c in range(0, len(rows), chunk):
+        part = sorted(rows[c : c + chunk], key=lambda r: int(lengths[r]))
+        batches += [part[b : b + rows_per_batch] for b in range(0, len(part), rows_per_batch)]
+    rng.shuffle(batches)
+    return batches
+
+
 def validate(captioner: EfficientNetCaptioner, fmap: np.ndarray, split: CaptionSplit,
              beam_size: int = 1, full: bool = False) -> dict[str, float]:
     hyps = captioner.generate_from_features(fmap, beam_size=beam_size)
@@ -169,9 +194,11 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     views_t = [torch.from_numpy(v) for v in views]  # float16; cast per batch
 
     inputs, targets, owner = _encode_captions(tokenizer, train.captions, cfg.max_words)
-    rows_of_image = [[] for _ in train.images]
+    lengths = (targets != tokenizer.pad_id).sum(1)
+    rows_of_image: list[list[int]] = [[] for _ in train.images]
     for r, i in enumerate(owner.tolist()):
         rows_of_image[i].append(r)
+    rows_per_batch = round(cfg.images_per_batch * len(owner) / len(train.images))
 
     decoder_args = {**DECODER_DEFAULTS[cfg.arch], **cfg.decoder, "vocab_size": len(tokenizer)}
     decoder = build_decoder(cfg.arch, **decoder_args)
@@ -201,21 +228,19 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     for epoch in range(start_epoch, cfg.epochs):
         decoder.train()
         t_epoch = time.time()
-        order = list(range(len(train.images)))
-        random.shuffle(order)
+        batches = _epoch_batches(cfg.arch, rows_of_image, lengths, cfg.images_per_batch,
+                                 rows_per_batch, random)
         total_loss, total_tokens = 0.0, 0
-        for b in range(0, len(order), cfg.images_per_batch):
-            img = torch.tensor(order[b : b + cfg.images_per_batch])
-            view = [random.randrange(len(views_t)) for _ in range(len(img))]
-            fmap = torch.stack([views_t[v][i] for v, i in zip(view, img.tolist())]).float()
-            rows = [r for i in img.tolist() for r in rows_of_image[i]]
-            per_image = torch.tensor([len(rows_of_image[i]) for i in img.tolist()])
-            memory = decoder.encode(fmap)
-            memory = {k: v.repeat_interleave(per_image, 0) for k, v in memory.items()}
-            x, y = inputs[rows], targets[rows]
-            width = int((y != 0).sum(1).max())
-            x, y = x[:, :width], y[:, :width]
-            logits, aux = decoder(memory, x)
+        for rows in batches:
+            rows_t = torch.tensor(rows)
+            rows_t = rows_t[lengths[rows_t].argsort(descending=True, stable=True)]
+            images, inverse = torch.unique(owner[rows_t], return_inverse=True)
+            fmap = torch.stack([views_t[random.randrange(len(views_t))][i] for i in images.tolist()])
+            memory = select_rows(decoder.encode(fmap.float()), inverse)
+            row_lengths = lengths[rows_t]
+            width = int(row_lengths.max())
+            x, y = inputs[rows_t, :width], targets[rows_t, :width]
+            logits, aux = decoder(memory, x, row_lengths)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
                                    ignore_index=tokenizer.pad_id, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
