@@ -1,0 +1,42 @@
+"""The shipped default captioner: it loads by name, is small, documented, and sensible."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import skimage.data
+
+from imagetext.caption import DEFAULT_CAPTIONER, builtin_captioners, load_captioner
+from imagetext.caption.registry import PRETRAINED_DIR
+
+PHOTOS = Path(skimage.data.__file__).parent
+ANIMAL_WORDS = {"cat", "cats", "kitten", "kitty", "animal", "animals", "pet"}
+
+
+def test_default_captioner_folder_is_complete_and_small():
+    assert DEFAULT_CAPTIONER in builtin_captioners()
+    folder = PRETRAINED_DIR / DEFAULT_CAPTIONER
+    config = json.loads((folder / "config.json").read_text())
+    assert config["backend"] == "efficientnet-captioner"
+    assert (folder / "model.safetensors").stat().st_size < 40e6
+    card = (folder / "README.md").read_text()
+    for needed in ("Flickr8k", "research use only", "BLEU-4", "CIDEr", "show-attend-tell",
+                   "transformer", "scripts/train_default_captioner.sh"):
+        assert needed in card, needed
+
+
+def test_cat_photo_caption_mentions_a_cat_or_animal():
+    captioner = load_captioner()
+    for beam in (1, 3):
+        text = captioner.caption([PHOTOS / "chelsea.png"], beam_size=beam)[0]
+        assert ANIMAL_WORDS & set(text.split()), text
+
+
+def test_default_alias_and_several_captions():
+    captioner = load_captioner("default")
+    assert captioner is load_captioner(DEFAULT_CAPTIONER)
+    pixels = captioner.preprocess.load(PHOTOS / "coffee.png")[None]
+    hyps = captioner.generate(pixels, beam_size=3, num_return=3)[0]
+    assert len(hyps) == 3 and all(c for c, _ in hyps)
+    assert [s for _, s in hyps] == sorted((s for _, s in hyps), reverse=True)
