@@ -12,8 +12,9 @@ DATA=${1:-../shared/data/flickr8k}
 OUT=${2:-src/imagetext/models/pretrained/aligned-flickr8k}
 
 imagetext train clip --data "$DATA" --train-split train --val-split val \
-  --mode heads --head-inputs pooled --dim 512 --tune-text-layers 1 --text-lr 5e-5 \
-  --epochs 6 --batch-size 256 --lr 1e-3 --weight-decay 0.1 --temperature 0.05 --seed 0 \
+  --mode heads --head-inputs pooled --dim 512 --dropout 0.5 \
+  --tune-text-layers "${TUNE_TEXT_LAYERS:-1}" --text-lr 5e-5 --threads "${THREADS:-1}" \
+  --epochs "${EPOCHS:-6}" --batch-size 256 --lr 1e-3 --weight-decay 0.1 --temperature 0.05 --seed 0 \
   --compare-with conse --name aligned-flickr8k --out "$OUT"
 
 rm -rf "$OUT/checkpoints"

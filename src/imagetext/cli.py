@@ -350,8 +350,10 @@ def train_clip_cmd(
     temperature: Annotated[float, typer.Option(min=0.001, help="Initial temperature (learned).")] = 0.07,
     precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")] = "fp32",
     head_inputs: Annotated[str, typer.Option(help="heads mode: comma-separated image-head inputs "
-                           "(pooled, fmap = attention pooling over the 7x7 map, logits).")] = "pooled,fmap",
+                           "(pooled, fmap = attention pooling over the 7x7 map, logits).")] = "pooled",
     dim: Annotated[int, typer.Option(min=8, help="Size of the shared embedding space.")] = 512,
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.95, help="heads mode: dropout on the "
+                       "image head's input features (the main defence against overfitting).")] = 0.5,
     tune_text_layers: Annotated[int, typer.Option(min=0, max=6, help="heads mode: train MiniLM's "
                                 "last N layers too.")] = 1,
     text_lr: Annotated[float, typer.Option(help="Learning rate of the tuned MiniLM layers.")] = 5e-5,

@@ -89,10 +89,18 @@ class FinetuneTask:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        from imagetext.eval.retrieval import recall_at_k
-
         if self.val is None:
             return {}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._validate()
+        finally:
+            self.model.train(was_training)
+
+    def _validate(self) -> dict[str, float]:
+        from imagetext.eval.retrieval import recall_at_k
+
         image_vecs = []
         for i in range(0, len(self.val.images), 32):
             pixels = self._val_pixels(i, i + 32)

@@ -181,6 +181,7 @@ class FrozenFeaturesTask:
         text_vecs = F.normalize(self.model.text.forward_cached(self.train_text, captions.tolist()), dim=-1)
         return image_vecs, text_vecs, image_ids
 
+    @torch.no_grad()
     def encode_val(self, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
         n_images = len(self.val_images["pooled"])
         image_vecs = []
@@ -198,7 +199,12 @@ class FrozenFeaturesTask:
 
         if self.val is None:
             return {}
-        image_vecs, text_vecs = self.encode_val()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            image_vecs, text_vecs = self.encode_val()
+        finally:
+            self.model.train(was_training)
         return recall_at_k(image_vecs, text_vecs, self.val.image_index)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:

@@ -130,12 +130,15 @@ def train_clip(spec: DataSpec, out: str | os.PathLike, mode: str = "heads", conf
     out = Path(out)
     name = name or out.name
     train, val = load_train_val(spec, log=log)
+    import torch
+
+    torch.manual_seed(config.seed)  # the heads' initial weights are part of the reproducible run
     if mode == "heads":
         from imagetext.train.clip_frozen import FrozenFeaturesTask, FrozenSetup, ImageHeadConfig
 
         head = ImageHeadConfig(inputs=list(mode_options.get("head_inputs", ["pooled", "fmap"])),
                                dim=mode_options.get("dim", 512), width=mode_options.get("width", 512),
-                               dropout=mode_options.get("dropout", 0.1))
+                               dropout=mode_options.get("dropout", 0.5))
         setup = FrozenSetup(head, tuned_text_layers=mode_options.get("tune_text_layers", 0),
                             text_lr=mode_options.get("text_lr", 5e-5),
                             views=tuple(mode_options.get("views", ("center", "flip"))))

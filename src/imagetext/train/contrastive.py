@@ -177,7 +177,7 @@ def train_contrastive(task: ContrastiveTask, config: TrainConfig) -> TrainResult
                 optimizer.step()
                 scheduler.step()
                 seen += len(image_vecs)
-                loss_sum, n = loss_sum + float(loss), n + 1
+                loss_sum, n = loss_sum + loss.item(), n + 1
                 if bar:
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
                     bar.update(job, advance=1, info=f"loss {loss_sum / n:.3f}  {rate:.0f} pairs/s")
