@@ -66,7 +66,7 @@ def test_classify_and_rank(photos):
 
 @pytest.mark.parametrize("args, message", [
     (["search", "a cat", "-c", "/nonexistent/folder"], "not found"),
-    (["classify", "README.md", "--labels", "a,b"], "not an image"),
+    (["classify", "pyproject.toml", "--labels", "a,b"], "not an image"),
     (["classify", "x.jpg"], "--labels"),
     (["rank", "", "x.jpg"], "empty"),
 ])

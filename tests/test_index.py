@@ -178,3 +178,29 @@ def test_empty_query_and_bad_k_are_clear_errors(gallery):
     with pytest.raises(ValueError, match="k must"):
         col.search("a cat", k=0)
     assert len(col.search("a cat", k=10_000)) == 30  # a huge k returns everything
+
+
+def test_stored_captions_are_searched_as_text_too(gallery):
+    from tests.conftest import FLICKR8K
+
+    col, _ = _index(gallery)
+    captions = {}
+    with open(FLICKR8K / "captions.tsv", encoding="utf-8") as f:
+        for line in f:
+            image, idx, caption, _ = line.rstrip("\n").split("\t")
+            if idx == "0" and (gallery / "flickr" / image).exists():
+                captions[image] = caption
+    target = sorted(captions)[5]
+    query = captions[target]
+    before = [Path(r.path).name for r in col.search(query, k=30)]
+    # store every Flickr image's caption, as `imagetext index --caption` does
+    records = {Path(r.path).name: r.id for r in col.search("a photo", k=30)}
+    vecs = col.encoder.encode_texts(list(captions.values()))
+    col.store.set_captions([(records[name], text, v) for (name, text), v in zip(captions.items(), vecs)])
+    col._vector_index("caption").rebuild()
+    after = col.search(query, k=3)
+    assert Path(after[0].path).name == target and after[0].caption == query
+    assert before.index(target) >= 0  # it was in the collection all along
+    assert Collection.open(gallery).status()["n_captioned"] == len(captions)
+    # semantic and visual FAISS files stay current: captions change only the caption index
+    assert col._vector_index("semantic").is_current() and col._vector_index("visual").is_current()

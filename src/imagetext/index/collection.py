@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 from imagetext.io.images import ImageLoadError, is_image_path, open_image_sized
-from imagetext.index.pipeline import prefetch_map
+from imagetext.index.pipeline import batched, prefetch_map
 from imagetext.index.store import ImageRecord, MetadataStore, NewImage
 from imagetext.index.vectors import VectorIndex, choose_kind
 
 INDEX_DIRNAME = ".imagetext"
+# weight of the query-caption similarity in text search over captioned images (see _hybrid_search)
+CAPTION_WEIGHT = 0.5
 DB_NAME = "index.sqlite"
 
 
@@ -45,6 +47,7 @@ class IndexReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
     embedded: int = 0  # images that went through the model
+    captioned: int = 0  # images given a caption in this run
 
     @property
     def images_per_second(self) -> float:
@@ -178,9 +181,10 @@ class Collection:
 
     def _vector_index(self, kind: str) -> VectorIndex:
         if kind not in self._vectors:
-            dim = int(self.store.get_meta("dim" if kind == "semantic" else "visual_dim") or 0)
+            # captions live in the text space, like the semantic vectors
+            dim = int(self.store.get_meta("visual_dim" if kind == "visual" else "dim") or 0)
             if not dim:
-                dim = self.encoder.dim if kind == "semantic" else self.encoder.visual_dim
+                dim = self.encoder.visual_dim if kind == "visual" else self.encoder.dim
             self._vectors[kind] = VectorIndex(self.index_dir, self.store, kind, dim)
         return self._vectors[kind]
 
@@ -246,7 +250,7 @@ class Collection:
             try:
                 if todo:
                     self._embed(todo, encoder, batch_size, workers, progress, on_progress,
-                                captioner, report, added_ids, added_vecs, replaced)
+                                report, added_ids, added_vecs, replaced)
             finally:
                 # even on Ctrl-C, bring FAISS in step with what was committed
                 gone = np.asarray(removed_ids + replaced, np.int64)
@@ -257,8 +261,40 @@ class Collection:
                     vecs = (np.concatenate(added_vecs[kind]) if added_vecs[kind]
                             else np.zeros((0, v.dim), np.float32))
                     v.apply(new_ids, vecs, gone)
-                report.seconds = time.perf_counter() - start
+            if captioner is not None:
+                report.captioned = self._caption_missing(captioner, batch_size, workers, progress)
+            report.seconds = time.perf_counter() - start
         return report
+
+    def _caption_missing(self, captioner, batch_size: int, workers: int, progress: bool) -> int:
+        """Caption every indexed image that has no caption yet; returns how many."""
+        ids = self.store.ids_without_caption()
+        if not ids:
+            return 0
+        records = self.store.get_many(ids)
+        pre = captioner.preprocess
+
+        def load(image_id: int) -> np.ndarray:
+            path = self.root / records[image_id].path
+            return pre(open_image_sized(path, draft_size=pre.resize)[0])
+
+        bar = _progress_bar(len(ids), "captioning") if progress else None
+        done = 0
+        try:
+            for batch in batched(prefetch_map(load, ids, workers, prefetch=batch_size * 3), batch_size):
+                ok = [b for b in batch if b.error is None]  # files gone since: next index drops them
+                if ok:
+                    texts = [c[0][0] for c in captioner.generate(np.stack([b.value for b in ok]))]
+                    vecs = self.encoder.encode_texts(texts)
+                    self.store.set_captions([(b.item, t, v) for b, t, v in zip(ok, texts, vecs)])
+                done += len(batch)
+                if bar:
+                    bar.update(done)
+        finally:
+            if bar:
+                bar.close()
+        self._vector_index("caption").rebuild()
+        return done
 
     def _plan(self, report: IndexReport) -> tuple[list[_FileState], list[int]]:
         states = self.store.file_states()
@@ -280,19 +316,15 @@ class Collection:
         self.store.forget_failures([rel for rel in failures if rel not in seen])
         return todo, removed
 
-    def _embed(self, todo, encoder, batch_size, workers, progress, on_progress, captioner,
+    def _embed(self, todo, encoder, batch_size, workers, progress, on_progress,
                report, added_ids, added_vecs, replaced) -> None:
         preprocess = encoder.preprocess
-        caption_pre = getattr(captioner, "preprocess", None)
 
         def load(f: _FileState) -> _Decoded:
             data = f.path.read_bytes()
             sha1 = hashlib.sha1(data).hexdigest()
             img, (width, height) = open_image_sized(data, draft_size=preprocess.resize)
-            pixels = preprocess(img)
-            if caption_pre is not None and caption_pre != preprocess:
-                pixels = (pixels, caption_pre(img))
-            return _Decoded(sha1, width, height, pixels)
+            return _Decoded(sha1, width, height, preprocess(img))
 
         bar = _progress_bar(len(todo)) if progress and todo else None
         done = 0
@@ -302,18 +334,9 @@ class Collection:
         def flush() -> None:
             if not batch:
                 return
-            pixels = [d.pixels for _, d in batch]
-            if isinstance(pixels[0], tuple):
-                enc_px = np.stack([p[0] for p in pixels])
-                cap_px = np.stack([p[1] for p in pixels])
-            else:
-                enc_px = cap_px = np.stack(pixels)
-            emb = encoder.encode_pixels(enc_px)
-            captions = [None] * len(batch)
-            if captioner is not None:
-                captions = [c[0][0] for c in captioner.generate(cap_px, num_return=1)]
+            emb = encoder.encode_pixels(np.stack([d.pixels for _, d in batch]))
             images = [NewImage(f.rel, f.size, f.mtime, d.sha1, d.width, d.height,
-                               emb.semantic[j], emb.visual[j], captions[j])
+                               emb.semantic[j], emb.visual[j])
                       for j, (f, d) in enumerate(batch)]
             self._commit(images, [f.old_id for f, _ in batch], report, added_ids, added_vecs, replaced)
             report.embedded += len(batch)
@@ -350,14 +373,10 @@ class Collection:
             self.store.touch(f.old_id, f.size, f.mtime)
             report.unchanged += 1
             return True
-        known = self.store.vectors_by_sha1(d.sha1)
+        known = self.store.copy_by_sha1(d.sha1)
         if known is None:
             return False
-        from imagetext.index.store import blob_to_vector
-
-        image = NewImage(f.rel, f.size, f.mtime, d.sha1, d.width, d.height,
-                         blob_to_vector(known[0], "semantic"), blob_to_vector(known[1], "visual"),
-                         known[2])
+        image = NewImage(f.rel, f.size, f.mtime, d.sha1, d.width, d.height, **known)
         self._commit([image], [f.old_id], report, added_ids, added_vecs, replaced)
         report.duplicates += 1
         return True
@@ -391,8 +410,34 @@ class Collection:
         if k < 1:
             raise ValueError("k must be at least 1")
         vec = self.encoder.encode_texts([query])
-        scores, ids = self._vector_index("semantic").search(vec, k)
-        return self._results(scores[0], ids[0])
+        if self.store.count_vectors("caption") == 0:
+            scores, ids = self._vector_index("semantic").search(vec, k)
+            return self._results(scores[0], ids[0])
+        return self._hybrid_search(vec[0], k)
+
+    def _hybrid_search(self, query: np.ndarray, k: int) -> list[SearchResult]:
+        """Image-text similarity fused with query-caption similarity, for captioned images.
+
+        Candidates come from both indexes, then each is scored exactly from its stored
+        vectors: (1 - w) * sim(query, image) + w * sim(query, caption), where w is
+        CAPTION_WEIGHT for images that have a caption and 0 for those that do not.
+        """
+        pool = max(4 * k, 100)
+        candidates: set[int] = set()
+        for kind in ("semantic", "caption"):
+            _, ids = self._vector_index(kind).search(query[None], pool)
+            candidates.update(int(i) for i in ids[0] if i >= 0)
+        image_vecs = self.store.vectors(candidates, "semantic")
+        caption_vecs = self.store.vectors(candidates, "caption")
+        scored = []
+        for i, v in image_vecs.items():
+            score = float(v @ query)
+            if i in caption_vecs:
+                score = (1 - CAPTION_WEIGHT) * score + CAPTION_WEIGHT * float(caption_vecs[i] @ query)
+            scored.append((score, i))
+        scored.sort(reverse=True)
+        top = scored[:k]
+        return self._results(np.array([s for s, _ in top]), np.array([i for _, i in top]))
 
     def similar(self, image, k: int = 10) -> list[SearchResult]:
         """Images most like `image`: a path, bytes or PIL image, or the id of an indexed image."""
@@ -435,14 +480,14 @@ class Collection:
 class _progress_bar:
     """A rich progress bar with images/s, drawn on stderr."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, label: str = "indexing"):
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
 
         self.start = time.perf_counter()
         self.progress = Progress(
-            TextColumn("indexing"), BarColumn(), MofNCompleteColumn(),
+            TextColumn(label), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
             console=Console(stderr=True), transient=False,
         )

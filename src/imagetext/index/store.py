@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS images (
     labels TEXT,
     indexed_at REAL NOT NULL,
     semantic BLOB NOT NULL,
-    visual BLOB NOT NULL
+    visual BLOB NOT NULL,
+    caption_vector BLOB
 );
 CREATE INDEX IF NOT EXISTS images_sha1 ON images (sha1);
 CREATE TABLE IF NOT EXISTS failures (
@@ -70,6 +71,7 @@ class NewImage:
     semantic: np.ndarray
     visual: np.ndarray
     caption: str | None = None
+    caption_vector: np.ndarray | None = None  # the caption through the text encoder
 
 
 _COLUMNS = "id, path, size, mtime, sha1, width, height, caption, labels"
@@ -105,20 +107,31 @@ class MetadataStore:
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
-    @property
-    def generation(self) -> int:
-        """Bumped by every change to the images table; FAISS files record the one they saw."""
-        return int(self.get_meta("generation") or 0)
+    def generation(self, kind: str) -> str:
+        """Changes whenever the vectors of `kind` may have changed; each FAISS file records
+        the generation it was built from. Adding or removing images changes every kind;
+        storing captions changes only the caption kind."""
+        images = self.get_meta("generation") or "0"
+        if kind == "caption":
+            return f"{images}.{self.get_meta('caption_generation') or '0'}"
+        return images
 
-    def _bump(self) -> None:
+    def _bump(self, key: str = "generation") -> None:
         self.db.execute(
-            "INSERT INTO meta (key, value) VALUES ('generation', '1') ON CONFLICT(key) "
-            "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+            "INSERT INTO meta (key, value) VALUES (?, '1') ON CONFLICT(key) "
+            "DO UPDATE SET value = CAST(value AS INTEGER) + 1", (key,)
         )
 
     # -- reads --------------------------------------------------------------------------
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+    def count_vectors(self, kind: str) -> int:
+        """Rows that have a vector of this kind (every row has semantic and visual ones)."""
+        if kind == "caption":
+            return self.db.execute(
+                "SELECT COUNT(*) FROM images WHERE caption_vector IS NOT NULL").fetchone()[0]
+        return self.count()
 
     def file_states(self) -> dict[str, tuple[int, float, int]]:
         """path -> (size, mtime, id) for every indexed image."""
@@ -145,23 +158,39 @@ class MetadataStore:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM images WHERE path = ?", (path,)).fetchone()
         return None if row is None else _record(row)
 
-    def vectors_by_sha1(self, sha1: str) -> tuple[bytes, bytes, str | None] | None:
+    def copy_by_sha1(self, sha1: str) -> dict | None:
+        """Vectors and caption of an indexed image with this content, to reuse for a copy."""
         row = self.db.execute(
-            "SELECT semantic, visual, caption FROM images WHERE sha1 = ? LIMIT 1", (sha1,)
+            "SELECT semantic, visual, caption, caption_vector FROM images WHERE sha1 = ? LIMIT 1",
+            (sha1,),
         ).fetchone()
-        return None if row is None else (row[0], row[1], row[2])
+        if row is None:
+            return None
+        return {"semantic": blob_to_vector(row[0], "semantic"), "visual": blob_to_vector(row[1], "visual"),
+                "caption": row[2],
+                "caption_vector": None if row[3] is None else blob_to_vector(row[3], "caption")}
 
     def vector(self, image_id: int, kind: str) -> np.ndarray:
-        column = {"semantic": "semantic", "visual": "visual"}[kind]
-        row = self.db.execute(f"SELECT {column} FROM images WHERE id = ?", (int(image_id),)).fetchone()
-        if row is None:
-            raise KeyError(f"no image with id {image_id} in the index")
+        row = self.db.execute(f"SELECT {_VECTOR_COLUMNS[kind]} FROM images WHERE id = ?",
+                              (int(image_id),)).fetchone()
+        if row is None or row[0] is None:
+            raise KeyError(f"no {kind} vector for image {image_id} in the index")
         return blob_to_vector(row[0], kind)
+
+    def vectors(self, ids: Iterable[int], kind: str) -> dict[int, np.ndarray]:
+        """id -> vector for the given ids that have a vector of this kind."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        column = _VECTOR_COLUMNS[kind]
+        rows = self.db.execute(f"SELECT id, {column} FROM images WHERE id IN ({','.join('?' * len(ids))})"
+                               f" AND {column} IS NOT NULL", ids)
+        return {r[0]: blob_to_vector(r[1], kind) for r in rows}
 
     def iter_vectors(self, kind: str, chunk: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) in chunks, for rebuilding a FAISS index."""
-        column = {"semantic": "semantic", "visual": "visual"}[kind]
-        cursor = self.db.execute(f"SELECT id, {column} FROM images ORDER BY id")
+        column = _VECTOR_COLUMNS[kind]
+        cursor = self.db.execute(f"SELECT id, {column} FROM images WHERE {column} IS NOT NULL ORDER BY id")
         while rows := cursor.fetchmany(chunk):
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             yield ids, np.stack([blob_to_vector(r[1], kind) for r in rows])
@@ -179,9 +208,11 @@ class MetadataStore:
                 self.db.execute("DELETE FROM failures WHERE path = ?", (im.path,))
                 cur = self.db.execute(
                     "INSERT INTO images (path, size, mtime, sha1, width, height, caption, labels,"
-                    " indexed_at, semantic, visual) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
+                    " indexed_at, semantic, visual, caption_vector)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)",
                     (im.path, im.size, im.mtime, im.sha1, im.width, im.height, im.caption, now,
-                     vector_to_blob(im.semantic, "semantic"), vector_to_blob(im.visual, "visual")),
+                     vector_to_blob(im.semantic, "semantic"), vector_to_blob(im.visual, "visual"),
+                     None if im.caption_vector is None else vector_to_blob(im.caption_vector, "caption")),
                 )
                 ids.append(cur.lastrowid)
             self._bump()
@@ -214,9 +245,15 @@ class MetadataStore:
         with self.db:
             self.db.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in paths])
 
-    def set_caption(self, image_id: int, caption: str | None) -> None:
+    def set_captions(self, captions: list[tuple[int, str, np.ndarray]]) -> None:
+        """Store (id, caption, caption vector) for a batch of images, in one transaction."""
         with self.db:
-            self.db.execute("UPDATE images SET caption = ? WHERE id = ?", (caption, int(image_id)))
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(
+                "UPDATE images SET caption = ?, caption_vector = ? WHERE id = ?",
+                [(c, vector_to_blob(v, "caption"), int(i)) for i, c, v in captions],
+            )
+            self._bump("caption_generation")
 
     def set_labels(self, image_id: int, labels: list[str]) -> None:
         with self.db:
@@ -225,21 +262,12 @@ class MetadataStore:
     def ids_without_caption(self) -> list[int]:
         return [r[0] for r in self.db.execute("SELECT id FROM images WHERE caption IS NULL ORDER BY id")]
 
-    def search_captions(self, words: list[str], limit: int) -> list[int]:
-        """Ids of images whose caption contains every word (case-insensitive)."""
-        if not words:
-            return []
-        where = " AND ".join("caption LIKE ?" for _ in words)
-        rows = self.db.execute(
-            f"SELECT id FROM images WHERE caption IS NOT NULL AND {where} LIMIT ?",
-            [f"%{w}%" for w in words] + [limit],
-        )
-        return [r[0] for r in rows]
 
 
 # The visual vector (1280-d for the default model) is stored as float16: half the size,
 # cosine error < 1e-3. The semantic vector, which text queries are scored against, stays float32.
-BLOB_DTYPES = {"semantic": np.float32, "visual": np.float16}
+BLOB_DTYPES = {"semantic": np.float32, "visual": np.float16, "caption": np.float32}
+_VECTOR_COLUMNS = {"semantic": "semantic", "visual": "visual", "caption": "caption_vector"}
 
 
 def vector_to_blob(v: np.ndarray, kind: str) -> bytes:

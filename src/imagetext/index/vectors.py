@@ -1,6 +1,7 @@
 """FAISS vector indexes derived from the SQLite store.
 
-Two indexes per collection: `semantic` (text->image search) and `visual` (image->image).
+Up to three indexes per collection: `semantic` (text->image search), `visual`
+(image->image) and `caption` (text->caption, for images captioned while indexing).
 Vectors are L2-normalised, so inner product is cosine similarity. Kinds:
 - `flat`: exact search (IndexFlatIP), the default up to AUTO_HNSW_THRESHOLD images;
 - `hnsw`: approximate graph search (IndexHNSWFlat, inner product), for large collections;
@@ -64,7 +65,7 @@ class VectorIndex:
     def is_current(self) -> bool:
         return (
             self.path.is_file()
-            and self.store.get_meta(self._generation_key) == str(self.store.generation)
+            and self.store.get_meta(self._generation_key) == self.store.generation(self.kind)
             and self.store.get_meta(f"faiss_type_{self.kind}") == self.index_type
         )
 
@@ -74,19 +75,19 @@ class VectorIndex:
 
     def load(self) -> faiss.Index:
         """The current index: read from disk if up to date, else rebuilt from SQLite."""
-        if self.index is not None and self.store.get_meta(self._generation_key) == str(self.store.generation):
+        if self.index is not None and self.store.get_meta(self._generation_key) == self.store.generation(self.kind):
             return self.index
         if self.is_current():
             try:
                 self.index = faiss.read_index(str(self.path))
-                if self.index.ntotal == self.store.count():
+                if self.index.ntotal == self.store.count_vectors(self.kind):
                     return self.index
             except RuntimeError:
                 pass  # unreadable file: rebuild below
         return self.rebuild()
 
     def rebuild(self) -> faiss.Index:
-        n = self.store.count()
+        n = self.store.count_vectors(self.kind)
         kind = choose_kind(self.index_type, n)
         if kind == "ivf":
             ids, vecs = self._all_vectors()
@@ -128,7 +129,7 @@ class VectorIndex:
         os.replace(tmp, self.path)
         # record what the file reflects only after it is safely in place
         self.store.set_meta(f"faiss_type_{self.kind}", self.index_type)
-        self.store.set_meta(self._generation_key, str(self.store.generation))
+        self.store.set_meta(self._generation_key, self.store.generation(self.kind))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         index = self.load()
