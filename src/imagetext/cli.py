@@ -112,7 +112,8 @@ def index(
           f"{report.added} added, {report.updated} updated, {report.removed} removed, "
           f"{report.unchanged} unchanged, {report.duplicates} duplicates reused"
           + (f"; {report.embedded} embedded at {report.images_per_second:.1f} images/s"
-             if report.embedded else ""))
+             if report.embedded else "")
+          + (f"; {report.captioned} captioned" if report.captioned else ""))
     if report.failed:
         print(f"{len(report.failed)} files skipped (not readable as images):", file=sys.stderr)
         for path, reason in report.failed:
