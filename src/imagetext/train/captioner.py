@@ -40,7 +40,7 @@ DECODER_DEFAULTS = {
     "transformer": {"d_model": 256, "layers": 3, "heads": 4, "ff_dim": 1024, "dropout": 0.1},
 }
 ARCH_ALIASES = {"sat": "show-attend-tell"}
-DEFAULT_LR = {"show-attend-tell": 4e-4, "transformer": 4e-4}
+DEFAULT_LR = {"show-attend-tell": 1e-3, "transformer": 8e-4}
 
 
 def default_lr(arch: str) -> float:
@@ -52,9 +52,9 @@ class CaptionTrainConfig:
     arch: str = "show-attend-tell"
     epochs: int = 10
     images_per_batch: int = 64  # each image brings all its captions (Flickr8k: 5)
-    lr: float = 4e-4
+    lr: float | None = None  # peak learning rate; None = DEFAULT_LR of the architecture
     weight_decay: float = 1e-2
-    warmup_steps: int = 200
+    warmup_steps: int = 100
     label_smoothing: float = 0.1
     max_words: int = 22  # longer training captions are truncated
     min_count: int = 5  # vocabulary: words seen at least this often in training
@@ -166,6 +166,8 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     cfg.arch = ARCH_ALIASES.get(cfg.arch, cfg.arch)
     if cfg.arch not in DECODER_DEFAULTS:
         raise ValueError(f"unknown arch {cfg.arch!r}; choose from {', '.join(DECODER_DEFAULTS)} (or 'sat')")
+    if cfg.lr is None:
+        cfg.lr = default_lr(cfg.arch)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
