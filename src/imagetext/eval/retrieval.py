@@ -32,9 +32,9 @@ def recall_at_k(image_vecs: np.ndarray, text_vecs: np.ndarray, text_to_image: Se
     np.minimum.at(i2t_rank, text_to_image, rank_of[text_to_image, np.arange(len(text_to_image))])
     out = {}
     for k in ks:
-        out[f"t2i_r{k}"] = float(100.0 * (t2i_rank < k).mean())
+        out[f"t2i_r{k}"] = round(float(100.0 * (t2i_rank < k).mean()), 2)
     for k in ks:
-        out[f"i2t_r{k}"] = float(100.0 * (i2t_rank < k).mean())
+        out[f"i2t_r{k}"] = round(float(100.0 * (i2t_rank < k).mean()), 2)
     return out
 
 
