@@ -378,9 +378,10 @@ def train_clip_cmd(
         "and put them next to the new model in its model card.")] = None,
 ):
     """Train an image-text model contrastively (CLIP loss) on image-caption pairs."""
+    options = dict(locals())
     from imagetext.train.clip_cli import run_train_clip
 
-    run_train_clip(**locals())
+    run_train_clip(**options)
 
 
 @eval_app.command("caption")
