@@ -62,6 +62,8 @@
         labels.value = own === labels.dataset.moderation ? "" : own;
       }
       labels.disabled = moderation;
+      var template = document.querySelector("input[name=template]");
+      if (template) template.disabled = moderation; // the preset has its own prompts
       var threshold = document.querySelector("input[name=threshold]");
       if (moderation && threshold && !threshold.value) threshold.value = threshold.dataset.moderationDefault;
     };
