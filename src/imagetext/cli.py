@@ -357,6 +357,9 @@ def train_clip_cmd(
     dim: Annotated[int, typer.Option(min=8, help="Size of the shared embedding space.")] = 512,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.95, help="heads mode: dropout on the "
                        "image head's input features (the main defence against overfitting).")] = 0.5,
+    conse_weight: Annotated[float, typer.Option(min=0.0, max=5.0, help="heads mode: ensemble the "
+                            "trained heads with ConSE at the score level with this weight (keeps "
+                            "ImageNet concepts such as 'espresso' that Flickr-style data lacks).")] = 0.0,
     tune_text_layers: Annotated[int, typer.Option(min=0, max=6, help="heads mode: train MiniLM's "
                                 "last N layers too.")] = 1,
     text_lr: Annotated[float, typer.Option(help="Learning rate of the tuned MiniLM layers.")] = 5e-5,

@@ -37,15 +37,15 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 class TowerWithHead(nn.Module):
-    """pixels -> (semantic (un-normalised), pooled): the whole image path, for export."""
+    """pixels -> (semantic (un-normalised), pooled, ImageNet logits): the whole image path, for export."""
 
     def __init__(self, tower: EfficientNetLite, head: ImageHead):
         super().__init__()
         self.tower, self.head = tower, head
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         f = self.tower.forward_features(x)
-        return self.head(pooled=f.pooled, fmap=f.feature_map, logits=f.logits), f.pooled
+        return self.head(pooled=f.pooled, fmap=f.feature_map, logits=f.logits), f.pooled, f.logits
 
 
 def tuned_layer_prefix(n_layers: int, tuned: int) -> list[int]:
@@ -58,7 +58,7 @@ class AlignedEncoder(ImageTextEncoder):
                  text_layer_state: dict[str, torch.Tensor] | None = None,
                  image_tower: EfficientNetLite | None = None, text_tower: MiniLMTextTower | None = None,
                  name: str = "aligned-lite0-minilm", extra_config: dict | None = None,
-                 image_tower_state: dict[str, torch.Tensor] | None = None):
+                 image_tower_state: dict[str, torch.Tensor] | None = None, conse_weight: float = 0.0):
         self.image_tower = (image_tower or load_efficientnet_lite0()).eval()
         # a fine-tuned image tower (mode `finetune`) stores all its weights in the folder
         self.image_tower_tuned = bool(image_tower_state) or image_tower is not None
@@ -74,7 +74,21 @@ class AlignedEncoder(ImageTextEncoder):
         self.tuned_text_layers = tuned_text_layers
         self.name = name
         self.extra_config = dict(extra_config or {})
-        self.dim = image_head.config.dim
+        # optional score-level ensemble with ConSE (its ImageNet-class knowledge): the
+        # semantic vectors are [trained, w * ConSE] / sqrt(1 + w^2)
+        self.conse_weight = float(conse_weight)
+        self._conse = None
+        if self.conse_weight:
+            from imagetext.models.conse import CLASS_EMBEDDINGS_FILE, ConSEEncoder
+            from imagetext.models.registry import PRETRAINED_DIR
+
+            conse_folder = PRETRAINED_DIR / "conse"
+            frozen_text = self.text_tower if not tuned_text_layers else None  # None: a fresh MiniLM
+            self._conse = ConSEEncoder(
+                image_tower=self.image_tower, text_tower=frozen_text,
+                class_embeddings=load_file(str(conse_folder / CLASS_EMBEDDINGS_FILE))["class_embeddings"],
+                top_k=read_config(conse_folder).get("top_k", 10))
+        self.dim = image_head.config.dim + (self.text_tower.dim if self.conse_weight else 0)
         self.visual_dim = self.image_tower.head_channels
         res = self.image_tower.resolution
         self.preprocess = Preprocess(resize=res, crop=res)
@@ -86,12 +100,12 @@ class AlignedEncoder(ImageTextEncoder):
         if onnx_available():
             try:
                 res = self.image_tower.resolution
-                ort = OnnxTower(wrapped, torch.zeros(1, 3, res, res), ["semantic", "pooled"],
+                ort = OnnxTower(wrapped, torch.zeros(1, 3, res, res), ["semantic", "pooled", "logits"],
                                 tag=f"aligned-{self.image_tower.variant}")
 
                 def run_onnx(pixels):
                     out = ort(pixels)
-                    return out["semantic"], out["pooled"]
+                    return out["semantic"], out["pooled"], out["logits"]
 
                 return run_onnx
             except Exception as exc:  # noqa: BLE001  # fall back to PyTorch, which gives the same vectors
@@ -103,16 +117,26 @@ class AlignedEncoder(ImageTextEncoder):
         @torch.inference_mode()
         def run_torch(pixels):
             x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
-            semantic, pooled = wrapped(x.contiguous(memory_format=torch.channels_last))
-            return semantic.numpy(), pooled.numpy()
+            semantic, pooled, logits = wrapped(x.contiguous(memory_format=torch.channels_last))
+            return semantic.numpy(), pooled.numpy(), logits.numpy()
 
         return run_torch
 
     def encode_pixels(self, pixels: np.ndarray) -> ImageEmbeddings:
         if self._runner is None:
             self._runner = self._make_runner()
-        semantic, pooled = self._runner(pixels)
-        return ImageEmbeddings(l2_normalize(semantic), l2_normalize(pooled))
+        semantic, pooled, logits = self._runner(pixels)
+        semantic = l2_normalize(semantic)
+        if self.conse_weight:
+            conse = self._conse.conse_vectors(torch.from_numpy(logits)).numpy()
+            semantic = self._mix(semantic, conse)
+        return ImageEmbeddings(semantic, l2_normalize(pooled))
+
+    def _mix(self, trained: np.ndarray, conse: np.ndarray) -> np.ndarray:
+        # concatenating unit vectors weighted (1, w) makes every similarity
+        # (cos_trained + w^2 cos_conse) / (1 + w^2): a score-level ensemble in one index
+        w = self.conse_weight
+        return np.concatenate([trained, w * conse], axis=1) / np.sqrt(1.0 + w * w)
 
     # -- texts ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -120,7 +144,11 @@ class AlignedEncoder(ImageTextEncoder):
         base = torch.from_numpy(self.text_tower.encode(list(texts)))  # L2-normalised MiniLM vectors
         if len(base) == 0:
             return np.zeros((0, self.dim), np.float32)
-        return l2_normalize(self.text_head(base).numpy())
+        trained = l2_normalize(self.text_head(base).numpy())
+        if not self.conse_weight:
+            return trained
+        frozen = base.numpy() if not self.tuned_text_layers else self._conse.encode_texts(texts)
+        return self._mix(trained, frozen).astype(np.float32)
 
     def dual_encoder(self) -> AlignedDualEncoder:
         """This model as trainable modules (what `imagetext train clip --mode finetune` needs)."""
@@ -141,11 +169,11 @@ class AlignedEncoder(ImageTextEncoder):
         text_layers = {k[len("text_tower."):]: v for k, v in state.items() if k.startswith("text_tower.")}
         image_state = {k[len("image_tower."):]: v for k, v in state.items() if k.startswith("image_tower.")}
         known = {"backend", "name", "image_head", "text_in_dim", "tuned_text_layers", "dim", "visual_dim",
-                 "image_tower", "text_tower", "image_tower_tuned"}
+                 "image_tower", "text_tower", "image_tower_tuned", "conse_weight"}
         return cls(image_head, text_head, config.get("tuned_text_layers", 0), text_layers,
                    name=config.get("name", Path(folder).name),
                    extra_config={k: v for k, v in config.items() if k not in known},
-                   image_tower_state=image_state or None)
+                   image_tower_state=image_state or None, conse_weight=config.get("conse_weight", 0.0))
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         config = {
@@ -157,6 +185,7 @@ class AlignedEncoder(ImageTextEncoder):
             "text_in_dim": self.text_head.proj.in_features,
             "tuned_text_layers": self.tuned_text_layers,
             "image_tower_tuned": self.image_tower_tuned,
+            "conse_weight": self.conse_weight,
             "dim": self.dim,
             "visual_dim": self.visual_dim,
             **self.extra_config,
@@ -188,6 +217,7 @@ class AlignedDualEncoder(nn.Module):
         self.text_head = encoder.text_head
         self.name = encoder.name
         self.extra_config = encoder.extra_config
+        self.conse_weight = encoder.conse_weight
         self.image_size = encoder.image_tower.resolution
         self.preprocess = encoder.preprocess
 
@@ -219,4 +249,4 @@ class AlignedDualEncoder(nn.Module):
         n = len(self.text_tower.bert.encoder.layer)
         return AlignedEncoder(self.image.head.eval(), self.text_head.eval(), n, text_tower=self.text_tower.eval(),
                               image_tower=self.image.tower.eval(), name=name or self.name,
-                              extra_config=self.extra_config)
+                              extra_config=self.extra_config, conse_weight=self.conse_weight)

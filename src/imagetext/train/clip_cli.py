@@ -9,7 +9,7 @@ from imagetext.train.contrastive import TrainConfig
 
 
 def run_train_clip(*, data, out, mode, val_data, images_dir, train_split, val_split, holdout, epochs,
-                   batch_size, lr, weight_decay, warmup, temperature, precision, head_inputs, dim, dropout,
+                   batch_size, lr, weight_decay, warmup, temperature, precision, head_inputs, dim, dropout, conse_weight,
                    tune_text_layers, text_lr, flip, base, tune, wise_alpha, image_size, vocab_size,
                    checkpoint_dir, resume, seed, threads, name, compare_with) -> Path:
     import torch
@@ -28,7 +28,7 @@ def run_train_clip(*, data, out, mode, val_data, images_dir, train_split, val_sp
                          checkpoint_dir=str(checkpoint_dir or Path(out) / "checkpoints"), resume=resume)
     options = {
         "heads": {"head_inputs": [s.strip() for s in head_inputs.split(",") if s.strip()], "dim": dim,
-                  "dropout": dropout,
+                  "dropout": dropout, "conse_weight": conse_weight,
                   "tune_text_layers": tune_text_layers, "text_lr": text_lr,
                   "views": ("center", "flip") if flip else ("center",)},
         "finetune": {"base": base, "tune": tune, "wise_alpha": wise_alpha, "image_size": image_size},

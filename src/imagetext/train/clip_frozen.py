@@ -214,8 +214,11 @@ class FrozenFeaturesTask:
             groups += default_param_groups(self.model.text.layers, self.setup.text_lr, 0.01)
         return groups
 
-    def to_encoder(self, name: str, extra_config: dict | None = None):
-        """The trained heads (and tuned layers) as a ready-to-save AlignedEncoder."""
+    def to_encoder(self, name: str, extra_config: dict | None = None, conse_weight: float = 0.0):
+        """The trained heads (and tuned layers) as a ready-to-save AlignedEncoder.
+
+        `conse_weight` > 0 ensembles the result with ConSE at the score level (see aligned.py).
+        """
         from imagetext.models.aligned import AlignedEncoder
 
         tower = self.text_tower
@@ -224,4 +227,5 @@ class FrozenFeaturesTask:
         for k, layer in enumerate(self.model.text.layers):
             tower.bert.encoder.layer[n - tuned + k].load_state_dict(layer.state_dict())
         return AlignedEncoder(copy.deepcopy(self.model.image_head), copy.deepcopy(self.model.text.head),
-                              tuned, text_tower=tower, name=name, extra_config=extra_config)
+                              tuned, text_tower=tower, name=name, extra_config=extra_config,
+                              conse_weight=conse_weight)

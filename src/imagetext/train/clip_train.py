@@ -145,7 +145,8 @@ def train_clip(spec: DataSpec, out: str | os.PathLike, mode: str = "heads", conf
         task = FrozenFeaturesTask(train, val, setup, progress=config.progress)
         result = train_contrastive(task, config)
         task.model.load_state_dict(result.best_state)
-        encoder = task.to_encoder(name, {"trained_on": ", ".join(train.sources)})
+        encoder = task.to_encoder(name, {"trained_on": ", ".join(train.sources)},
+                                  conse_weight=mode_options.get("conse_weight", 0.0))
     elif mode == "finetune":
         from imagetext.train.clip_finetune import FinetuneTask
 
@@ -167,9 +168,11 @@ def train_clip(spec: DataSpec, out: str | os.PathLike, mode: str = "heads", conf
     encoder.save_pretrained(out)
     from imagetext.models.registry import load_encoder
 
+    compared = {}
+    if mode == "heads" and mode_options.get("conse_weight"):
+        compared["trained heads alone (validation during training)"] = dict(result.best_metrics)
     # the numbers in the card come from the saved folder, loaded the way users load it
     result.best_metrics = {**result.best_metrics, **evaluate_encoder(load_encoder(out, cache=False), val)}
-    compared = {}
     for other in compare_with:
         compared[other] = evaluate_encoder(load_encoder(other), val)
         log(f"{other} on the validation data: " + ", ".join(f"{k} {compared[other][k]:.1f}" for k in RECALLS))
