@@ -115,6 +115,19 @@ def test_trained_heads_save_and_load_as_a_model(tiny, tmp_path):
     np.testing.assert_allclose(loaded.encode_texts(val.captions), text_vecs, atol=1e-4)
     assert recall_at_k(emb.semantic, text_vecs, val.image_index) == task.validate()
 
+    # the score-level ensemble with ConSE: similarity = (cos_trained + w^2 cos_conse) / (1 + w^2)
+    import json
+
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "conse_weight": 0.5}))
+    mixed = load_encoder(tmp_path / "m", cache=False)
+    conse = load_encoder("conse", cache=False)
+    assert mixed.dim == 64 + 384
+    m_img, m_txt = mixed.encode_images(val.images[:3]).semantic, mixed.encode_texts(val.captions[:4])
+    c_img, c_txt = conse.encode_images(val.images[:3]).semantic, conse.encode_texts(val.captions[:4])
+    np.testing.assert_allclose(m_txt @ m_img.T, (text_vecs[:4] @ image_vecs[:3].T + 0.25 * c_txt @ c_img.T) / 1.25,
+                               atol=1e-4)
+
 
 @needs_flickr
 def test_finetune_with_wise_ft_interpolates_weights(tiny, tmp_path):
