@@ -315,13 +315,16 @@ def train_captioner_cmd(
     name: Annotated[Optional[str], typer.Option(help="Model name stored in config.json.")] = None,
     val_images: Annotated[Optional[int], typer.Option(
         min=1, help="Per-epoch validation on the first N val images (default: all).")] = None,
+    stop_after: Annotated[Optional[int], typer.Option(
+        min=1, help="Stop after this epoch (the LR schedule still spans --epochs).")] = None,
 ):
     """Train a captioner (Show-Attend-Tell or transformer) on cached image features."""
     from imagetext.train.captioner import CaptionTrainConfig, default_lr, train_captioner
 
     config = CaptionTrainConfig(arch=arch, epochs=epochs, lr=lr or default_lr(arch),
                                 images_per_batch=images_per_batch, label_smoothing=label_smoothing,
-                                flip=flip, final_beam=beam, seed=seed, val_images=val_images)
+                                flip=flip, final_beam=beam, seed=seed, val_images=val_images,
+                                stop_after=stop_after)
     result = train_captioner(str(data), out, config, train_split=train_split, val_split=val_split,
                              resume=resume, name=name)
     print(f"best epoch {result['best_epoch']}; the captioner is in {out / 'best'}")

@@ -50,7 +50,8 @@ def default_lr(arch: str) -> float:
 @dataclass
 class CaptionTrainConfig:
     arch: str = "show-attend-tell"
-    epochs: int = 10
+    epochs: int = 10  # length of the learning-rate schedule (warm-up + cosine)
+    stop_after: int | None = None  # end training after this epoch (schedule still for `epochs`)
     images_per_batch: int = 64  # each image brings all its captions (Flickr8k: 5)
     lr: float | None = None  # peak learning rate; None = DEFAULT_LR of the architecture
     weight_decay: float = 1e-2
@@ -227,7 +228,8 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     n_params = sum(p.numel() for p in decoder.parameters())
     log(f"{cfg.arch}: {n_params / 1e6:.2f} M decoder parameters, {steps_per_epoch} steps/epoch")
 
-    for epoch in range(start_epoch, cfg.epochs):
+    last_epoch = min(cfg.epochs, cfg.stop_after or cfg.epochs)
+    for epoch in range(start_epoch, last_epoch):
         decoder.train()
         t_epoch = time.time()
         batches = _epoch_batches(cfg.arch, rows_of_image, lengths, cfg.images_per_batch,
