@@ -14,7 +14,9 @@ from imagetext.models.base import ImageTextEncoder, read_config
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
 # The model used when none is named. Aliases map friendly names to built-in folders.
-DEFAULT_MODEL = "conse"
+# aligned-flickr8k: heads trained on Flickr8k (scripts/train_default_clip.sh) + ConSE ensemble;
+# the training-free ConSE stays loadable as "conse".
+DEFAULT_MODEL = "aligned-flickr8k"
 ALIASES = {"default": DEFAULT_MODEL}
 
 _BACKENDS: dict[str, type[ImageTextEncoder]] = {}
