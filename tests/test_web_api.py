@@ -44,7 +44,9 @@ def assert_clear_error(response, status: int, *words: str) -> str:
 def test_status_names_the_model_and_counts_the_images(client, server):
     status = client.get("/api/status").json()
     assert status["n_images"] == server.n_images >= 18 + 12
-    assert status["model"] == "conse-lite0-minilm"
+    from imagetext.models.registry import load_encoder
+
+    assert status["model"] == server.model == load_encoder().name
     assert status["root"] == str(server.root)
     assert status["captioner"]["installed"] in (True, False)
 
@@ -338,7 +340,7 @@ def test_pages_render_with_the_status_line(client, server):
     for url in ("/", "/search", "/similar", "/caption", "/classify"):
         page = client.get(url)
         assert page.status_code == 200, url
-        assert "images indexed" in page.text and "conse-lite0-minilm" in page.text
+        assert "images indexed" in page.text and server.model in page.text
 
 
 def test_search_page_shows_results_and_escapes_the_query(client):

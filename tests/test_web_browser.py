@@ -75,7 +75,7 @@ def all_images_loaded(page, selector: str) -> bool:
 def test_search_tab_shows_a_gallery_and_a_large_view(page, server):
     page.goto(server.url + "/")
     status = page.locator("#status-line").inner_text()
-    assert "conse-lite0-minilm" in status and f"{server.n_images} images indexed" in status
+    assert server.model in status and f"{server.n_images} images indexed" in status
 
     page.fill("input[name=q]", "a cup of coffee")
     page.fill("input[name=k]", "8")

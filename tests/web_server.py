@@ -28,6 +28,7 @@ class WebServer:
     root: Path
     outside: Path  # a real photo outside the collection folder
     n_images: int
+    model: str  # name of the model that built the index (the default model)
     app: object
     server: object
     thread: threading.Thread
@@ -80,11 +81,12 @@ def shared_server() -> WebServer:
     with Collection.open(root) as col:
         report = col.index(progress=False)
         n_images = len(col)
+        model = col.status()["model"]
     assert not report.failed, report.failed
 
     app = create_app(root, max_upload_mb=MAX_UPLOAD_MB)
     server, thread, url = start_server(app)
-    _SERVER = WebServer(url, root, outside, n_images, app, server, thread)
+    _SERVER = WebServer(url, root, outside, n_images, model, app, server, thread)
 
     def cleanup() -> None:
         _SERVER.stop()
