@@ -9,21 +9,22 @@
 # both rows. This is the schedule the shipped model was trained with: a first phase with
 # large batches (64 images x 5 captions), resumed with small batches (16 images), which
 # gives 4x more updates per epoch and learns much faster on this small dataset.
-# On the 2-core machine: ~3 min feature extraction (once), then ~6-10 min per epoch.
+# On the 2-core machine: ~3 min feature extraction (once), then ~6-15 min per epoch;
+# the whole script ~1 h when the CPU is shared, less on an idle machine.
 # On shared machines run it under the CPU lock: flock /tmp/imagetext-cpu.lock scripts/...
 set -euo pipefail
 DATA=${1:-../shared/data/flickr8k}
 RUNS=${2:-runs/captioner}
 mkdir -p "$RUNS"
-train() {  # arch, epochs of phase 1, total epochs, extra options...
-    local arch=$1 first=$2 total=$3
-    shift 3
-    imagetext train captioner --data "$DATA" --out "$RUNS/$arch" --arch "$arch" \
-        --epochs "$first" --images-per-batch 64 --name lite0-flickr8k "$@"
-    imagetext train captioner --data "$DATA" --out "$RUNS/$arch" --arch "$arch" \
-        --epochs "$total" --images-per-batch 16 --name lite0-flickr8k --resume "$@"
+train() {  # arch, total epochs (LR schedule), stop after phase 1, stop after phase 2, extra...
+    local arch=$1 total=$2 first=$3 second=$4
+    shift 4
+    imagetext train captioner --data "$DATA" --out "$RUNS/$arch" --arch "$arch" --name lite0-flickr8k \
+        --epochs "$total" --stop-after "$first" --images-per-batch 64
+    imagetext train captioner --data "$DATA" --out "$RUNS/$arch" --arch "$arch" --name lite0-flickr8k \
+        --epochs "$total" --stop-after "$second" --images-per-batch 16 --resume "$@"
 }
-train show-attend-tell 2 4 2>&1 | tee "$RUNS/show-attend-tell.log"
-train transformer 1 3 --val-images 500 2>&1 | tee "$RUNS/transformer.log"
+train show-attend-tell 4 2 3 2>&1 | tee "$RUNS/show-attend-tell.log"
+train transformer 3 1 2 --val-images 500 2>&1 | tee "$RUNS/transformer.log"
 python -m imagetext.caption.model_card --runs "$RUNS/show-attend-tell" "$RUNS/transformer" \
     --install "$(python -c 'import imagetext.caption.registry as r; print(r.PRETRAINED_DIR / r.DEFAULT_CAPTIONER)')"
