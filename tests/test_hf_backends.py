@@ -30,6 +30,18 @@ ALL = PNGS + [SAMPLES / "rocket.jpg"]
 TEXTS = ["a cat", "the dog", "a photo of a cat on the grass next to a dog", "x", ""]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These models are tiny: one thread avoids waking a second one for every 32x32 matmul,
+    which on a loaded 2-core machine costs a scheduler slice (~10 ms) per op."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
@@ -302,11 +314,20 @@ def test_captioner_fine_tuning_hook_learns_captions(models, family):
 
 
 def cli(*args: str, cwd: Path | None = None) -> str:
-    proc = subprocess.run([sys.executable, "-m", "imagetext.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, check=False)
-    if proc.returncode != 0:
-        raise AssertionError(f"imagetext {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
+    """Run an imagetext command in this process (saves re-importing torch for each one)."""
+    from typer.testing import CliRunner
+
+    from imagetext.cli import app
+
+    here = Path.cwd()
+    os.chdir(cwd or here)
+    try:
+        result = CliRunner().invoke(app, list(args))
+    finally:
+        os.chdir(here)
+    if result.exit_code != 0:
+        raise AssertionError(f"imagetext {' '.join(args)} failed:\n{result.output}") from result.exception
+    return result.stdout
 
 
 def test_every_command_runs_with_pretrained_backends(models, tmp_path):

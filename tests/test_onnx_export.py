@@ -21,6 +21,18 @@ PHOTOS = [SAMPLES / n for n in ("chelsea.png", "coffee.png", "astronaut.png", "r
 TEXTS = ["a cat", "a photo of a cat on the grass next to a dog", "", "the dog the dog the dog"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These models are tiny: one thread avoids waking a second one for every 32x32 matmul,
+    which on a loaded 2-core machine costs a scheduler slice (~10 ms) per op."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("onnx")
