@@ -411,3 +411,27 @@ def test_train_clip_finetune_trains_a_transformers_clip(models, tmp_path):
     assert torch.equal(before[first], after[first])
     assert not torch.equal(before["text_projection.weight"], after["text_projection.weight"])
     assert tuned.encode_images(PNGS[:1]).semantic.shape == (1, 24)
+
+
+def test_finetune_hf_captioner_loop_saves_the_best_epoch(models, tmp_path):
+    from imagetext.caption.registry import load_captioner
+    from imagetext.train.hf_captioner_finetune import finetune_hf_captioner
+
+    data = tmp_path / "pairs"
+    (data / "images").mkdir(parents=True)
+    rows = ["image\tcaption_index\tcaption\tsplit"]
+    for p in ALL:
+        shutil.copy(p, data / "images" / p.name)
+        rows += [f"{p.name}\t{k}\tthe {p.stem}\t{split}" for k, split in enumerate(["train", "val"])]
+    # same images in both splits would be refused: validate on copies under other names
+    rows = [r.replace(".png\t1\t", "-v.png\t1\t").replace(".jpg\t1\t", "-v.jpg\t1\t") for r in rows]
+    for p in ALL:
+        shutil.copy(p, data / "images" / f"{p.stem}-v{p.suffix}")
+    (data / "captions.tsv").write_text("\n".join(rows) + "\n")
+    result = finetune_hf_captioner(data, models["vit-gpt2"], tmp_path / "tuned", epochs=3, lr=3e-3,
+                                   batch_size=2, name="tiny-vit-gpt2-tuned", log=lambda *_: None)
+    history = result["history"]
+    assert result["best_val_loss"] < history[0]["val_loss"]
+    tuned = load_captioner(tmp_path / "tuned", cache=False)
+    assert tuned.name == "tiny-vit-gpt2-tuned" and tuned.backend == "hf-captioner"
+    assert len(tuned.caption(PNGS[:1], beam_size=1, max_length=5)) == 1
