@@ -435,3 +435,7 @@ def test_finetune_hf_captioner_loop_saves_the_best_epoch(models, tmp_path):
     tuned = load_captioner(tmp_path / "tuned", cache=False)
     assert tuned.name == "tiny-vit-gpt2-tuned" and tuned.backend == "hf-captioner"
     assert len(tuned.caption(PNGS[:1], beam_size=1, max_length=5)) == 1
+    out = cli("train", "captioner", "--data", str(data), "--out", str(tmp_path / "cli-tuned"),
+              "--init", str(models["blip"]), "--epochs", "1", "--lr", "0.003", "--name", "blip-t")
+    assert "the captioner is in" in out
+    assert load_captioner(tmp_path / "cli-tuned", cache=False).name == "blip-t"

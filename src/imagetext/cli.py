@@ -317,8 +317,19 @@ def train_captioner_cmd(
         min=1, help="Per-epoch validation on the first N val images (default: all).")] = None,
     stop_after: Annotated[Optional[int], typer.Option(
         min=1, help="Stop after this epoch (the LR schedule still spans --epochs).")] = None,
+    init: Annotated[Optional[str], typer.Option(
+        "--init", help="Fine-tune a pretrained transformers captioner instead (BLIP or "
+        "VisionEncoderDecoder: a folder or hub id), end to end in batches of 8 pairs; uses "
+        "--epochs, --lr (default 1e-5), --seed, --name; writes the model to --out.")] = None,
 ):
     """Train a captioner (Show-Attend-Tell or transformer) on cached image features."""
+    if init:
+        from imagetext.train.hf_captioner_finetune import finetune_hf_captioner
+
+        result = finetune_hf_captioner(data, init, out, epochs=epochs, lr=lr or 1e-5, seed=seed,
+                                       name=name)
+        print(f"best validation loss {result['best_val_loss']:.4f}; the captioner is in {out}")
+        return
     from imagetext.train.captioner import CaptionTrainConfig, default_lr, train_captioner
 
     config = CaptionTrainConfig(arch=arch, epochs=epochs, lr=lr or default_lr(arch),
