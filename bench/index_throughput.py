@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import faiss
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,25 +34,28 @@ def image_files(folder: Path, n: int) -> list[Path]:
 
 
 def naive_loop(files: list[Path], model_name: str) -> float:
+    """One image at a time through the model's PyTorch path, added to FAISS one by one."""
+    import os
+
     from PIL import Image
 
     from imagetext.models.registry import load_encoder
 
-    enc = load_encoder(model_name)
-    tower = enc.image_tower.eval()
-    pre = enc.preprocess
-    index_sem, index_vis = faiss.IndexFlatIP(enc.dim), faiss.IndexFlatIP(enc.visual_dim)
-    start = time.perf_counter()
-    with torch.inference_mode():
+    os.environ["IMAGETEXT_NO_ONNX"] = "1"  # a separate, uncached encoder on plain PyTorch
+    try:
+        enc = load_encoder(model_name, cache=False)
+        pre = enc.preprocess
+        index_sem, index_vis = faiss.IndexFlatIP(enc.dim), faiss.IndexFlatIP(enc.visual_dim)
+        enc.encode_pixels(pre(Image.open(files[0]).convert("RGB"))[None])  # warm up
+        start = time.perf_counter()
         for path in files:
             img = Image.open(path).convert("RGB")
-            x = torch.from_numpy(pre(img))[None]
-            f = tower.forward_features(x)
-            sem = enc.conse_vectors(f.logits).numpy()
-            vis = torch.nn.functional.normalize(f.pooled, dim=-1).numpy()
-            index_sem.add(sem)
-            index_vis.add(vis)
-    return len(files) / (time.perf_counter() - start)
+            out = enc.encode_pixels(pre(img)[None])
+            index_sem.add(out.semantic)
+            index_vis.add(out.visual)
+        return len(files) / (time.perf_counter() - start)
+    finally:
+        del os.environ["IMAGETEXT_NO_ONNX"]
 
 
 def pipeline(files: list[Path], model_name: str, batch_size: int) -> tuple[float, float]:
@@ -83,11 +85,10 @@ def main() -> None:
     ap.add_argument("--images", type=Path, default=FLICKR)
     ap.add_argument("--n", type=int, default=320, help="images for the pipeline")
     ap.add_argument("--naive-n", type=int, default=64, help="images for the naive loop")
-    ap.add_argument("--model", default="conse")
+    ap.add_argument("--model", default="default")
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args()
     files = image_files(args.images, max(args.n, args.naive_n))
-    torch.set_num_threads(torch.get_num_threads())
     print(f"{torch.get_num_threads()} threads, model {args.model}, images from {args.images}")
     naive = naive_loop(files[: args.naive_n], args.model)
     print(f"naive one-at-a-time PyTorch loop: {naive:6.1f} images/s  ({args.naive_n} images)")

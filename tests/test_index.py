@@ -204,3 +204,18 @@ def test_stored_captions_are_searched_as_text_too(gallery):
     assert Collection.open(gallery).status()["n_captioned"] == len(captions)
     # semantic and visual FAISS files stay current: captions change only the caption index
     assert col._vector_index("semantic").is_current() and col._vector_index("visual").is_current()
+
+
+def test_index_records_the_model_itself_not_the_default_alias(gallery, monkeypatch):
+    col, _ = _index(gallery)
+    from imagetext.models import registry
+
+    recorded = col.store.get_meta("model_ref")
+    assert recorded in registry.builtin_models() and recorded != "default"
+    # a later release ships another default: the index keeps using the model that built it
+    other = next(m for m in registry.builtin_models() if m != recorded)
+    monkeypatch.setattr(registry, "DEFAULT_MODEL", other)
+    monkeypatch.setitem(registry.ALIASES, "default", other)
+    reopened = Collection.open(gallery)
+    assert Path(reopened.search("a cat", k=1)[0].path).name == "chelsea.png"
+    assert reopened.encoder.name == col.encoder.name

@@ -258,13 +258,19 @@ def eval_retrieval(
     model: ModelOpt = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N images.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    with_captions: Annotated[bool, typer.Option(
+        "--with-captions", help="Also caption every image and fuse query-caption similarity "
+        "into the scores, as a collection indexed with --caption is searched.")] = False,
+    captioner: Annotated[Optional[str], typer.Option(
+        help="Captioner for --with-captions (default: the default captioner).")] = None,
     as_json: JsonOpt = False,
 ):
     """Image-text retrieval Recall@1/5/10 in both directions on a dataset split."""
     from imagetext.eval.retrieval import evaluate_retrieval
 
     result = evaluate_retrieval(str(data), split, model=model, batch_size=batch_size, limit=limit,
-                                progress=not as_json)
+                                progress=not as_json,
+                                captioner=(captioner or "default") if with_captions else None)
     if as_json:
         _print_json(result)
         return

@@ -39,10 +39,14 @@ def recall_at_k(image_vecs: np.ndarray, text_vecs: np.ndarray, text_to_image: Se
 
 
 def evaluate_retrieval(data: str, split: str | None, model=None, batch_size: int = 32,
-                       limit: int | None = None, progress: bool = False) -> dict:
+                       limit: int | None = None, progress: bool = False,
+                       captioner=None) -> dict:
     """Recall@K of `model` on a dataset split (captions.tsv + images/, or any reader format).
 
     `limit` keeps only the first N images of the split (with all their captions).
+    With `captioner` (a name, folder or Captioner), every image is also captioned and
+    scored as a collection indexed with `imagetext index --caption` scores it: query-image
+    similarity fused with query-caption similarity (index.collection.CAPTION_WEIGHT).
     """
     from imagetext.api import get_encoder
     from imagetext.data.readers import read_pairs
@@ -66,13 +70,33 @@ def evaluate_retrieval(data: str, split: str | None, model=None, batch_size: int
                            f"{failures[0][1]}")
     image_seconds = time.perf_counter() - start
     text_vecs = encoder.encode_texts(captions)
-    result = recall_at_k(emb.semantic, text_vecs, image_index)
+    image_vecs = emb.semantic
+    captioner_name = None
+    if captioner is not None:
+        image_vecs, captioner_name = _fuse_generated_captions(
+            image_vecs, images, encoder, captioner, batch_size)
+    result = recall_at_k(image_vecs, text_vecs, image_index)
     result.update({
         "n_images": len(images),
         "n_captions": len(captions),
         "model": encoder.name,
+        **({"captioner": captioner_name} if captioner_name else {}),
         "split": split,
         "seconds": round(time.perf_counter() - start, 1),
         "images_per_second": round(len(images) / max(image_seconds, 1e-9), 1),
     })
     return result
+
+
+def _fuse_generated_captions(image_vecs, images, encoder, captioner, batch_size):
+    """image vectors whose dot product with a query is the index's hybrid score:
+    (1 - w) * sim(query, image) + w * sim(query, generated caption)."""
+    from imagetext.caption.registry import load_captioner
+    from imagetext.index.collection import CAPTION_WEIGHT
+
+    if isinstance(captioner, str) or captioner is None:
+        captioner = load_captioner(captioner)
+    texts = captioner.caption(images, batch_size=batch_size)
+    caption_vecs = encoder.encode_texts(texts)
+    return (1 - CAPTION_WEIGHT) * image_vecs + CAPTION_WEIGHT * caption_vecs, captioner.name
+

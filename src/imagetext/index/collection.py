@@ -18,10 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from imagetext.io.images import ImageLoadError, is_image_path, open_image_sized
+
 from imagetext.index.pipeline import batched, prefetch_map
 from imagetext.index.store import ImageRecord, MetadataStore, NewImage
 from imagetext.index.vectors import VectorIndex, choose_kind
+from imagetext.io.images import ImageLoadError, is_image_path, open_image_sized
 
 INDEX_DIRNAME = ".imagetext"
 # weight of the query-caption similarity in text search over captioned images (see _hybrid_search)
@@ -90,6 +91,17 @@ class _Decoded:
     pixels: np.ndarray
 
 
+def _stable_model_ref(ref: str | None) -> str:
+    """What to record as the index's model: never an alias such as "default", whose meaning
+    changes when a new default ships, but the built-in name, an absolute folder or a hub id."""
+    from imagetext.models.registry import ALIASES, DEFAULT_MODEL
+
+    ref = str(ref or DEFAULT_MODEL)
+    ref = ALIASES.get(ref, ref)
+    path = Path(ref).expanduser()
+    return str(path.resolve()) if (path / "config.json").is_file() else ref
+
+
 def scan_folder(root: Path, skip: Path | None = None) -> Iterator[tuple[str, Path, os.stat_result]]:
     """Image files under root (recursively, following no symlinked folders, no hidden folders)."""
     for dirpath, dirnames, filenames in os.walk(root):
@@ -149,10 +161,13 @@ class Collection:
         indexed = self.store.get_meta("model_name")
         if self._model_ref is None:
             self._model_ref = self.store.get_meta("model_ref")
-            return
+            return  # the recorded model; `encoder` still checks that it is the same one
         if indexed is None or self.store.count() == 0 and not reindex:
             return
-        name = self.encoder.name
+        from imagetext.models.registry import load_encoder
+
+        encoder = load_encoder(self._model_ref)
+        name = encoder.name
         if name != indexed:
             if not reindex:
                 raise ModelMismatchError(
@@ -161,6 +176,7 @@ class Collection:
                     f"rebuild it for {name!r} with --reindex."
                 )
             self.clear()
+        self._encoder = encoder
 
     def clear(self) -> None:
         """Drop every indexed image (kept files on disk are untouched)."""
@@ -176,7 +192,14 @@ class Collection:
         if self._encoder is None:
             from imagetext.models.registry import load_encoder
 
-            self._encoder = load_encoder(self._model_ref)
+            encoder = load_encoder(self._model_ref)
+            indexed = self.store.get_meta("model_name")
+            if indexed is not None and encoder.name != indexed and self.store.count():
+                raise ModelMismatchError(
+                    f"the index in {self.index_dir} was built with model {indexed!r}, but "
+                    f"{self._model_ref or 'the default'!s} now loads {encoder.name!r}. Pass "
+                    f"--model with the model that built it, or rebuild with --reindex.")
+            self._encoder = encoder
         return self._encoder
 
     def _vector_index(self, kind: str) -> VectorIndex:
@@ -237,7 +260,7 @@ class Collection:
             encoder = self.encoder if todo or self.store.get_meta("model_name") is None else None
             if encoder is not None:
                 self.store.set_meta("model_name", encoder.name)
-                self.store.set_meta("model_ref", str(self._model_ref or "default"))
+                self.store.set_meta("model_ref", _stable_model_ref(self._model_ref))
                 self.store.set_meta("dim", str(encoder.dim))
                 self.store.set_meta("visual_dim", str(encoder.visual_dim))
             vectors = {k: self._vector_index(k) for k in ("semantic", "visual")}
@@ -482,8 +505,14 @@ class _progress_bar:
 
     def __init__(self, total: int, label: str = "indexing"):
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.start = time.perf_counter()
         self.progress = Progress(

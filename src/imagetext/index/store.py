@@ -90,6 +90,9 @@ class MetadataStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(images)")}
+        if "caption_vector" not in columns:  # indexes written before captions had vectors
+            self.db.execute("ALTER TABLE images ADD COLUMN caption_vector BLOB")
         version = self.get_meta("schema_version")
         if version is None:
             self.set_meta("schema_version", str(SCHEMA_VERSION))

@@ -24,9 +24,9 @@ from imagetext.models.efficientnet_lite import (
     LogitsAndPooled,
     load_efficientnet_lite0,
 )
-from imagetext.models.onnx_runtime import OnnxTower, onnx_available
 from imagetext.models.imagenet import imagenet_classes
 from imagetext.models.minilm import MiniLMTextTower
+from imagetext.models.onnx_runtime import OnnxTower, onnx_available
 from imagetext.models.registry import register_backend
 
 CLASS_EMBEDDINGS_FILE = "class_embeddings.safetensors"
