@@ -58,7 +58,7 @@ def test_classify_and_rank(photos):
     assert abs(sum(out[0]["scores"]) - 1) < 1e-4
     ranked = json.loads(run("rank", "a rocket launch", str(photos["coffee"]), str(photos["rocket"]),
                             str(photos["chelsea"]), "--json").stdout)
-    assert Path(ranked[0]["image"]).name == "rocket.jpg"
+    assert Path(ranked[0]["image"]).name == "rocket.jpg" and ranked[0]["index"] == 1
     multi = json.loads(run("classify", str(photos["chelsea"]), "--labels", "cat,dog",
                            "--threshold", "0.5", "--json").stdout)
     assert multi[0]["flagged"] == ["cat"]

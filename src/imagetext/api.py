@@ -135,6 +135,7 @@ def moderate(images: Sequence[ImageSource], model: str | ImageTextEncoder | None
 class RankedImage:
     image: str
     score: float
+    index: int  # position of the image in the list given to rank()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,4 +150,4 @@ def rank(prompt: str, images: Sequence[ImageSource],
     encoder = get_encoder(model)
     sims = encoder.encode_images(list(images)).semantic @ encoder.encode_texts([prompt])[0]
     order = np.argsort(-sims, kind="stable")
-    return [RankedImage(_image_name(images[i]), float(sims[i])) for i in order]
+    return [RankedImage(_image_name(images[i]), float(sims[i]), int(i)) for i in order]
