@@ -439,3 +439,22 @@ def test_finetune_hf_captioner_loop_saves_the_best_epoch(models, tmp_path):
               "--init", str(models["blip"]), "--epochs", "1", "--lr", "0.003", "--name", "blip-t")
     assert "the captioner is in" in out
     assert load_captioner(tmp_path / "cli-tuned", cache=False).name == "blip-t"
+
+
+@pytest.mark.parametrize("family", ["blip", "vit-gpt2"])
+def test_raw_transformers_captioner_folders_and_hub_ids_load(models, family, tmp_path, monkeypatch,
+                                                            photos):
+    """A folder as transformers writes it (no "backend" key) and a hub id from the local
+    cache both load as captioners, and caption a real photo."""
+    from imagetext.caption.registry import load_captioner
+
+    assert "backend" not in json.loads((models[family] / "config.json").read_text())
+    by_folder = load_captioner(models[family], cache=False)
+    hf_tiny.fake_hub_cache(tmp_path / "hf", f"org/tiny-{family}", models[family])
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    by_hub_id = load_captioner(f"org/tiny-{family}", cache=False)
+    a = by_folder.caption([photos["chelsea"]], beam_size=1)
+    b = by_hub_id.caption([photos["chelsea"]], beam_size=1)
+    assert a == b and isinstance(a[0], str)

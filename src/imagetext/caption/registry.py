@@ -25,6 +25,7 @@ ALIASES = {"default": DEFAULT_CAPTIONER}
 BACKEND_MODULES = ["imagetext.caption.efficientnet_captioner", "imagetext.caption.hf_captioners"]
 
 _BACKENDS: dict[str, type[Captioner]] = {}
+HF_MODEL_TYPES = {"blip": "hf-captioner", "vision-encoder-decoder": "hf-captioner"}
 
 
 def register_captioner(name: str):
@@ -76,6 +77,11 @@ def resolve_captioner(name_or_path: str | os.PathLike | None) -> Path:
     path = Path(name).expanduser()
     if (path / "config.json").is_file():
         return path
+    from imagetext.models import hub
+
+    if hub.is_hub_id(name) and not path.exists():  # org/name: local HF cache, download if allowed
+        return hub.resolve_hub_model(name, looked=[f"a built-in captioner at {builtin}",
+                                                   f"a folder with config.json at {path.resolve()}"])
     raise CaptionerNotFoundError(
         f"captioner {name!r} not found. Looked for a built-in captioner at {builtin} "
         f"(available: {', '.join(builtin_captioners()) or 'none'}) and for a folder with "
@@ -87,15 +93,18 @@ _CACHE: dict[str, Captioner] = {}
 
 
 def load_captioner(name_or_path: str | os.PathLike | None = None, cache: bool = True) -> Captioner:
-    """Load a captioner by built-in name, alias ("default") or folder path (None = default)."""
+    """Load a captioner by built-in name, alias ("default"), folder (ours or a transformers
+    BLIP / VisionEncoderDecoder folder) or hub id from the local cache (None = default)."""
     folder = resolve_captioner(name_or_path)
     key = str(folder.resolve())
     if cache and key in _CACHE:
         return _CACHE[key]
     config = read_config(folder)
-    if "backend" not in config:
+    # a transformers BLIP / VisionEncoderDecoder folder has a model_type and no "backend"
+    backend = config.get("backend") or HF_MODEL_TYPES.get(config.get("model_type"))
+    if backend is None:
         raise ValueError(f"{folder / 'config.json'} has no \"backend\" key naming the captioner class")
-    captioner = captioner_class(config["backend"]).from_pretrained(folder)
+    captioner = captioner_class(backend).from_pretrained(folder)
     if cache:
         _CACHE[key] = captioner
     return captioner
