@@ -14,11 +14,23 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These models are tiny: one thread avoids waking a second one for every 32x32 matmul,
+    which on a loaded 2-core machine costs a scheduler slice (~10 ms) per op. Test modules
+    that build tiny models import this fixture."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def bpe_tokenizer_files(folder: Path, clip: bool) -> int:

@@ -23,23 +23,12 @@ from skimage import data as skdata
 from imagetext.models import hub
 from imagetext.models.registry import ModelNotFoundError, load_encoder, resolve_model
 from tests import hf_tiny
+from tests.hf_tiny import one_torch_thread  # noqa: F401  (autouse fixture)
 
 SAMPLES = Path(os.path.dirname(skdata.__file__))
 PNGS = [SAMPLES / n for n in ("chelsea.png", "coffee.png", "astronaut.png")]  # no JPEG draft decoding
 ALL = PNGS + [SAMPLES / "rocket.jpg"]
 TEXTS = ["a cat", "the dog", "a photo of a cat on the grass next to a dog", "x", ""]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: one thread avoids waking a second one for every 32x32 matmul,
-    which on a loaded 2-core machine costs a scheduler slice (~10 ms) per op."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

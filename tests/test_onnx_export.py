@@ -15,22 +15,11 @@ from skimage import data as skdata
 from imagetext.models.onnx_backend import OnnxEncoder, export_onnx
 from imagetext.models.registry import load_encoder
 from tests import hf_tiny
+from tests.hf_tiny import one_torch_thread  # noqa: F401  (autouse fixture)
 
 SAMPLES = Path(os.path.dirname(skdata.__file__))
 PHOTOS = [SAMPLES / n for n in ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")]
 TEXTS = ["a cat", "a photo of a cat on the grass next to a dog", "", "the dog the dog the dog"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: one thread avoids waking a second one for every 32x32 matmul,
-    which on a loaded 2-core machine costs a scheduler slice (~10 ms) per op."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
