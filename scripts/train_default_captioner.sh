@@ -11,7 +11,6 @@
 # gives 4x more updates per epoch and learns much faster on this small dataset.
 # On the 2-core machine: ~3 min feature extraction (once), then ~6-15 min per epoch;
 # the whole script ~1 h when the CPU is shared, less on an idle machine.
-# On shared machines run it under the CPU lock: flock /tmp/imagetext-cpu.lock scripts/...
 set -euo pipefail
 DATA=${1:-../shared/data/flickr8k}
 RUNS=${2:-runs/captioner}
@@ -24,7 +23,7 @@ train() {  # arch, total epochs (LR schedule), stop after phase 1, stop after ph
     imagetext train captioner --data "$DATA" --out "$RUNS/$arch" --arch "$arch" --name lite0-flickr8k \
         --epochs "$total" --stop-after "$second" --images-per-batch 16 --resume "$@"
 }
-train show-attend-tell 4 2 3 2>&1 | tee "$RUNS/show-attend-tell.log"
+train show-attend-tell 4 2 4 2>&1 | tee "$RUNS/show-attend-tell.log"
 train transformer 3 1 2 --val-images 500 2>&1 | tee "$RUNS/transformer.log"
 python -m imagetext.caption.model_card --runs "$RUNS/show-attend-tell" "$RUNS/transformer" \
     --install "$(python -c 'import imagetext.caption.registry as r; print(r.PRETRAINED_DIR / r.DEFAULT_CAPTIONER)')"

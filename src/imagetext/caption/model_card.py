@@ -91,7 +91,7 @@ before the cosine schedule had run out, to fit the time budget of a shared 2-cor
 
 ## Reproduce
 ```bash
-flock /tmp/imagetext-cpu.lock scripts/train_default_captioner.sh ../shared/data/flickr8k runs/captioner
+scripts/train_default_captioner.sh ../shared/data/flickr8k runs/captioner
 ```
 (trains both architectures, ~15 min each on 2 cores after a one-off ~3 min feature
 extraction, and installs the better one here). One architecture alone:
