@@ -26,7 +26,7 @@ from imagetext.io.images import ImageLoadError, is_image_path, open_image_sized
 
 INDEX_DIRNAME = ".imagetext"
 # weight of the query-caption similarity in text search over captioned images (see _hybrid_search)
-CAPTION_WEIGHT = 0.5
+CAPTION_WEIGHT = 0.1
 DB_NAME = "index.sqlite"
 
 
