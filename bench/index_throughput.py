@@ -2,7 +2,8 @@
 
 Both sides do the whole job on the same files: read + decode + preprocess + encode (both
 vectors) + add to the index. The naive baseline is what a first script looks like: one
-image at a time through the PyTorch model, added to a FAISS index one by one. The
+image at a time through the model's PyTorch modules (default NCHW memory format), added to
+a FAISS index one by one. The
 pipeline is `Collection.index()`: decoding in threads, batches, ONNX Runtime, SQLite+FAISS.
 
     python bench/index_throughput.py [--images DIR] [--n 320] [--naive-n 64]
@@ -33,29 +34,47 @@ def image_files(folder: Path, n: int) -> list[Path]:
     return files[:n]
 
 
-def naive_loop(files: list[Path], model_name: str) -> float:
-    """One image at a time through the model's PyTorch path, added to FAISS one by one."""
-    import os
+def plain_pytorch_runner(enc):
+    """The model's own modules run the way a first script runs them: PyTorch, default (NCHW)
+    memory format, no ONNX Runtime, no channels-last. Installed as the encoder's runner so the
+    rest of encode_pixels (ConSE mixing, normalisation) is the model's own code."""
+    from imagetext.models.efficientnet_lite import LogitsAndPooled
 
+    if hasattr(enc, "image_head"):  # aligned: tower + trained head
+        from imagetext.models.aligned import TowerWithHead
+
+        module = TowerWithHead(enc.image_tower, enc.image_head).eval()
+
+        @torch.inference_mode()
+        def run(pixels):
+            return tuple(t.numpy() for t in module(torch.from_numpy(pixels)))
+    else:  # conse
+        module = LogitsAndPooled(enc.image_tower).eval()
+
+        @torch.inference_mode()
+        def run(pixels):
+            return module(torch.from_numpy(pixels))
+    return run
+
+
+def naive_loop(files: list[Path], model_name: str) -> float:
+    """One image at a time through plain PyTorch, added to FAISS one by one."""
     from PIL import Image
 
     from imagetext.models.registry import load_encoder
 
-    os.environ["IMAGETEXT_NO_ONNX"] = "1"  # a separate, uncached encoder on plain PyTorch
-    try:
-        enc = load_encoder(model_name, cache=False)
-        pre = enc.preprocess
-        index_sem, index_vis = faiss.IndexFlatIP(enc.dim), faiss.IndexFlatIP(enc.visual_dim)
-        enc.encode_pixels(pre(Image.open(files[0]).convert("RGB"))[None])  # warm up
-        start = time.perf_counter()
-        for path in files:
-            img = Image.open(path).convert("RGB")
-            out = enc.encode_pixels(pre(img)[None])
-            index_sem.add(out.semantic)
-            index_vis.add(out.visual)
-        return len(files) / (time.perf_counter() - start)
-    finally:
-        del os.environ["IMAGETEXT_NO_ONNX"]
+    enc = load_encoder(model_name, cache=False)
+    enc._runner = plain_pytorch_runner(enc)
+    pre = enc.preprocess
+    index_sem, index_vis = faiss.IndexFlatIP(enc.dim), faiss.IndexFlatIP(enc.visual_dim)
+    enc.encode_pixels(pre(Image.open(files[0]).convert("RGB"))[None])  # warm up
+    start = time.perf_counter()
+    for path in files:
+        img = Image.open(path).convert("RGB")
+        out = enc.encode_pixels(pre(img)[None])
+        index_sem.add(out.semantic)
+        index_vis.add(out.visual)
+    return len(files) / (time.perf_counter() - start)
 
 
 def pipeline(files: list[Path], model_name: str, batch_size: int) -> tuple[float, float]:
