@@ -43,17 +43,15 @@ def plain_pytorch_runner(enc):
     if hasattr(enc, "image_head"):  # aligned: tower + trained head
         from imagetext.models.aligned import TowerWithHead
 
-        module = TowerWithHead(enc.image_tower, enc.image_head).eval()
-
-        @torch.inference_mode()
-        def run(pixels):
-            return tuple(t.numpy() for t in module(torch.from_numpy(pixels)))
+        module, names = TowerWithHead(enc.image_tower, enc.image_head), ["semantic", "pooled", "logits"]
     else:  # conse
-        module = LogitsAndPooled(enc.image_tower).eval()
+        module, names = LogitsAndPooled(enc.image_tower), ["logits", "pooled"]
+    module.eval()
 
-        @torch.inference_mode()
-        def run(pixels):
-            return module(torch.from_numpy(pixels))
+    @torch.inference_mode()
+    def run(pixels):
+        return {n: t.numpy() for n, t in zip(names, module(torch.from_numpy(pixels)))}
+
     return run
 
 

@@ -56,17 +56,11 @@ class EfficientNetCaptioner(Captioner):
     def _feature_runner(self):
         if self._tower is None:
             from imagetext.models.efficientnet_lite import load_efficientnet_lite0
-            from imagetext.models.onnx_runtime import OnnxTower, onnx_available
+            from imagetext.models.onnx_runtime import tower_runner
 
-            module = _FeatureMap(load_efficientnet_lite0()).eval()
-            if onnx_available():
-                onnx = OnnxTower(module, torch.zeros(1, 3, 224, 224), ["fmap"], tag="lite0-fmap")
-                self._tower = lambda px: onnx(px)["fmap"]
-            else:
-                def run(px):
-                    with torch.inference_mode():
-                        return module(torch.from_numpy(np.ascontiguousarray(px, np.float32)))[0].numpy()
-                self._tower = run
+            runner = tower_runner(_FeatureMap(load_efficientnet_lite0()), 224, ["fmap"],
+                                  tag="lite0-fmap")
+            self._tower = lambda px: runner(px)["fmap"]
         return self._tower
 
     def feature_map(self, pixels: np.ndarray) -> np.ndarray:

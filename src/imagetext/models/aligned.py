@@ -30,7 +30,7 @@ from imagetext.models.base import (
 from imagetext.models.efficientnet_lite import EfficientNetLite, load_efficientnet_lite0
 from imagetext.models.heads import ImageHead, ImageHeadConfig, TextHead
 from imagetext.models.minilm import MiniLMTextTower
-from imagetext.models.onnx_runtime import OnnxTower, onnx_available
+from imagetext.models.onnx_runtime import tower_runner
 from imagetext.models.registry import register_backend
 
 WEIGHTS_FILE = "model.safetensors"
@@ -95,37 +95,13 @@ class AlignedEncoder(ImageTextEncoder):
         self._runner = None
 
     # -- images --------------------------------------------------------------------------
-    def _make_runner(self):
-        wrapped = TowerWithHead(self.image_tower, self.image_head).eval()
-        if onnx_available():
-            try:
-                res = self.image_tower.resolution
-                ort = OnnxTower(wrapped, torch.zeros(1, 3, res, res), ["semantic", "pooled", "logits"],
-                                tag=f"aligned-{self.image_tower.variant}")
-
-                def run_onnx(pixels):
-                    out = ort(pixels)
-                    return out["semantic"], out["pooled"], out["logits"]
-
-                return run_onnx
-            except Exception as exc:  # noqa: BLE001  # fall back to PyTorch, which gives the same vectors
-                import warnings
-
-                warnings.warn(f"ONNX Runtime unavailable for the image tower ({exc}); using PyTorch")
-        wrapped = wrapped.to(memory_format=torch.channels_last)
-
-        @torch.inference_mode()
-        def run_torch(pixels):
-            x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
-            semantic, pooled, logits = wrapped(x.contiguous(memory_format=torch.channels_last))
-            return semantic.numpy(), pooled.numpy(), logits.numpy()
-
-        return run_torch
-
     def encode_pixels(self, pixels: np.ndarray) -> ImageEmbeddings:
         if self._runner is None:
-            self._runner = self._make_runner()
-        semantic, pooled, logits = self._runner(pixels)
+            self._runner = tower_runner(TowerWithHead(self.image_tower, self.image_head),
+                                        self.image_tower.resolution, ["semantic", "pooled", "logits"],
+                                        tag=f"aligned-{self.image_tower.variant}")
+        out = self._runner(pixels)
+        semantic, pooled, logits = out["semantic"], out["pooled"], out["logits"]
         semantic = l2_normalize(semantic)
         if self.conse_weight:
             conse = self._conse.conse_vectors(torch.from_numpy(logits)).numpy()

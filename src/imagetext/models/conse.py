@@ -26,7 +26,7 @@ from imagetext.models.efficientnet_lite import (
 )
 from imagetext.models.imagenet import imagenet_classes
 from imagetext.models.minilm import MiniLMTextTower
-from imagetext.models.onnx_runtime import OnnxTower, onnx_available
+from imagetext.models.onnx_runtime import tower_runner
 from imagetext.models.registry import register_backend
 
 CLASS_EMBEDDINGS_FILE = "class_embeddings.safetensors"
@@ -69,34 +69,11 @@ class ConSEEncoder(ImageTextEncoder):
     def tower_outputs(self, pixels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, pooled) of the image tower, through ONNX Runtime when available."""
         if self._runner is None:
-            self._runner = self._make_runner()
-        return self._runner(pixels)
-
-    def _make_runner(self):
-        wrapped = LogitsAndPooled(self.image_tower).eval()
-        if onnx_available():
-            try:
-                res = self.image_tower.resolution
-                ort = OnnxTower(wrapped, torch.zeros(1, 3, res, res), ["logits", "pooled"],
-                                tag=f"efficientnet-{self.image_tower.variant}")
-
-                def run_onnx(pixels):
-                    out = ort(pixels)
-                    return torch.from_numpy(out["logits"]), torch.from_numpy(out["pooled"])
-
-                return run_onnx
-            except Exception as exc:  # fall back to PyTorch, which gives the same vectors
-                import warnings
-
-                warnings.warn(f"ONNX Runtime unavailable for the image tower ({exc}); using PyTorch")
-        wrapped = wrapped.to(memory_format=torch.channels_last)
-
-        @torch.inference_mode()
-        def run_torch(pixels):
-            x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
-            return wrapped(x.contiguous(memory_format=torch.channels_last))
-
-        return run_torch
+            res = self.image_tower.resolution
+            self._runner = tower_runner(LogitsAndPooled(self.image_tower), res, ["logits", "pooled"],
+                                        tag=f"efficientnet-{self.image_tower.variant}")
+        out = self._runner(pixels)
+        return torch.from_numpy(out["logits"]), torch.from_numpy(out["pooled"])
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: np.ndarray) -> ImageEmbeddings:

@@ -84,3 +84,26 @@ def onnx_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def tower_runner(module: nn.Module, resolution: int, output_names: list[str], tag: str):
+    """pixels (B, 3, H, W) -> {output name: float32 array} for `module(x) -> tuple of tensors`.
+
+    ONNX Runtime when it is installed and the export works; otherwise the same module in
+    PyTorch with channels-last memory (~2x NCHW for depthwise convolutions), same vectors.
+    """
+    module = module.eval()
+    if onnx_available():
+        try:
+            return OnnxTower(module, torch.zeros(1, 3, resolution, resolution), output_names, tag=tag)
+        except Exception as exc:  # noqa: BLE001  (any export/runtime failure: fall back)
+            warnings.warn(f"ONNX Runtime unavailable for {tag} ({exc}); using PyTorch")
+    module = module.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def run(pixels: np.ndarray) -> dict[str, np.ndarray]:
+        x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+        outs = module(x.contiguous(memory_format=torch.channels_last))
+        return {n: t.numpy() for n, t in zip(output_names, outs)}
+
+    return run

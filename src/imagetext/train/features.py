@@ -18,12 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from imagetext.io.images import Preprocess
 from imagetext.models.efficientnet_lite import EfficientNetLite, load_efficientnet_lite0
-from imagetext.models.onnx_runtime import OnnxTower, cache_dir, onnx_available
+from imagetext.models.onnx_runtime import cache_dir, tower_runner
 
 ALL_OUTPUTS = ("logits", "pooled", "fmap", "stage16", "stage32")
 HALF_OUTPUTS = {"fmap", "stage16", "stage32"}
@@ -77,13 +76,7 @@ def extract_features(
     module = _Outputs(tower.eval(), outputs).eval()
     res = tower.resolution
     preprocess = Preprocess(resize=res, crop=res)
-    if onnx_available():
-        runner = OnnxTower(module, torch.zeros(1, 3, res, res), outputs,
-                           tag=f"features-{tower.variant}-{'-'.join(outputs)}")
-    else:
-        def runner(px):
-            with torch.inference_mode():
-                return {n: t.numpy() for n, t in zip(outputs, module(torch.from_numpy(px)))}
+    runner = tower_runner(module, res, outputs, tag=f"features-{tower.variant}-{'-'.join(outputs)}")
 
     results: dict[str, list[np.ndarray]] = {n: [] for n in outputs}
     batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
