@@ -1,5 +1,5 @@
 """The captioner training loop end to end on a tiny Flickr8k subset: epochs, best-CIDEr
-selection, checkpoint + resume, final metrics, and the CLI on the trained folder."""
+selection, checkpoint + resume, an SCST epoch, final metrics, and the CLI on the trained folder."""
 
 from __future__ import annotations
 
@@ -47,12 +47,14 @@ def test_train_select_resume_and_use(tiny_dataset, tmp_path, capsys):
     assert first["n_images"] == 4
     assert set(first) >= {"bleu1", "bleu4", "meteor", "rouge_l", "cider"}
 
-    cfg.epochs = 4  # resume runs epochs 3-4 only, on top of the saved state
+    cfg.epochs, cfg.scst_epochs = 4, 1  # resume runs epochs 3-4 only, then one SCST epoch
     second = train_captioner(tiny_dataset, out, cfg, resume=True, log=lambda *_: None)
     history = second["history"]
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
+    assert [h["objective"] for h in history[2:]] == ["xe", "xe", "scst"]
     assert history[0] == first["history"][0]
-    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[3]["loss"] < history[0]["loss"]
+    assert 0 <= history[4]["train_reward_cider"] and history[4]["lr"] == cfg.scst_lr
     best = max(history, key=lambda h: h["cider"])
     assert second["best_epoch"] == best["epoch"]
     saved = json.loads((out / "metrics.json").read_text())

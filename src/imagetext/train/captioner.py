@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from imagetext.caption.decoders import build_decoder, select_rows
 from imagetext.caption.efficientnet_captioner import EfficientNetCaptioner
-from imagetext.caption.tokenizer import WordTokenizer
+from imagetext.caption.tokenizer import WordTokenizer, split_words
 from imagetext.eval.caption_metrics import caption_scores
 
 FEATURE_OUTPUTS = ("logits", "pooled", "fmap")  # shared cache with the retrieval trainers
@@ -50,8 +50,11 @@ def default_lr(arch: str) -> float:
 @dataclass
 class CaptionTrainConfig:
     arch: str = "show-attend-tell"
-    epochs: int = 10  # length of the learning-rate schedule (warm-up + cosine)
+    epochs: int = 10  # cross-entropy epochs: the length of the LR schedule (warm-up + cosine)
     stop_after: int | None = None  # end training after this epoch (schedule still for `epochs`)
+    scst_epochs: int = 0  # then self-critical training on CIDEr-D (train/scst.py) for this many
+    scst_lr: float = 5e-5  # constant learning rate of the SCST epochs
+    scst_samples: int = 5  # captions sampled per image in SCST (leave-one-out baseline)
     images_per_batch: int = 64  # each image brings all its captions (Flickr8k: 5)
     lr: float | None = None  # peak learning rate; None = DEFAULT_LR of the architecture
     weight_decay: float = 1e-2
@@ -148,6 +151,22 @@ def _epoch_batches(arch: str, rows_of_image: list[list[int]], lengths: torch.Ten
     return batches
 
 
+def _scst_loss(decoder, fmap: torch.Tensor, images: torch.Tensor, tokenizer: WordTokenizer,
+               cider, cfg: CaptionTrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SCST batch: `cfg.scst_samples` sampled captions per image, rewarded by CIDEr-D."""
+    from imagetext.train.scst import sample_captions, scst_loss
+
+    k = cfg.scst_samples
+    memory = select_rows(decoder.encode(fmap.float()), torch.arange(len(images)).repeat_interleave(k))
+    tokens, log_probs, mask = sample_captions(
+        decoder, memory, tokenizer.bos_id, tokenizer.eos_id,
+        banned=[tokenizer.pad_id, tokenizer.bos_id, tokenizer.unk_id], max_length=cfg.max_words)
+    owners = images.repeat_interleave(k).tolist()
+    rewards = torch.tensor([cider.score(tokenizer.decode(t).split(), i)
+                            for t, i in zip(tokens.tolist(), owners)])
+    return scst_loss(log_probs, mask, rewards, k), rewards
+
+
 def validate(captioner: EfficientNetCaptioner, fmap: np.ndarray, split: CaptionSplit,
              beam_size: int = 1, full: bool = False) -> dict[str, float]:
     hyps = captioner.generate_from_features(fmap, beam_size=beam_size)
@@ -228,37 +247,56 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     n_params = sum(p.numel() for p in decoder.parameters())
     log(f"{cfg.arch}: {n_params / 1e6:.2f} M decoder parameters, {steps_per_epoch} steps/epoch")
 
-    last_epoch = min(cfg.epochs, cfg.stop_after or cfg.epochs)
+    total_epochs = cfg.epochs + cfg.scst_epochs
+    last_epoch = min(total_epochs, cfg.stop_after or total_epochs)
+    cider = None
     for epoch in range(start_epoch, last_epoch):
         decoder.train()
         t_epoch = time.time()
-        batches = _epoch_batches(cfg.arch, rows_of_image, lengths, cfg.images_per_batch,
-                                 rows_per_batch, random)
-        total_loss, total_tokens = 0.0, 0
+        scst = epoch >= cfg.epochs
+        if scst:
+            if cider is None:
+                from imagetext.train.scst import CiderD
+
+                cider = CiderD([[split_words(c) for c in caps] for caps in train.captions])
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.scst_lr
+        batches = _epoch_batches("show-attend-tell" if scst else cfg.arch, rows_of_image, lengths,
+                                 cfg.images_per_batch, rows_per_batch, random)
+        total_loss, total_tokens, total_reward, n_samples = 0.0, 0, 0.0, 0
         for rows in batches:
             rows_t = torch.tensor(rows)
             rows_t = rows_t[lengths[rows_t].argsort(descending=True, stable=True)]
             images, inverse = torch.unique(owner[rows_t], return_inverse=True)
             fmap = torch.stack([views_t[random.randrange(len(views_t))][i] for i in images.tolist()])
-            memory = select_rows(decoder.encode(fmap.float()), inverse)
-            row_lengths = lengths[rows_t]
-            width = int(row_lengths.max())
-            x, y = inputs[rows_t, :width], targets[rows_t, :width]
-            logits, aux = decoder(memory, x, row_lengths)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                   ignore_index=tokenizer.pad_id, label_smoothing=cfg.label_smoothing)
+            if scst:
+                loss, rewards = _scst_loss(decoder, fmap, images, tokenizer, cider, cfg)
+                aux, n_tok = loss.new_zeros(()), 1
+                total_reward += float(rewards.sum())
+                n_samples += len(rewards)
+            else:
+                memory = select_rows(decoder.encode(fmap.float()), inverse)
+                row_lengths = lengths[rows_t]
+                width = int(row_lengths.max())
+                x, y = inputs[rows_t, :width], targets[rows_t, :width]
+                logits, aux = decoder(memory, x, row_lengths)
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                       ignore_index=tokenizer.pad_id, label_smoothing=cfg.label_smoothing)
+                n_tok = int((y != 0).sum())
             optimizer.zero_grad(set_to_none=True)
             (loss + aux).backward()
             torch.nn.utils.clip_grad_norm_(decoder.parameters(), 2.0)
             optimizer.step()
-            scheduler.step()
-            n_tok = int((y != 0).sum())
+            if not scst:
+                scheduler.step()
             total_loss += loss.item() * n_tok
             total_tokens += n_tok
         train_time = time.time() - t_epoch
         scores = validate(captioner, val_sub_fmap, val_sub, beam_size=1)
-        record = {"epoch": epoch + 1, "loss": total_loss / total_tokens, **scores,
-                  "lr": scheduler.get_last_lr()[0], "train_s": round(train_time, 1),
+        record = {"epoch": epoch + 1, "objective": "scst" if scst else "xe",
+                  "loss": total_loss / total_tokens, **scores,
+                  **({"train_reward_cider": total_reward / n_samples} if scst else {}),
+                  "lr": optimizer.param_groups[0]["lr"], "train_s": round(train_time, 1),
                   "val_s": round(time.time() - t_epoch - train_time, 1)}
         history.append(record)
         improved = scores["cider"] > best_cider

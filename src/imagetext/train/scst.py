@@ -1,0 +1,113 @@
+"""Self-critical sequence training (SCST) of a captioner on the CIDEr-D reward.
+
+Rennie et al. 2017, "Self-critical Sequence Training for Image Captioning": after
+cross-entropy training, the decoder samples captions and is trained with REINFORCE to
+raise their CIDEr-D against the image's reference captions. The baseline here is the
+mean reward of the *other* samples of the same image (Luo 2020, "A Better Variant of
+Self-Critical Sequence Training"): no extra greedy decode per step, and lower variance.
+
+Why a CIDEr-D implementation of our own next to pycocoevalcap's: SCST scores every
+sampled caption of every training step against document frequencies of the whole
+training corpus, computed once. pycocoevalcap's `CiderScorer` recomputes document
+frequencies from whatever set it is given (the batch), which is a different reward,
+and re-tokenises the references on each call. `CiderD` below follows its formulas
+exactly (n = 1..4, tf-idf with log document frequency, clipped hypothesis counts,
+Gaussian length penalty with sigma 6, x10) and a test checks it against pycocoevalcap
+on the same documents.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from imagetext.caption.decoders import State
+
+NGRAM = 4
+SIGMA = 6.0
+
+
+def _ngrams(words: Sequence[str], n: int = NGRAM) -> Counter:
+    return Counter(tuple(words[i : i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
+
+
+class CiderD:
+    """CIDEr-D of hypotheses against the references of one image of a fixed corpus."""
+
+    def __init__(self, references: Sequence[Sequence[Sequence[str]]]):
+        """`references[i]`: the reference captions (lists of words) of image i."""
+        counts = [[_ngrams(r) for r in refs] for refs in references]
+        df: Counter = Counter()
+        for refs in counts:
+            df.update({g for c in refs for g in c})
+        self.log_n = math.log(float(len(references)))
+        self.log_df = {g: math.log(max(1.0, n)) for g, n in df.items()}
+        self.refs = [[self._vector(c) for c in refs] for refs in counts]
+
+    def _vector(self, counts: Counter):
+        vec: list[dict] = [{} for _ in range(NGRAM)]
+        norm = [0.0] * NGRAM
+        for g, tf in counts.items():
+            w = tf * (self.log_n - self.log_df.get(g, 0.0))
+            vec[len(g) - 1][g] = w
+            norm[len(g) - 1] += w * w
+        length = sum(tf for g, tf in counts.items() if len(g) == 1)
+        return vec, [math.sqrt(x) for x in norm], length
+
+    def score(self, words: Sequence[str], image: int) -> float:
+        hyp, hyp_norm, hyp_len = self._vector(_ngrams(words))
+        total = np.zeros(NGRAM)
+        for ref, ref_norm, ref_len in self.refs[image]:
+            penalty = math.exp(-((hyp_len - ref_len) ** 2) / (2 * SIGMA**2))
+            for n in range(NGRAM):
+                ref_n = ref[n]
+                dot = sum(min(w, ref_n[g]) * ref_n[g] for g, w in hyp[n].items() if g in ref_n)
+                if hyp_norm[n] and ref_norm[n]:
+                    total[n] += dot / (hyp_norm[n] * ref_norm[n]) * penalty
+        return float(total.mean() / len(self.refs[image]) * 10.0)
+
+
+def sample_captions(decoder, memory: State, bos_id: int, eos_id: int, banned: Sequence[int],
+                    max_length: int = 20, generator: torch.Generator | None = None):
+    """Sample one caption per memory row from the decoder's distribution.
+
+    Returns `tokens` (B, T) (each row ends at its <eos>, zeros after), `log_probs` (B, T) of
+    the sampled tokens (with gradient, zero after <eos>) and `mask` (B, T), 1 up to and
+    including <eos>. The banned ids (pad, bos, unk) are removed from the distribution.
+    """
+    state = decoder.init_state(memory)
+    batch = next(iter(memory.values())).shape[0]
+    prefix = torch.full((batch, 1), bos_id, dtype=torch.long)
+    done = torch.zeros(batch, dtype=torch.bool)
+    tokens, log_probs, masks = [], [], []
+    for _ in range(max_length):
+        step_lp, state = decoder.step(state, prefix)
+        step_lp = step_lp.clone()
+        step_lp[:, list(banned)] = float("-inf")
+        step_lp = step_lp.log_softmax(-1)
+        token = torch.multinomial(step_lp.detach().exp(), 1, generator=generator).squeeze(1)
+        token = torch.where(done, torch.zeros_like(token), token)
+        alive = (~done).float()
+        log_probs.append(step_lp.gather(1, token[:, None]).squeeze(1) * alive)
+        masks.append(alive)
+        tokens.append(token)
+        done = done | (token == eos_id)
+        prefix = torch.cat([prefix, token[:, None]], 1)
+        if bool(done.all()):
+            break
+    return torch.stack(tokens, 1), torch.stack(log_probs, 1), torch.stack(masks, 1)
+
+
+def scst_loss(log_probs: torch.Tensor, mask: torch.Tensor, rewards: torch.Tensor,
+              samples_per_image: int) -> torch.Tensor:
+    """REINFORCE with the leave-one-out baseline over each image's `samples_per_image`
+    consecutive rows; the loss is averaged over the sampled tokens."""
+    k = samples_per_image
+    r = rewards.view(-1, k)
+    baseline = (r.sum(1, keepdim=True) - r) / (k - 1)
+    advantage = (r - baseline).view(-1, 1)
+    return -(log_probs * mask * advantage).sum() / mask.sum()

@@ -1,0 +1,74 @@
+"""Self-critical sequence training: the CIDEr-D reward and the REINFORCE update."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pycocoevalcap.cider.cider_scorer import CiderScorer
+
+from imagetext.caption.decoders import build_decoder, select_rows
+from imagetext.caption.tokenizer import split_words
+from imagetext.train.scst import CiderD, sample_captions, scst_loss
+from tests.hf_tiny import one_torch_thread  # noqa: F401  (autouse fixture)
+from tests.test_caption_model import SMALL, needs_flickr, photos  # noqa: F401  (fixture)
+
+REFS = [
+    ["a dog runs on the grass", "a brown dog is running through the grass", "the dog plays in a field"],
+    ["two children play in the water", "kids splash in a lake", "two kids swim in the water"],
+    ["a man rides a bike down a hill", "a cyclist on a dirt road", "a man on a bicycle"],
+    ["a dog jumps into the water", "a black dog swims in the lake", "a dog is in the water"],
+]
+HYPS = ["a dog runs in the grass", "a dog a dog a dog", "two kids in the water",
+        "a man rides a red bicycle", "", "children play on the grass"]
+
+
+def test_cider_d_equals_pycocoevalcap_on_the_same_documents():
+    """Same documents => same document frequencies => the same score as pycocoevalcap's."""
+    pairs = [(h, i % len(REFS)) for i, h in enumerate(HYPS)] + [(REFS[2][0], 2), (REFS[0][1], 3)]
+    scorer = CiderScorer(n=4, sigma=6.0)
+    refs_for_pairs = [REFS[i] for _, i in pairs]
+    for hyp, refs in zip([h for h, _ in pairs], refs_for_pairs):
+        scorer += (hyp, refs)
+    _, expected = scorer.compute_score()
+    ours = CiderD([[r.split() for r in refs] for refs in refs_for_pairs])
+    got = [ours.score(hyp.split(), k) for k, (hyp, _) in enumerate(pairs)]
+    assert np.allclose(got, expected, atol=1e-9)
+    assert got[-2] > got[0] > got[4] == 0.0  # a reference itself scores highest; empty scores 0
+
+
+def test_leave_one_out_baseline():
+    # 2 images x 2 samples: each sample's baseline is the other sample of its image
+    log_probs = torch.zeros(4, 3, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]], dtype=torch.float32)
+    rewards = torch.tensor([1.0, 0.0, 2.0, 2.0])
+    scst_loss(log_probs, mask, rewards, samples_per_image=2).backward()
+    # advantages +1, -1, 0, 0; the gradient of -(adv * logp) / n_tokens raises the better sample
+    n = mask.sum()
+    assert torch.allclose(log_probs.grad, -torch.tensor([1.0, -1.0, 0.0, 0.0])[:, None] * mask / n)
+
+
+@needs_flickr
+def test_scst_raises_the_cider_of_sampled_captions(photos):  # noqa: F811
+    rows, tok, fmap = photos
+    torch.manual_seed(0)
+    decoder = build_decoder("show-attend-tell", vocab_size=len(tok), **SMALL["show-attend-tell"]).train()
+    cider = CiderD([[split_words(c)] for _, c in rows])
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=3e-3)
+    k = 5
+    owners = torch.arange(len(rows)).repeat_interleave(k)
+    rewards = []
+    for _ in range(60):
+        memory = select_rows(decoder.encode(fmap), owners)
+        tokens, log_probs, mask = sample_captions(decoder, memory, tok.bos_id, tok.eos_id,
+                                                  banned=[tok.pad_id, tok.bos_id, tok.unk_id], max_length=16)
+        # every sample stops at its <eos>: nothing is generated (or scored) after it
+        ends = (tokens == tok.eos_id).float().cumsum(1)
+        assert torch.equal(mask[:, 1:], (ends[:, :-1] == 0).float())
+        reward = torch.tensor([cider.score(tok.decode(t).split(), i) for t, i in zip(tokens.tolist(), owners.tolist())])
+        loss = scst_loss(log_probs, mask, reward, k)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        rewards.append(float(reward.mean()))
+    assert np.mean(rewards[-10:]) > 2 * np.mean(rewards[:10]), rewards
