@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 

@@ -250,6 +250,11 @@ def test_rank_orders_uploads_by_the_prompt(client, server):
     body = client.post("/api/rank", files=files, data={"prompt": "a cup of coffee"}).json()
     assert next(r["name"] for r in body["results"]) == "coffee.png"
     assert sorted(r["index"] for r in body["results"]) == [0, 1, 2]
+    # uploads with the same file name are told apart by their position
+    files = [("files", ("photo.png", png_bytes(server.root / name), "image/png"))
+             for name in ("chelsea.png", "coffee.png")]
+    body = client.post("/api/rank", files=files, data={"prompt": "a cup of coffee"}).json()
+    assert [r["index"] for r in body["results"]] == [1, 0]
 
 
 def test_rank_with_a_bad_file_names_it(client, server):

@@ -235,16 +235,8 @@ class WebService:
     def rank(self, prompt: str, images: list[Image.Image], names: list[str]) -> list[dict]:
         from imagetext import api
 
-        # api.rank reports each image by its file name: give every upload a unique one
-        keys = [f"{i}:{name}" for i, name in enumerate(names)]
-        for image, key in zip(images, keys):
-            image.filename = key
-        position = {key: i for i, key in enumerate(keys)}
-        out = []
-        for ranked in api.rank(prompt, images, model=self.encoder):
-            index = position[ranked.image]
-            out.append({"index": index, "name": names[index], "score": float(ranked.score)})
-        return out
+        return [{"index": r.index, "name": names[r.index], "score": float(r.score)}
+                for r in api.rank(prompt, images, model=self.encoder)]
 
 
 def decode_upload(data: bytes) -> Image.Image:
