@@ -66,6 +66,7 @@ def test_scst_raises_the_cider_of_sampled_captions(photos):  # noqa: F811
         assert torch.equal(mask[:, 1:], (ends[:, :-1] == 0).float())
         reward = torch.tensor([cider.score(tok.decode(t).split(), i) for t, i in zip(tokens.tolist(), owners.tolist())])
         loss = scst_loss(log_probs, mask, reward, k)
+        assert torch.isfinite(loss)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

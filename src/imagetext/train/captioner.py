@@ -157,6 +157,8 @@ def _scst_loss(decoder, fmap: torch.Tensor, images: torch.Tensor, tokenizer: Wor
     from imagetext.train.scst import sample_captions, scst_loss
 
     k = cfg.scst_samples
+    # the policy trained is the one used at inference: no dropout while sampling
+    decoder.eval()
     memory = select_rows(decoder.encode(fmap.float()), torch.arange(len(images)).repeat_interleave(k))
     tokens, log_probs, mask = sample_captions(
         decoder, memory, tokenizer.bos_id, tokenizer.eos_id,
