@@ -72,3 +72,19 @@ def test_scst_raises_the_cider_of_sampled_captions(photos):  # noqa: F811
         optimizer.step()
         rewards.append(float(reward.mean()))
     assert np.mean(rewards[-10:]) > 2 * np.mean(rewards[:10]), rewards
+
+
+def test_the_end_of_a_caption_is_rewarded_too():
+    from imagetext.caption.tokenizer import EOS, WordTokenizer
+    from imagetext.train.captioner import _reward_words
+
+    tok = WordTokenizer.build([c for refs in REFS for c in refs], min_count=1)
+    cider = CiderD([[r.split() + [EOS] for r in refs] for refs in REFS])
+    plain = CiderD([[r.split() for r in refs] for refs in REFS])
+    full, cut = tok.encode("a dog runs on the grass"), tok.encode("a dog runs on the")
+    assert _reward_words(tok, full)[-1] == EOS
+    assert _reward_words(tok, full[:-1]) == "a dog runs on the grass".split()  # never ended
+    # with the end marker scored, the cut-off caption loses more against the complete one
+    gap_with_end = cider.score(_reward_words(tok, full), 0) - cider.score(_reward_words(tok, cut), 0)
+    gap_without = plain.score("a dog runs on the grass".split(), 0) - plain.score("a dog runs on the".split(), 0)
+    assert gap_with_end > gap_without > 0

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from imagetext.caption.decoders import build_decoder, select_rows
 from imagetext.caption.efficientnet_captioner import EfficientNetCaptioner
-from imagetext.caption.tokenizer import WordTokenizer, split_words
+from imagetext.caption.tokenizer import EOS, WordTokenizer, split_words
 from imagetext.eval.caption_metrics import caption_scores
 
 FEATURE_OUTPUTS = ("logits", "pooled", "fmap")  # shared cache with the retrieval trainers
@@ -151,6 +151,16 @@ def _epoch_batches(arch: str, rows_of_image: list[list[int]], lengths: torch.Ten
     return batches
 
 
+def _reward_words(tokenizer: WordTokenizer, ids: list[int]) -> list[str]:
+    """A sampled caption as the words CIDEr-D scores, ending in <eos> when it ended.
+
+    The end marker is scored as a word, in the references too (as in Luo's SCST code):
+    without it, a caption cut off after "playing in a" loses nothing for its bad ending,
+    and SCST learns such endings."""
+    words = tokenizer.decode(ids).split()
+    return words + [EOS] if tokenizer.eos_id in ids else words
+
+
 def _scst_loss(decoder, fmap: torch.Tensor, images: torch.Tensor, tokenizer: WordTokenizer,
                cider, cfg: CaptionTrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """One SCST batch: `cfg.scst_samples` sampled captions per image, rewarded by CIDEr-D."""
@@ -164,7 +174,7 @@ def _scst_loss(decoder, fmap: torch.Tensor, images: torch.Tensor, tokenizer: Wor
         decoder, memory, tokenizer.bos_id, tokenizer.eos_id,
         banned=[tokenizer.pad_id, tokenizer.bos_id, tokenizer.unk_id], max_length=cfg.max_words)
     owners = images.repeat_interleave(k).tolist()
-    rewards = torch.tensor([cider.score(tokenizer.decode(t).split(), i)
+    rewards = torch.tensor([cider.score(_reward_words(tokenizer, t), i)
                             for t, i in zip(tokens.tolist(), owners)])
     return scst_loss(log_probs, mask, rewards, k), rewards
 
@@ -260,7 +270,7 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
             if cider is None:
                 from imagetext.train.scst import CiderD
 
-                cider = CiderD([[split_words(c) for c in caps] for caps in train.captions])
+                cider = CiderD([[split_words(c) + [EOS] for c in caps] for caps in train.captions])
             for group in optimizer.param_groups:
                 group["lr"] = cfg.scst_lr
         batches = _epoch_batches("show-attend-tell" if scst else cfg.arch, rows_of_image, lengths,
