@@ -40,10 +40,8 @@ def plain_pytorch_runner(enc):
     rest of encode_pixels (ConSE mixing, normalisation) is the model's own code."""
     from imagetext.models.efficientnet_lite import LogitsAndPooled
 
-    if hasattr(enc, "image_head"):  # aligned: tower + trained head
-        from imagetext.models.aligned import TowerWithHead
-
-        module, names = TowerWithHead(enc.image_tower, enc.image_head), ["semantic", "pooled", "logits"]
+    if hasattr(enc, "image_module"):  # aligned: tower (+ tuned tail) + trained head
+        module, names = enc.image_module(), ["semantic", "pooled", "logits"]
     else:  # conse
         module, names = LogitsAndPooled(enc.image_tower), ["logits", "pooled"]
     module.eval()

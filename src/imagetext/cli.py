@@ -388,6 +388,12 @@ def train_clip_cmd(
                                 "last N layers too.")] = 1,
     text_lr: Annotated[float, typer.Option(help="Learning rate of the tuned MiniLM layers.")] = 5e-5,
     flip: Annotated[bool, typer.Option(help="heads mode: mirrored images as augmentation.")] = True,
+    crop_views: Annotated[int, typer.Option(min=0, max=32, help="heads mode: also cache this many "
+                          "random-resized-crop views of each training image as augmentation.")] = 0,
+    tune_image_blocks: Annotated[int, typer.Option(min=0, max=16, help="heads mode: train copies of "
+                                 "the image tower's last N MBConv blocks and its head conv too (on "
+                                 "cached block inputs; BatchNorm keeps its ImageNet statistics).")] = 0,
+    image_lr: Annotated[float, typer.Option(help="Learning rate of the tuned image-tower blocks.")] = 1e-4,
     base: Annotated[Optional[str], typer.Option(help="finetune mode: the model to fine-tune "
                     "(default: the default model).")] = None,
     tune: Annotated[str, typer.Option(help="finetune mode: all, or last (heads + last blocks).")] = "all",

@@ -1,15 +1,18 @@
 """The "aligned" backend: frozen pretrained towers joined by contrastively trained heads.
 
 Image tower: EfficientNet-Lite0 (ImageNet, from PyPI), text tower: all-MiniLM-L6-v2 (from
-PyPI), optionally with its last transformer layers fine-tuned. Only the heads (and those
-tuned layers) are stored in the model folder's `model.safetensors`; `imagetext train clip`
-trains them on cached tower outputs. The `visual` vector for image-to-image search stays the
-tower's pooled 1280-d feature, which is better at visual similarity than the 512-d semantic
-one. Like ConSE, the image tower plus head runs through ONNX Runtime when available.
+PyPI), optionally with its last transformer layers fine-tuned, and optionally with tuned
+copies of the image tower's last MBConv blocks and head conv (a `TowerTail`) feeding the
+image head. Only the heads (and those tuned layers) are stored in the model folder's
+`model.safetensors`; `imagetext train clip` trains them on cached tower outputs. The
+`visual` vector for image-to-image search and the ImageNet logits that ConSE reads stay the
+frozen tower's: with a tuned tail, the graph branches at the tail's first block. Like ConSE,
+the image tower plus head runs through ONNX Runtime when available.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,25 +30,36 @@ from imagetext.models.base import (
     read_config,
     write_config,
 )
-from imagetext.models.efficientnet_lite import EfficientNetLite, load_efficientnet_lite0
+from imagetext.models.efficientnet_lite import EfficientNetLite, TowerTail, load_efficientnet_lite0
 from imagetext.models.heads import ImageHead, ImageHeadConfig, TextHead
 from imagetext.models.minilm import MiniLMTextTower
 from imagetext.models.onnx_runtime import tower_runner
 from imagetext.models.registry import register_backend
 
 WEIGHTS_FILE = "model.safetensors"
+TAIL_PREFIX = "image_tower_tail."  # + the tower's own names (`_blocks.15...`) of the tuned tail
 
 
 class TowerWithHead(nn.Module):
-    """pixels -> (semantic (un-normalised), pooled, ImageNet logits): the whole image path, for export."""
+    """pixels -> (semantic (un-normalised), pooled, ImageNet logits): the whole image path, for export.
 
-    def __init__(self, tower: EfficientNetLite, head: ImageHead):
+    With a tuned `tail`, the frozen tower runs up to the tail's first block once; from there
+    the frozen blocks give the pooled (visual) vector and the logits, the tuned tail the
+    features of the head.
+    """
+
+    def __init__(self, tower: EfficientNetLite, head: ImageHead, tail: TowerTail | None = None):
         super().__init__()
-        self.tower, self.head = tower, head
+        self.tower, self.head, self.tail = tower, head, tail
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        f = self.tower.forward_features(x)
-        return self.head(pooled=f.pooled, fmap=f.feature_map, logits=f.logits), f.pooled, f.logits
+        if self.tail is None:
+            f = self.tower.forward_features(x)
+            return self.head(pooled=f.pooled, fmap=f.feature_map, logits=f.logits), f.pooled, f.logits
+        x = self.tower.forward_trunk(x, self.tail.first)
+        f = self.tower.forward_tail(x, self.tail.first)
+        t = self.tail(x)
+        return self.head(pooled=t.pooled, fmap=t.feature_map, logits=f.logits), f.pooled, f.logits
 
 
 def tuned_layer_prefix(n_layers: int, tuned: int) -> list[int]:
@@ -58,12 +72,21 @@ class AlignedEncoder(ImageTextEncoder):
                  text_layer_state: dict[str, torch.Tensor] | None = None,
                  image_tower: EfficientNetLite | None = None, text_tower: MiniLMTextTower | None = None,
                  name: str = "aligned-lite0-minilm", extra_config: dict | None = None,
-                 image_tower_state: dict[str, torch.Tensor] | None = None, conse_weight: float = 0.0):
+                 image_tower_state: dict[str, torch.Tensor] | None = None, conse_weight: float = 0.0,
+                 image_tail: TowerTail | dict[str, torch.Tensor] | None = None):
         self.image_tower = (image_tower or load_efficientnet_lite0()).eval()
         # a fine-tuned image tower (mode `finetune`) stores all its weights in the folder
         self.image_tower_tuned = bool(image_tower_state) or image_tower is not None
         if image_tower_state:
             self.image_tower.load_state_dict(image_tower_state, strict=True)
+        # tuned copies of the tower's last blocks + head conv (`--tune-image-blocks`), given as
+        # a module or as its tower-named weights
+        if isinstance(image_tail, dict):
+            image_tail = TowerTail.from_tower_state(self.image_tower, image_tail)
+        if image_tail is not None and self.image_tower_tuned:
+            raise ValueError("a model has either a fine-tuned image tower or a tuned tail, not both")
+        self.image_tail = image_tail.eval() if image_tail is not None else None
+        self.tuned_image_blocks = len(image_tail.blocks) if image_tail is not None else 0
         self.text_tower = (text_tower or MiniLMTextTower()).eval()
         if text_layer_state:
             missing = self.text_tower.bert.load_state_dict(text_layer_state, strict=False)
@@ -95,11 +118,17 @@ class AlignedEncoder(ImageTextEncoder):
         self._runner = None
 
     # -- images --------------------------------------------------------------------------
+    def image_module(self) -> TowerWithHead:
+        """pixels -> (semantic, pooled, logits) in PyTorch: what the image path exports and runs."""
+        return TowerWithHead(self.image_tower, self.image_head, self.image_tail).eval()
+
     def encode_pixels(self, pixels: np.ndarray) -> ImageEmbeddings:
         if self._runner is None:
-            self._runner = tower_runner(TowerWithHead(self.image_tower, self.image_head),
-                                        self.image_tower.resolution, ["semantic", "pooled", "logits"],
-                                        tag=f"aligned-{self.image_tower.variant}")
+            # the ONNX cache key hashes the module's weights, tuned tail included
+            tag = f"aligned-{self.image_tower.variant}" + (f"-tail{self.tuned_image_blocks}"
+                                                           if self.image_tail is not None else "")
+            self._runner = tower_runner(self.image_module(), self.image_tower.resolution,
+                                        ["semantic", "pooled", "logits"], tag=tag)
         out = self._runner(pixels)
         semantic, pooled, logits = out["semantic"], out["pooled"], out["logits"]
         semantic = l2_normalize(semantic)
@@ -144,12 +173,22 @@ class AlignedEncoder(ImageTextEncoder):
                                    if k.startswith("text_head.")})
         text_layers = {k[len("text_tower."):]: v for k, v in state.items() if k.startswith("text_tower.")}
         image_state = {k[len("image_tower."):]: v for k, v in state.items() if k.startswith("image_tower.")}
+        tail_state = {k[len(TAIL_PREFIX):]: v for k, v in state.items() if k.startswith(TAIL_PREFIX)}
+        if bool(tail_state) != bool(config.get("tuned_image_blocks", 0)):
+            raise ValueError(f"{folder}: config.json says tuned_image_blocks "
+                             f"{config.get('tuned_image_blocks', 0)} but {WEIGHTS_FILE} "
+                             f"{'has' if tail_state else 'has no'} tuned image-tower weights")
         known = {"backend", "name", "image_head", "text_in_dim", "tuned_text_layers", "dim", "visual_dim",
-                 "image_tower", "text_tower", "image_tower_tuned", "conse_weight"}
-        return cls(image_head, text_head, config.get("tuned_text_layers", 0), text_layers,
-                   name=config.get("name", Path(folder).name),
-                   extra_config={k: v for k, v in config.items() if k not in known},
-                   image_tower_state=image_state or None, conse_weight=config.get("conse_weight", 0.0))
+                 "image_tower", "text_tower", "image_tower_tuned", "conse_weight", "tuned_image_blocks"}
+        encoder = cls(image_head, text_head, config.get("tuned_text_layers", 0), text_layers,
+                      name=config.get("name", Path(folder).name),
+                      extra_config={k: v for k, v in config.items() if k not in known},
+                      image_tower_state=image_state or None, conse_weight=config.get("conse_weight", 0.0),
+                      image_tail=tail_state or None)
+        if encoder.tuned_image_blocks != config.get("tuned_image_blocks", 0):
+            raise ValueError(f"{folder}: config.json says tuned_image_blocks {config['tuned_image_blocks']}, "
+                             f"the weights hold {encoder.tuned_image_blocks}")
+        return encoder
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         config = {
@@ -161,6 +200,7 @@ class AlignedEncoder(ImageTextEncoder):
             "text_in_dim": self.text_head.proj.in_features,
             "tuned_text_layers": self.tuned_text_layers,
             "image_tower_tuned": self.image_tower_tuned,
+            "tuned_image_blocks": self.tuned_image_blocks,
             "conse_weight": self.conse_weight,
             "dim": self.dim,
             "visual_dim": self.visual_dim,
@@ -176,6 +216,8 @@ class AlignedEncoder(ImageTextEncoder):
                           if k.startswith(prefixes)})
         if self.image_tower_tuned:
             state.update({f"image_tower.{k}": v for k, v in self.image_tower.state_dict().items()})
+        if self.image_tail is not None:
+            state.update({f"{TAIL_PREFIX}{k}": v for k, v in self.image_tail.tower_state_dict().items()})
         save_file({k: v.detach().contiguous() for k, v in state.items()}, str(Path(folder) / WEIGHTS_FILE))
 
 
@@ -188,7 +230,11 @@ class AlignedDualEncoder(nn.Module):
 
     def __init__(self, encoder: AlignedEncoder):
         super().__init__()
-        self.image = TowerWithHead(encoder.image_tower, encoder.image_head)
+        tower = encoder.image_tower
+        if encoder.image_tail is not None:  # one tower with the tuned tail's weights, trained whole
+            tower = copy.deepcopy(tower)
+            tower.load_state_dict(encoder.image_tail.tower_state_dict(), strict=False)
+        self.image = TowerWithHead(tower, encoder.image_head)
         self.text_tower = encoder.text_tower
         self.text_head = encoder.text_head
         self.name = encoder.name

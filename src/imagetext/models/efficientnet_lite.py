@@ -9,6 +9,7 @@ timm pulls torchvision, which breaks this CPU-only environment.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -100,7 +101,7 @@ class MBConvBlock(nn.Module):
 
 @dataclass
 class EfficientNetLiteFeatures:
-    logits: torch.Tensor  # (B, 1000) ImageNet class logits
+    logits: torch.Tensor | None  # (B, 1000) ImageNet class logits (None from a TowerTail)
     pooled: torch.Tensor  # (B, 1280) global-average-pooled head feature
     feature_map: torch.Tensor  # (B, 1280, H/32, W/32) head feature map before pooling
     stages: list[torch.Tensor]  # outputs of the stride-8/16/32 stages (40, 112, 320 channels)
@@ -136,15 +137,33 @@ class EfficientNetLite(nn.Module):
         self.drop_connect_rate = 0.2
 
     def forward_features(self, x: torch.Tensor) -> EfficientNetLiteFeatures:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        stages = []
+        stages: list[torch.Tensor] = []
+        x = self._run_blocks(F.relu6(self._bn0(self._conv_stem(x))), 0, len(self._blocks), stages)
+        return self._head_features(x, stages)
+
+    def forward_trunk(self, x: torch.Tensor, stop: int) -> torch.Tensor:
+        """pixels -> the input of block `stop` (stem and blocks 0 .. stop-1)."""
+        return self._run_blocks(F.relu6(self._bn0(self._conv_stem(x))), 0, stop, [])
+
+    def forward_tail(self, x: torch.Tensor, start: int) -> EfficientNetLiteFeatures:
+        """The input of block `start` -> blocks start .. last, head conv, pooling, logits.
+
+        forward_tail(forward_trunk(x, k), k) is forward_features(x) (`stages` holds only the
+        stage outputs computed here)."""
+        stages: list[torch.Tensor] = []
+        return self._head_features(self._run_blocks(x, start, len(self._blocks), stages), stages)
+
+    def _run_blocks(self, x: torch.Tensor, start: int, stop: int, stages: list[torch.Tensor]) -> torch.Tensor:
         # stride-8/16/32 outputs: ends of stages 2 (40 ch), 4 (112 ch) and 6 (320 ch)
         keep = {self.stage_ends[i] for i in (2, 4, 6)}
         n = len(self._blocks)
-        for i, block in enumerate(self._blocks):
-            x = block(x, self.drop_connect_rate * i / n)
+        for i in range(start, stop):
+            x = self._blocks[i](x, self.drop_connect_rate * i / n)
             if i in keep:
                 stages.append(x)
+        return x
+
+    def _head_features(self, x: torch.Tensor, stages: list[torch.Tensor]) -> EfficientNetLiteFeatures:
         fmap = F.relu6(self._bn1(self._conv_head(x)))
         pooled = fmap.mean(dim=(2, 3))
         logits = self._fc(self._dropout(pooled))
@@ -152,6 +171,63 @@ class EfficientNetLite(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x).logits
+
+
+class TowerTail(nn.Module):
+    """Trainable copies of a tower's last `n` MBConv blocks and its 1x1 head conv + BN.
+
+    Maps the activation entering block `first` (= number of blocks - n) to the head feature
+    map and its pooled vector, as the tower itself would with these weights. The tower's
+    ImageNet classifier is not part of it. `tower_state_dict()` names the weights as the
+    tower does (`_blocks.15...`, `_conv_head...`, `_bn1...`), so they load into a tower copy.
+    """
+
+    def __init__(self, tower: EfficientNetLite, n: int):
+        super().__init__()
+        total = len(tower._blocks)
+        if not 1 <= n <= total:
+            raise ValueError(f"the number of tuned blocks must be 1..{total}, got {n}")
+        self.first = total - n
+        self.blocks = nn.ModuleList(copy.deepcopy(tower._blocks[i]) for i in range(self.first, total))
+        self.conv_head = copy.deepcopy(tower._conv_head)
+        self.bn1 = copy.deepcopy(tower._bn1)
+        self.drop_connect = [tower.drop_connect_rate * i / total for i in range(self.first, total)]
+        for p in self.parameters():
+            p.requires_grad_(True)
+
+    def forward(self, x: torch.Tensor) -> EfficientNetLiteFeatures:
+        for block, rate in zip(self.blocks, self.drop_connect):
+            x = block(x, rate)
+        fmap = F.relu6(self.bn1(self.conv_head(x)))
+        return EfficientNetLiteFeatures(None, fmap.mean(dim=(2, 3)), fmap, [])
+
+    def tower_state_dict(self) -> dict[str, torch.Tensor]:
+        state = {}
+        for k, block in enumerate(self.blocks):
+            state.update({f"_blocks.{self.first + k}.{name}": v for name, v in block.state_dict().items()})
+        state.update({f"_conv_head.{name}": v for name, v in self.conv_head.state_dict().items()})
+        state.update({f"_bn1.{name}": v for name, v in self.bn1.state_dict().items()})
+        return state
+
+    @classmethod
+    def from_tower_state(cls, tower: EfficientNetLite, state: dict[str, torch.Tensor]) -> TowerTail:
+        """The tail that `tower_state_dict()` saved: its first block is read from the names."""
+        blocks = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.")}
+        if not blocks:
+            raise ValueError("no tuned MBConv block weights in the state")
+        tail = cls(tower, len(tower._blocks) - min(blocks))
+        expected = set(tail.tower_state_dict())
+        if set(state) != expected:
+            raise ValueError(f"tuned tower-tail weights do not match blocks {tail.first}..: "
+                             f"missing {sorted(expected - set(state))[:3]}, "
+                             f"unexpected {sorted(set(state) - expected)[:3]}")
+        for k, block in enumerate(tail.blocks):
+            prefix = f"_blocks.{tail.first + k}."
+            block.load_state_dict({n[len(prefix):]: v for n, v in state.items() if n.startswith(prefix)})
+        tail.conv_head.load_state_dict({n[len("_conv_head."):]: v for n, v in state.items()
+                                        if n.startswith("_conv_head.")})
+        tail.bn1.load_state_dict({n[len("_bn1."):]: v for n, v in state.items() if n.startswith("_bn1.")})
+        return tail
 
 
 class LogitsAndPooled(nn.Module):

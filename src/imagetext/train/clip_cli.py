@@ -10,7 +10,7 @@ from imagetext.train.contrastive import TrainConfig
 
 def run_train_clip(*, data, out, mode, val_data, images_dir, train_split, val_split, holdout, epochs,
                    batch_size, lr, weight_decay, warmup, temperature, precision, head_inputs, dim, dropout, conse_weight,
-                   tune_text_layers, text_lr, flip, base, tune, wise_alpha, image_size, vocab_size,
+                   tune_text_layers, text_lr, flip, crop_views, tune_image_blocks, image_lr, base, tune, wise_alpha, image_size, vocab_size,
                    checkpoint_dir, resume, seed, threads, name, compare_with) -> Path:
     import torch
 
@@ -30,7 +30,9 @@ def run_train_clip(*, data, out, mode, val_data, images_dir, train_split, val_sp
         "heads": {"head_inputs": [s.strip() for s in head_inputs.split(",") if s.strip()], "dim": dim,
                   "dropout": dropout, "conse_weight": conse_weight,
                   "tune_text_layers": tune_text_layers, "text_lr": text_lr,
-                  "views": ("center", "flip") if flip else ("center",)},
+                  "views": (("center", "flip") if flip else ("center",))
+                  + tuple(f"crop{k}" for k in range(crop_views)),
+                  "tune_image_blocks": tune_image_blocks, "image_lr": image_lr},
         "finetune": {"base": base, "tune": tune, "wise_alpha": wise_alpha, "image_size": image_size},
         "scratch": {"image_size": image_size or 96, "dim": dim, "vocab_size": vocab_size},
     }[mode]

@@ -141,7 +141,9 @@ def train_clip(spec: DataSpec, out: str | os.PathLike, mode: str = "heads", conf
                                dropout=mode_options.get("dropout", 0.5))
         setup = FrozenSetup(head, tuned_text_layers=mode_options.get("tune_text_layers", 0),
                             text_lr=mode_options.get("text_lr", 5e-5),
-                            views=tuple(mode_options.get("views", ("center", "flip"))))
+                            views=tuple(mode_options.get("views", ("center", "flip"))),
+                            tuned_image_blocks=mode_options.get("tune_image_blocks", 0),
+                            image_lr=mode_options.get("image_lr", 1e-4))
         task = FrozenFeaturesTask(train, val, setup, progress=config.progress)
         result = train_contrastive(task, config)
         task.model.load_state_dict(result.best_state)

@@ -5,14 +5,20 @@ they are computed once (through ONNX Runtime, ~4x faster than PyTorch on CPU) an
 in an .npz keyed by the tower, the view and the image list; epochs then take seconds.
 
 Outputs (per image): `logits` (1000), `pooled` (1280), `fmap` (1280 x 7 x 7 at 224 px,
-stored float16), `stage16` (112 x 14 x 14, float16), `stage32` (320 x 7 x 7, float16).
-Views: `center` (the indexing view) and `flip` (its mirror image), a cheap augmentation.
+stored float16), `stage16` (112 x 14 x 14, float16), `stage32` (320 x 7 x 7, float16), and
+`blockN_input`, the activation entering MBConv block N (float16; 192 x 7 x 7 for blocks
+12-15 of Lite0), from which training runs the tuned last blocks.
+Views: `center` (the indexing view), `flip` (its mirror image), a cheap augmentation, and
+`cropK` (K = 0, 1, ...): a random resized crop (35-100% of the area), flipped half the time,
+with mild colour jitter, the same for a given file name and K on every run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import random
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,31 +30,72 @@ from imagetext.io.images import Preprocess
 from imagetext.models.efficientnet_lite import EfficientNetLite, load_efficientnet_lite0
 from imagetext.models.onnx_runtime import cache_dir, tower_runner
 
-ALL_OUTPUTS = ("logits", "pooled", "fmap", "stage16", "stage32")
+ALL_OUTPUTS = ("logits", "pooled", "fmap", "stage16", "stage32")  # and blockN_input
 HALF_OUTPUTS = {"fmap", "stage16", "stage32"}
+_BLOCK_INPUT = re.compile(r"block(\d+)_input")
+_CROP_VIEW = re.compile(r"crop(\d+)")
+
+
+def block_input_name(block: int) -> str:
+    """The output name of the activation entering MBConv block `block`."""
+    return f"block{block}_input"
 
 
 class _Outputs(nn.Module):
     def __init__(self, tower: EfficientNetLite, names: Sequence[str]):
         super().__init__()
         self.tower, self.names = tower, list(names)
+        self.block_inputs = {int(m.group(1)) for n in self.names if (m := _BLOCK_INPUT.fullmatch(n))}
+        self.needs_head = any(not _BLOCK_INPUT.fullmatch(n) for n in self.names)
 
     def forward(self, x):
-        f = self.tower.forward_features(x)
-        values = {"logits": f.logits, "pooled": f.pooled, "fmap": f.feature_map,
-                  "stage16": f.stages[1], "stage32": f.stages[2]}
+        if not self.needs_head:  # block inputs only: stop the tower at the last one needed
+            values, start = {}, 0
+            x = self.tower.forward_trunk(x, 0)
+            for block in sorted(self.block_inputs):
+                x = self.tower._run_blocks(x, start, block, [])
+                values[block_input_name(block)], start = x, block
+            return tuple(values[n] for n in self.names)
+        values = {}
+        tower = self.tower
+        x = tower.forward_trunk(x, 0)
+        stages: list = []
+        start = 0
+        for block in sorted(self.block_inputs) + [len(tower._blocks)]:
+            x = tower._run_blocks(x, start, block, stages)
+            values[block_input_name(block)], start = x, block
+        f = tower._head_features(x, stages)
+        values.update({"logits": f.logits, "pooled": f.pooled, "fmap": f.feature_map,
+                       "stage16": f.stages[1], "stage32": f.stages[2]})
         return tuple(values[n] for n in self.names)
+
+
+def crop_view(path: str, k: int, preprocess: Preprocess):
+    """View `cropK` of an image: its random resized crop number k (seeded by file name and k)."""
+    from imagetext.io.images import open_image
+    from imagetext.train.augment import Augment
+
+    seed = hashlib.sha1(f"crop{k}:{os.path.basename(path)}".encode()).hexdigest()
+    augment = Augment(size=preprocess.crop, scale=(0.35, 1.0), flip=0.5, jitter=0.2)
+    return augment(open_image(path, draft_size=preprocess.crop), random.Random(seed))
 
 
 def _load_view(preprocess: Preprocess, path: str, view: str) -> np.ndarray:
     from imagetext.io.images import open_image
 
+    crop = _CROP_VIEW.fullmatch(view)
+    if crop:
+        return preprocess.to_array(crop_view(path, int(crop.group(1)), preprocess))
     img = preprocess.resize_and_crop(open_image(path, draft_size=preprocess.resize))
     if view == "flip":
         img = img.transpose(0)  # Image.Transpose.FLIP_LEFT_RIGHT
     elif view != "center":
-        raise ValueError(f"unknown view {view!r}")
+        raise ValueError(f"unknown view {view!r} (center, flip or cropK)")
     return preprocess.to_array(img)
+
+
+def is_half(name: str) -> bool:
+    return name in HALF_OUTPUTS or bool(_BLOCK_INPUT.fullmatch(name))
 
 
 def extract_features(
@@ -62,11 +109,15 @@ def extract_features(
 ) -> dict[str, np.ndarray]:
     """Tower outputs for each image, in order; cached under ~/.cache/imagetext/features."""
     outputs = list(outputs)
-    unknown = set(outputs) - set(ALL_OUTPUTS)
-    if unknown:
-        raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {ALL_OUTPUTS}")
-    paths = [str(p) for p in image_paths]
     tower = tower or load_efficientnet_lite0()
+    unknown = {n for n in outputs if n not in ALL_OUTPUTS and not (
+        (m := _BLOCK_INPUT.fullmatch(n)) and 0 <= int(m.group(1)) <= len(tower._blocks))}
+    if unknown:
+        raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {ALL_OUTPUTS} or blockN_input "
+                         f"(N = 0..{len(tower._blocks)})")
+    if view not in ("center", "flip") and not _CROP_VIEW.fullmatch(view):
+        raise ValueError(f"unknown view {view!r} (center, flip or cropK)")
+    paths = [str(p) for p in image_paths]
     key = hashlib.sha1("\n".join([tower.variant, view, *outputs, *paths]).encode()).hexdigest()[:16]
     cache_file = cache_dir() / "features" / f"{tower.variant}-{view}-{key}.npz"
     if cache and cache_file.is_file():
@@ -93,7 +144,7 @@ def extract_features(
         for batch_paths, pixels in zip(batches, pending):
             out = runner(pixels)
             for n in outputs:
-                results[n].append(out[n].astype(np.float16 if n in HALF_OUTPUTS else np.float32))
+                results[n].append(out[n].astype(np.float16 if is_half(n) else np.float32))
             if bar:
                 bar.advance(task, len(batch_paths))
     if bar:
