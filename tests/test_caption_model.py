@@ -134,6 +134,26 @@ def test_no_repeat_ngram_in_decoding(photos):
 
 
 @needs_flickr
+def test_no_immediate_repeat_in_decoding(photos):
+    _rows, tok, fmap = photos
+    torch.manual_seed(5)  # an untrained decoder that repeats one word back to back
+    decoder = build_decoder("show-attend-tell", vocab_size=len(tok), **SMALL["show-attend-tell"])
+    memory = decoder.eval().encode(fmap)
+    kwargs = {"max_length": 12, "banned_ids": [tok.pad_id, tok.bos_id, tok.unk_id]}
+
+    def doubled(ids):
+        return sum(a == b for a, b in itertools.pairwise(ids))
+
+    free = [ids for ids, _ in greedy_decode(decoder, memory, tok.bos_id, tok.eos_id, **kwargs)]
+    assert sum(map(doubled, free)) > 0  # the untrained decoder repeats words back to back
+    for ids, _ in greedy_decode(decoder, memory, tok.bos_id, tok.eos_id, no_immediate_repeat=True, **kwargs):
+        assert doubled(ids) == 0
+    for hyps in beam_search(decoder, memory, tok.bos_id, tok.eos_id, beam_size=3, num_return=3,
+                            no_immediate_repeat=True, **kwargs):
+        assert all(doubled(ids) == 0 for ids, _ in hyps)
+
+
+@needs_flickr
 def test_save_and_load_round_trip(photos, tmp_path):
     rows, tok, fmap = photos
     decoder = build_decoder("transformer", vocab_size=len(tok), **SMALL["transformer"])

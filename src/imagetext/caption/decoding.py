@@ -4,7 +4,9 @@ Written here rather than borrowed from transformers' `generate`: our decoders ar
 nn.Modules with their own recurrent/prefix state (not `PreTrainedModel`s), and the whole
 search is ~100 lines. Both searches share the scoring rule, so beam 1 equals greedy:
 a finished caption scores sum(log p) / length ** length_penalty, where length counts the
-generated tokens including <eos>.
+generated tokens including <eos>. `no_immediate_repeat` forbids a token right after itself
+("a a guitar"): 7 of Flickr8k's 35,000 captions do that, all typos or quotes, but a decoder
+trained with SCST on CIDEr does it in ~1% of its captions.
 
 Beam search is batched over images: B images x K beams run as one (B*K)-row batch per
 step; a caption is finished when it emits <eos>, an image is done once it has K finished
@@ -32,9 +34,11 @@ def _banned_ngram_tokens(prefix: list[int], n: int) -> list[int]:
 
 
 def _apply_constraints(log_probs: torch.Tensor, generated: torch.Tensor, banned: list[int],
-                       no_repeat_ngram_size: int) -> torch.Tensor:
+                       no_repeat_ngram_size: int, no_immediate_repeat: bool = False) -> torch.Tensor:
     if banned:
         log_probs[:, banned] = float("-inf")
+    if no_immediate_repeat and generated.shape[1]:
+        log_probs.scatter_(1, generated[:, -1:], float("-inf"))
     if no_repeat_ngram_size > 0 and generated.shape[1] >= no_repeat_ngram_size - 1:
         for row, seq in enumerate(generated.tolist()):
             bad = _banned_ngram_tokens(seq, no_repeat_ngram_size)
@@ -46,7 +50,8 @@ def _apply_constraints(log_probs: torch.Tensor, generated: torch.Tensor, banned:
 @torch.inference_mode()
 def greedy_decode(decoder, memory: State, bos_id: int, eos_id: int, max_length: int = 30,
                   length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
-                  banned_ids: list[int] | None = None) -> list[tuple[list[int], float]]:
+                  banned_ids: list[int] | None = None, no_immediate_repeat: bool = False,
+                  ) -> list[tuple[list[int], float]]:
     """Most likely next token at each step. Returns (token ids without <eos>, score) per image."""
     banned = list(banned_ids or [])
     batch = next(iter(memory.values())).shape[0]
@@ -57,7 +62,8 @@ def greedy_decode(decoder, memory: State, bos_id: int, eos_id: int, max_length: 
     alive = torch.ones(batch, dtype=torch.bool)
     for _ in range(max_length):
         log_probs, state = decoder.step(state, prefix)
-        log_probs = _apply_constraints(log_probs.float(), prefix[:, 1:], banned, no_repeat_ngram_size)
+        log_probs = _apply_constraints(log_probs.float(), prefix[:, 1:], banned, no_repeat_ngram_size,
+                                       no_immediate_repeat)
         best, token = log_probs.max(-1)
         token = torch.where(alive, token, torch.full_like(token, eos_id))
         total += torch.where(alive, best, torch.zeros_like(best))
@@ -79,7 +85,7 @@ def greedy_decode(decoder, memory: State, bos_id: int, eos_id: int, max_length: 
 def beam_search(decoder, memory: State, bos_id: int, eos_id: int, beam_size: int = 3,
                 max_length: int = 30, length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
                 num_return: int = 1, banned_ids: list[int] | None = None,
-                ) -> list[list[tuple[list[int], float]]]:
+                no_immediate_repeat: bool = False) -> list[list[tuple[list[int], float]]]:
     """Batched beam search. Returns per image `num_return` (token ids, score), best first."""
     if beam_size < 1:
         raise ValueError("beam_size must be >= 1")
@@ -97,7 +103,8 @@ def beam_search(decoder, memory: State, bos_id: int, eos_id: int, beam_size: int
 
     for step in range(max_length):
         log_probs, state = decoder.step(state, prefix)
-        log_probs = _apply_constraints(log_probs.float(), prefix[:, 1:], banned, no_repeat_ngram_size)
+        log_probs = _apply_constraints(log_probs.float(), prefix[:, 1:], banned, no_repeat_ngram_size,
+                                       no_immediate_repeat)
         vocab = log_probs.shape[-1]
         candidates = (scores.view(-1, 1) + log_probs).view(batch, k * vocab)
         top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=-1)

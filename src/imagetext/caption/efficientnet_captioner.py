@@ -28,7 +28,7 @@ from imagetext.io.images import Preprocess
 from imagetext.models.base import read_config, write_config
 
 DEFAULT_GENERATION = {"beam_size": 3, "max_length": 30, "length_penalty": 1.0,
-                      "no_repeat_ngram_size": 0}
+                      "no_repeat_ngram_size": 0, "no_immediate_repeat": True}
 
 
 class _FeatureMap(nn.Module):
@@ -103,7 +103,8 @@ class EfficientNetCaptioner(Captioner):
             for i in range(0, len(fmap), batch_size):
                 memory = self.decoder.encode(fmap[i : i + batch_size].float())
                 kwargs = {"max_length": max_length, "length_penalty": length_penalty,
-                              "no_repeat_ngram_size": no_repeat, "banned_ids": banned}
+                              "no_repeat_ngram_size": no_repeat, "banned_ids": banned,
+                              "no_immediate_repeat": bool(g["no_immediate_repeat"])}
                 if beam_size == 1:
                     res = [[r] for r in greedy_decode(self.decoder, memory, tok.bos_id, tok.eos_id, **kwargs)]
                 else:
