@@ -27,8 +27,8 @@ def test_default_captioner_folder_is_complete_and_small():
         assert needed in card, needed
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped lite0-flickr8k is undertrained (5 epochs on a "
-                   "shared CPU; val CIDEr 0.42): it calls the cat photo 'a white dog'. Remove this "
+@pytest.mark.xfail(strict=True, reason="the shipped lite0-flickr8k (val CIDEr 0.47) knows Flickr8k's "
+                   "world, where animals are dogs: it calls the cat photo 'a white dog'. Remove this "
                    "mark once a better captioner ships (strict: passing turns into a failure).")
 def test_cat_photo_caption_mentions_a_cat_or_animal():
     captioner = load_captioner()
