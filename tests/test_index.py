@@ -219,3 +219,56 @@ def test_index_records_the_model_itself_not_the_default_alias(gallery, monkeypat
     reopened = Collection.open(gallery)
     assert Path(reopened.search("a cat", k=1)[0].path).name == "chelsea.png"
     assert reopened.encoder.name == col.encoder.name
+
+
+def _retrained_copy(src: Path, dst: Path, seed: int) -> Path:
+    """A copy of a model folder with the same name and changed trained weights, as when a
+    new version of a model ships."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(src, dst)
+    weights = load_file(dst / "model.safetensors")
+    rng = np.random.default_rng(seed)
+    for key, value in weights.items():
+        if value.dtype.kind == "f" and value.ndim == 2:
+            weights[key] = (value + rng.normal(0, 0.05, value.shape)).astype(value.dtype)
+    save_file(weights, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def test_index_notices_new_weights_under_the_same_model_name(gallery, tmp_path):
+    from imagetext.models import registry
+
+    model = _retrained_copy(registry.PRETRAINED_DIR / registry.DEFAULT_MODEL, tmp_path / "model", seed=0)
+    col = Collection.open(gallery, model=str(model))
+    col.index(progress=False, batch_size=8)
+    assert col.store.get_meta("model_fingerprint") == col.encoder.fingerprint
+    col.close()
+
+    # a new version of the model is installed in the same place, under the same name
+    shutil.rmtree(model)
+    _retrained_copy(registry.PRETRAINED_DIR / registry.DEFAULT_MODEL, model, seed=1)
+    registry._CACHE.clear()
+    with pytest.raises(ModelMismatchError, match="other weights.*--reindex"):
+        Collection.open(gallery).search("a cat", k=1)
+    rebuilt = Collection.open(gallery, model=str(model), reindex=True)
+    assert len(rebuilt) == 0
+    rebuilt.index(progress=False, batch_size=8)
+    assert Path(rebuilt.search("a cat", k=1)[0].path).name == "chelsea.png"
+
+    # an index written before fingerprints were recorded is checked once by re-encoding
+    # one of its images: the same weights pass (and get recorded), new weights do not
+    rebuilt.store.db.execute("DELETE FROM meta WHERE key = 'model_fingerprint'")
+    rebuilt.close()
+    registry._CACHE.clear()
+    reopened = Collection.open(gallery)
+    assert reopened.search("a cat", k=1)
+    assert reopened.store.get_meta("model_fingerprint") == reopened.encoder.fingerprint
+    reopened.store.db.execute("DELETE FROM meta WHERE key = 'model_fingerprint'")
+    reopened.close()
+    shutil.rmtree(model)
+    _retrained_copy(registry.PRETRAINED_DIR / registry.DEFAULT_MODEL, model, seed=2)
+    registry._CACHE.clear()
+    with pytest.raises(ModelMismatchError, match="other weights"):
+        Collection.open(gallery).search("a cat", k=1)

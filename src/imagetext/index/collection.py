@@ -176,14 +176,43 @@ class Collection:
                     f"rebuild it for {name!r} with --reindex."
                 )
             self.clear()
+        elif self._weights_changed(encoder):
+            if not reindex:
+                raise ModelMismatchError(self._weights_changed_message(name))
+            self.clear()
         self._encoder = encoder
+
+    def _weights_changed(self, encoder) -> bool:
+        recorded = self.store.get_meta("model_fingerprint")
+        return bool(recorded and encoder.fingerprint and recorded != encoder.fingerprint
+                    and self.store.count())
+
+    def _weights_changed_message(self, name: str) -> str:
+        return (f"the index in {self.index_dir} was built with other weights of model {name!r} "
+                f"(a new version of it was installed since): its image vectors no longer match "
+                f"the model's text vectors. Rebuild it with --reindex.")
+
+    def _verify_unrecorded_weights(self, encoder) -> None:
+        """An index from before fingerprints were recorded: re-encode one indexed image and
+        compare it with its stored vector, once, before recording the fingerprint."""
+        for path, (_size, _mtime, image_id) in self.store.file_states().items():
+            file = self.root / path
+            if not file.is_file():
+                continue
+            try:
+                fresh = encoder.encode_images([file]).semantic[0]
+            except Exception:  # noqa: BLE001  (an unreadable file proves nothing: try another)
+                continue
+            if float(fresh @ self.store.vector(image_id, "semantic")) < 0.99:
+                raise ModelMismatchError(self._weights_changed_message(encoder.name))
+            return
 
     def clear(self) -> None:
         """Drop every indexed image (kept files on disk are untouched)."""
         ids = list(i for _, _, i in self.store.file_states().values())
         self.store.remove(ids)
         self.store.forget_failures(self.store.failure_states())
-        for key in ("model_name", "model_ref", "dim", "visual_dim"):
+        for key in ("model_name", "model_ref", "model_fingerprint", "dim", "visual_dim"):
             self.store.db.execute("DELETE FROM meta WHERE key = ?", (key,))
         self._vectors.clear()
 
@@ -199,6 +228,12 @@ class Collection:
                     f"the index in {self.index_dir} was built with model {indexed!r}, but "
                     f"{self._model_ref or 'the default'!s} now loads {encoder.name!r}. Pass "
                     f"--model with the model that built it, or rebuild with --reindex.")
+            if self._weights_changed(encoder):
+                raise ModelMismatchError(self._weights_changed_message(encoder.name))
+            if (indexed is not None and encoder.fingerprint and self.store.count()
+                    and self.store.get_meta("model_fingerprint") is None):
+                self._verify_unrecorded_weights(encoder)
+                self.store.set_meta("model_fingerprint", encoder.fingerprint)
             self._encoder = encoder
         return self._encoder
 
@@ -259,6 +294,8 @@ class Collection:
             # the model is loaded only when there is something to embed
             encoder = self.encoder if todo or self.store.get_meta("model_name") is None else None
             if encoder is not None:
+                if encoder.fingerprint:
+                    self.store.set_meta("model_fingerprint", encoder.fingerprint)
                 self.store.set_meta("model_name", encoder.name)
                 self.store.set_meta("model_ref", _stable_model_ref(self._model_ref))
                 self.store.set_meta("dim", str(encoder.dim))

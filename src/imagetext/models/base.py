@@ -47,6 +47,9 @@ class ImageTextEncoder(ABC):
     # similarities are multiplied by this before a softmax over labels (CLIP's learned
     # temperature; ConSE sets its own)
     logit_scale: float = 100.0
+    # identifies the weights (set by registry.load_encoder from the model folder), so that an
+    # index notices when a model keeps its name but ships new weights
+    fingerprint: str | None = None
 
     @abstractmethod
     def encode_pixels(self, pixels: np.ndarray) -> ImageEmbeddings:

@@ -108,6 +108,32 @@ def backend_for_config(config: dict, folder: str | os.PathLike) -> str:
 _CACHE: dict[str, ImageTextEncoder] = {}
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt", ".npz")
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A short hash of a model folder's config.json and weight files.
+
+    Weight files up to 64 MB are hashed whole (the built-in models: milliseconds); larger
+    ones (hub checkpoints) by size and their first and last MB, which is enough to tell a
+    retrained file from the original without reading gigabytes on every open.
+    """
+    import hashlib
+
+    h = hashlib.sha1((folder / "config.json").read_bytes())
+    for path in sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()):
+        size = path.stat().st_size
+        h.update(f"{path.name}:{size}".encode())
+        with open(path, "rb") as f:
+            if size <= 64 << 20:
+                h.update(f.read())
+            else:
+                h.update(f.read(1 << 20))
+                f.seek(-(1 << 20), os.SEEK_END)
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
 def load_encoder(name_or_path: str | os.PathLike | None = None, cache: bool = True,
                  allow_download: bool | None = None) -> ImageTextEncoder:
     """Load an image-text encoder by built-in name, alias, folder path or hub id."""
@@ -117,6 +143,7 @@ def load_encoder(name_or_path: str | os.PathLike | None = None, cache: bool = Tr
         return _CACHE[key]
     config = read_config(folder)
     encoder = backend_class(backend_for_config(config, folder)).from_pretrained(folder)
+    encoder.fingerprint = folder_fingerprint(folder)
     if cache:
         _CACHE[key] = encoder
     return encoder
