@@ -272,3 +272,25 @@ def test_index_notices_new_weights_under_the_same_model_name(gallery, tmp_path):
     registry._CACHE.clear()
     with pytest.raises(ModelMismatchError, match="other weights"):
         Collection.open(gallery).search("a cat", k=1)
+
+
+def test_serve_rebuilds_a_stale_demo_index(tmp_path, capsys):
+    """The demo gallery is imagetext's own: an index of it built with other weights is
+    rebuilt when the web app starts, instead of refusing to serve."""
+    from imagetext.demo import prepare_demo_gallery
+    from imagetext.models import registry
+    from imagetext.web.serve import index_collection
+
+    root = prepare_demo_gallery(tmp_path / "demo")
+    model = _retrained_copy(registry.PRETRAINED_DIR / registry.DEFAULT_MODEL, tmp_path / "m", seed=0)
+    with Collection.open(root, model=str(model)) as col:
+        col.index(progress=False)
+        col.store.set_meta("model_ref", registry.DEFAULT_MODEL)  # as if an older default built it
+    registry._CACHE.clear()
+    with pytest.raises(ModelMismatchError), Collection.open(root) as col:
+        col.search("a cup of coffee", k=1)  # a user's own folder: refused, nothing lost
+    index_collection(root, rebuild_if_stale=True)
+    assert "Rebuilding the demo gallery's index" in capsys.readouterr().err
+    with Collection.open(root) as col:
+        assert col.store.get_meta("model_fingerprint") == col.encoder.fingerprint
+        assert Path(col.search("a cup of coffee", k=1)[0].path).name == "coffee.png"

@@ -8,12 +8,24 @@ from pathlib import Path
 from typing import Any
 
 
-def index_collection(root: Path, model: Any = None, index_dir: Path | None = None) -> None:
-    """Bring the index of `root` up to date, printing what changed."""
-    from imagetext.api import Collection
+def index_collection(root: Path, model: Any = None, index_dir: Path | None = None,
+                     rebuild_if_stale: bool = False) -> None:
+    """Bring the index of `root` up to date, printing what changed. `rebuild_if_stale`
+    (for the demo gallery, which imagetext manages itself) rebuilds an index that another
+    model or version built instead of refusing it."""
+    from imagetext.api import Collection, ModelMismatchError
 
-    with Collection.open(root, index_dir=index_dir, model=model) as collection:
-        report = collection.index(progress=sys.stderr.isatty())
+    with Collection.open(root, index_dir=index_dir, model=model, reindex=rebuild_if_stale) as collection:
+        try:
+            if rebuild_if_stale and len(collection):
+                collection.encoder  # noqa: B018  (raises if another model or version built it)
+            report = collection.index(progress=sys.stderr.isatty())
+        except ModelMismatchError as exc:
+            if not rebuild_if_stale:
+                raise
+            print(f"{exc}\nRebuilding the demo gallery's index.", file=sys.stderr)
+            collection.clear()
+            report = collection.index(progress=sys.stderr.isatty())
         print(
             f"{len(collection)} images indexed in {root}: {report.added} added, "
             f"{report.updated} updated, {report.removed} removed, {report.unchanged} unchanged.",
@@ -53,7 +65,7 @@ def serve(
             raise FileNotFoundError(f"collection folder not found: {root}")
     index_path = Path(index_dir).expanduser() if index_dir else None
     if index:
-        index_collection(root, model=model, index_dir=index_path)
+        index_collection(root, model=model, index_dir=index_path, rebuild_if_stale=not collection)
     app = create_app(root, model=model, index_dir=index_path, captioner=captioner,
                      max_upload_mb=max_upload_mb)
     print(f"imagetext is running at http://{host}:{port}/  (API docs: /docs; Ctrl+C stops)",
