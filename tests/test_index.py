@@ -237,6 +237,14 @@ def _retrained_copy(src: Path, dst: Path, seed: int) -> Path:
     return dst
 
 
+def _install_new_version(model: Path, seed: int) -> None:
+    from imagetext.models import registry
+
+    shutil.rmtree(model)
+    _retrained_copy(registry.PRETRAINED_DIR / registry.DEFAULT_MODEL, model, seed=seed)
+    registry._CACHE.clear()  # what a fresh process would see
+
+
 def test_index_notices_new_weights_under_the_same_model_name(gallery, tmp_path):
     from imagetext.models import registry
 
@@ -247,9 +255,7 @@ def test_index_notices_new_weights_under_the_same_model_name(gallery, tmp_path):
     col.close()
 
     # a new version of the model is installed in the same place, under the same name
-    shutil.rmtree(model)
-    _retrained_copy(registry.PRETRAINED_DIR / registry.DEFAULT_MODEL, model, seed=1)
-    registry._CACHE.clear()
+    _install_new_version(model, seed=1)
     with pytest.raises(ModelMismatchError, match="other weights.*--reindex"):
         Collection.open(gallery).search("a cat", k=1)
     rebuilt = Collection.open(gallery, model=str(model), reindex=True)
@@ -267,9 +273,7 @@ def test_index_notices_new_weights_under_the_same_model_name(gallery, tmp_path):
     assert reopened.store.get_meta("model_fingerprint") == reopened.encoder.fingerprint
     reopened.store.db.execute("DELETE FROM meta WHERE key = 'model_fingerprint'")
     reopened.close()
-    shutil.rmtree(model)
-    _retrained_copy(registry.PRETRAINED_DIR / registry.DEFAULT_MODEL, model, seed=2)
-    registry._CACHE.clear()
+    _install_new_version(model, seed=2)
     with pytest.raises(ModelMismatchError, match="other weights"):
         Collection.open(gallery).search("a cat", k=1)
 

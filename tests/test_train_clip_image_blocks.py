@@ -6,36 +6,16 @@ Runs on a few Flickr8k images from ../shared (skipped when absent) in well under
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from imagetext.data import PairDataset, read_pairs
+from imagetext.data import read_pairs
 from imagetext.models.heads import ImageHeadConfig
 from imagetext.train.contrastive import TrainConfig, train_contrastive
+from tests.clip_tiny import FLICKR8K, _isolated, first_images, needs_flickr, tiny  # noqa: F401
 
-FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
-pytestmark = pytest.mark.skipif(not (FLICKR8K / "captions.tsv").is_file(), reason="Flickr8k not present")
-
-
-def first_images(data: PairDataset, n: int) -> PairDataset:
-    keep = [p for p, i in zip(data.pairs, data.image_index) if i < n]
-    return PairDataset(keep, [], list(data.sources))
-
-
-@pytest.fixture(scope="module")
-def tiny() -> PairDataset:
-    return first_images(read_pairs(FLICKR8K, split="train"), 24)
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path_factory):
-    # feature caches in a temporary folder; PyTorch towers (no ONNX export) keep tests quick
-    monkeypatch.setenv("IMAGETEXT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.setenv("IMAGETEXT_NO_ONNX", "1")
-    torch.set_num_threads(1)
+pytestmark = needs_flickr
 
 
 def _task(train, val, blocks=1, views=("center", "flip", "crop0")):
