@@ -183,18 +183,25 @@ class Collection:
         self._encoder = encoder
 
     def _weights_changed(self, encoder) -> bool:
+        """Whether `encoder` (same name as the index's model) would give other vectors than
+        the ones stored. Same fingerprint: no. Another fingerprint (a new version, or the
+        same weights in another format such as an ONNX export), or none recorded (an index
+        from before fingerprints): one indexed image is re-encoded and compared."""
         recorded = self.store.get_meta("model_fingerprint")
-        return bool(recorded and encoder.fingerprint and recorded != encoder.fingerprint
-                    and self.store.count())
+        if not encoder.fingerprint or recorded == encoder.fingerprint or not self.store.count():
+            return False
+        if not self._reencodes_stored_vectors(encoder):
+            return True
+        if recorded is None:
+            self.store.set_meta("model_fingerprint", encoder.fingerprint)
+        return False
 
     def _weights_changed_message(self, name: str) -> str:
         return (f"the index in {self.index_dir} was built with other weights of model {name!r} "
                 f"(a new version of it was installed since): its image vectors no longer match "
                 f"the model's text vectors. Rebuild it with --reindex.")
 
-    def _verify_unrecorded_weights(self, encoder) -> None:
-        """An index from before fingerprints were recorded: re-encode one indexed image and
-        compare it with its stored vector, once, before recording the fingerprint."""
+    def _reencodes_stored_vectors(self, encoder) -> bool:
         for path, (_size, _mtime, image_id) in self.store.file_states().items():
             file = self.root / path
             if not file.is_file():
@@ -203,9 +210,8 @@ class Collection:
                 fresh = encoder.encode_images([file]).semantic[0]
             except Exception:  # noqa: BLE001  (an unreadable file proves nothing: try another)
                 continue
-            if float(fresh @ self.store.vector(image_id, "semantic")) < 0.99:
-                raise ModelMismatchError(self._weights_changed_message(encoder.name))
-            return
+            return float(fresh @ self.store.vector(image_id, "semantic")) >= 0.99
+        return True  # no indexed file left to compare with: nothing to mix either
 
     def clear(self) -> None:
         """Drop every indexed image (kept files on disk are untouched)."""
@@ -228,12 +234,8 @@ class Collection:
                     f"the index in {self.index_dir} was built with model {indexed!r}, but "
                     f"{self._model_ref or 'the default'!s} now loads {encoder.name!r}. Pass "
                     f"--model with the model that built it, or rebuild with --reindex.")
-            if self._weights_changed(encoder):
+            if indexed is not None and self._weights_changed(encoder):
                 raise ModelMismatchError(self._weights_changed_message(encoder.name))
-            if (indexed is not None and encoder.fingerprint and self.store.count()
-                    and self.store.get_meta("model_fingerprint") is None):
-                self._verify_unrecorded_weights(encoder)
-                self.store.set_meta("model_fingerprint", encoder.fingerprint)
             self._encoder = encoder
         return self._encoder
 
