@@ -167,20 +167,26 @@ class Collection:
         from imagetext.models.registry import load_encoder
 
         encoder = load_encoder(self._model_ref)
-        name = encoder.name
-        if name != indexed:
+        problem = self._mismatch(encoder)
+        if problem:
             if not reindex:
-                raise ModelMismatchError(
-                    f"the index in {self.index_dir} was built with model {indexed!r}, not "
-                    f"{name!r}. Search it with --model {self.store.get_meta('model_ref')!r}, or "
-                    f"rebuild it for {name!r} with --reindex."
-                )
-            self.clear()
-        elif self._weights_changed(encoder):
-            if not reindex:
-                raise ModelMismatchError(self._weights_changed_message(name))
+                raise ModelMismatchError(problem)
             self.clear()
         self._encoder = encoder
+
+    def _mismatch(self, encoder) -> str | None:
+        """Why this index's vectors cannot be used with `encoder` (another model, or other
+        weights under the same name), or None when they can."""
+        indexed = self.store.get_meta("model_name")
+        if indexed is not None and encoder.name != indexed:
+            return (f"the index in {self.index_dir} was built with model {indexed!r}, not "
+                    f"{encoder.name!r}. Search it with --model {self.store.get_meta('model_ref')!r}, "
+                    f"or rebuild it for {encoder.name!r} with --reindex.")
+        if indexed is not None and self._weights_changed(encoder):
+            return (f"the index in {self.index_dir} was built with other weights of model "
+                    f"{encoder.name!r} (a new version of it was installed since): its image vectors "
+                    f"no longer match the model's text vectors. Rebuild it with --reindex.")
+        return None
 
     def _weights_changed(self, encoder) -> bool:
         """Whether `encoder` (same name as the index's model) would give other vectors than
@@ -195,11 +201,6 @@ class Collection:
         if recorded is None:
             self.store.set_meta("model_fingerprint", encoder.fingerprint)
         return False
-
-    def _weights_changed_message(self, name: str) -> str:
-        return (f"the index in {self.index_dir} was built with other weights of model {name!r} "
-                f"(a new version of it was installed since): its image vectors no longer match "
-                f"the model's text vectors. Rebuild it with --reindex.")
 
     def _reencodes_stored_vectors(self, encoder) -> bool:
         for path, (_size, _mtime, image_id) in self.store.file_states().items():
@@ -228,14 +229,9 @@ class Collection:
             from imagetext.models.registry import load_encoder
 
             encoder = load_encoder(self._model_ref)
-            indexed = self.store.get_meta("model_name")
-            if indexed is not None and encoder.name != indexed and self.store.count():
-                raise ModelMismatchError(
-                    f"the index in {self.index_dir} was built with model {indexed!r}, but "
-                    f"{self._model_ref or 'the default'!s} now loads {encoder.name!r}. Pass "
-                    f"--model with the model that built it, or rebuild with --reindex.")
-            if indexed is not None and self._weights_changed(encoder):
-                raise ModelMismatchError(self._weights_changed_message(encoder.name))
+            problem = self.store.count() and self._mismatch(encoder)
+            if problem:
+                raise ModelMismatchError(problem)
             self._encoder = encoder
         return self._encoder
 

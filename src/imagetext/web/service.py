@@ -42,26 +42,14 @@ class WebService:
             raise FileNotFoundError(f"collection folder not found: {self.root}")
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagetext-model")
         self.collection = self.call_sync(Collection.open, self.root, index_dir=index_dir, model=model)
-        self.call_sync(self._check_model)
+        # load the model now, so that an index built with another model (or other weights)
+        # is refused at start-up with ModelMismatchError rather than on every query
+        self.call_sync(lambda: self.collection.encoder)
         self.model = model
         self._captioner_spec = captioner
         self._captioner = None
         self._captioner_error: str | None = None
         self._captioner_tried = False
-
-    def _check_model(self) -> None:
-        """Refuse to serve an index whose vectors come from another model than the one loaded
-        (e.g. an index built with an older default): every query would fail."""
-        from imagetext.index.collection import ModelMismatchError
-
-        status = self.collection.status()
-        loaded = self.collection.encoder.name
-        if status["n_images"] and status["model"] != loaded:
-            raise ModelMismatchError(
-                f"the index of {self.root} was built with model {status['model']!r} but "
-                f"{loaded!r} is loaded; pass the --model it was built with, or rebuild the index "
-                f"with `imagetext index --reindex {self.root}`"
-            )
 
     # -- running on the worker -------------------------------------------------------
     def call_sync(self, fn, *args, **kwargs):
