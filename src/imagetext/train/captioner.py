@@ -167,8 +167,6 @@ def _scst_loss(decoder, fmap: torch.Tensor, images: torch.Tensor, tokenizer: Wor
     from imagetext.train.scst import sample_captions, scst_loss
 
     k = cfg.scst_samples
-    # the policy trained is the one used at inference: no dropout while sampling
-    decoder.eval()
     memory = select_rows(decoder.encode(fmap.float()), torch.arange(len(images)).repeat_interleave(k))
     tokens, log_probs, mask = sample_captions(
         decoder, memory, tokenizer.bos_id, tokenizer.eos_id,
@@ -263,9 +261,10 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     last_epoch = min(total_epochs, cfg.stop_after or total_epochs)
     cider = None
     for epoch in range(start_epoch, last_epoch):
-        decoder.train()
         t_epoch = time.time()
         scst = epoch >= cfg.epochs
+        # SCST trains the policy used at inference: no dropout while sampling
+        decoder.train(not scst)
         if scst:
             if cider is None:
                 from imagetext.train.scst import CiderD

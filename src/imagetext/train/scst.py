@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from imagetext.caption.decoders import State
+from imagetext.caption.decoding import _apply_constraints
 
 NGRAM = 4
 SIGMA = 6.0
@@ -86,9 +87,8 @@ def sample_captions(decoder, memory: State, bos_id: int, eos_id: int, banned: Se
     tokens, log_probs, masks = [], [], []
     for _ in range(max_length):
         step_lp, state = decoder.step(state, prefix)
-        step_lp = step_lp.clone()
-        step_lp[:, list(banned)] = float("-inf")
-        step_lp = step_lp.log_softmax(-1)
+        # the same banned ids as in decoding, renormalised over the tokens left
+        step_lp = _apply_constraints(step_lp.clone(), prefix[:, 1:], list(banned), 0).log_softmax(-1)
         token = torch.multinomial(step_lp.detach().exp(), 1, generator=generator).squeeze(1)
         token = torch.where(done, torch.zeros_like(token), token)
         picked = step_lp.gather(1, token[:, None]).squeeze(1)
