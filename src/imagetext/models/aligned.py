@@ -174,10 +174,6 @@ class AlignedEncoder(ImageTextEncoder):
         text_layers = {k[len("text_tower."):]: v for k, v in state.items() if k.startswith("text_tower.")}
         image_state = {k[len("image_tower."):]: v for k, v in state.items() if k.startswith("image_tower.")}
         tail_state = {k[len(TAIL_PREFIX):]: v for k, v in state.items() if k.startswith(TAIL_PREFIX)}
-        if bool(tail_state) != bool(config.get("tuned_image_blocks", 0)):
-            raise ValueError(f"{folder}: config.json says tuned_image_blocks "
-                             f"{config.get('tuned_image_blocks', 0)} but {WEIGHTS_FILE} "
-                             f"{'has' if tail_state else 'has no'} tuned image-tower weights")
         known = {"backend", "name", "image_head", "text_in_dim", "tuned_text_layers", "dim", "visual_dim",
                  "image_tower", "text_tower", "image_tower_tuned", "conse_weight", "tuned_image_blocks"}
         encoder = cls(image_head, text_head, config.get("tuned_text_layers", 0), text_layers,
@@ -186,8 +182,9 @@ class AlignedEncoder(ImageTextEncoder):
                       image_tower_state=image_state or None, conse_weight=config.get("conse_weight", 0.0),
                       image_tail=tail_state or None)
         if encoder.tuned_image_blocks != config.get("tuned_image_blocks", 0):
-            raise ValueError(f"{folder}: config.json says tuned_image_blocks {config['tuned_image_blocks']}, "
-                             f"the weights hold {encoder.tuned_image_blocks}")
+            raise ValueError(f"{folder}: config.json says tuned_image_blocks "
+                             f"{config.get('tuned_image_blocks', 0)}, but {WEIGHTS_FILE} holds "
+                             f"{encoder.tuned_image_blocks} tuned image-tower blocks")
         return encoder
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:

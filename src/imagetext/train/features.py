@@ -49,24 +49,19 @@ class _Outputs(nn.Module):
         self.needs_head = any(not _BLOCK_INPUT.fullmatch(n) for n in self.names)
 
     def forward(self, x):
-        if not self.needs_head:  # block inputs only: stop the tower at the last one needed
-            values, start = {}, 0
-            x = self.tower.forward_trunk(x, 0)
-            for block in sorted(self.block_inputs):
-                x = self.tower._run_blocks(x, start, block, [])
-                values[block_input_name(block)], start = x, block
-            return tuple(values[n] for n in self.names)
-        values = {}
+        # the tower runs only as far as needed: to the last block input asked for, or through
+        # the head when a head output is asked for too
         tower = self.tower
         x = tower.forward_trunk(x, 0)
-        stages: list = []
-        start = 0
-        for block in sorted(self.block_inputs) + [len(tower._blocks)]:
+        values, stages, start = {}, [], 0
+        stops = sorted(self.block_inputs) + ([len(tower._blocks)] if self.needs_head else [])
+        for block in stops:
             x = tower._run_blocks(x, start, block, stages)
             values[block_input_name(block)], start = x, block
-        f = tower._head_features(x, stages)
-        values.update({"logits": f.logits, "pooled": f.pooled, "fmap": f.feature_map,
-                       "stage16": f.stages[1], "stage32": f.stages[2]})
+        if self.needs_head:
+            f = tower._head_features(x, stages)
+            values.update({"logits": f.logits, "pooled": f.pooled, "fmap": f.feature_map,
+                           "stage16": f.stages[1], "stage32": f.stages[2]})
         return tuple(values[n] for n in self.names)
 
 
