@@ -57,14 +57,14 @@ def test_tuned_blocks_learn_and_round_trip_through_the_model_folder(tiny, tmp_pa
     torch.manual_seed(0)
     val = first_images(tiny, 8)
     task = _task(tiny, val)
-    frozen_tail = {k: v.clone() for k, v in task.model.image_tail.tower_state_dict().items()}
+    frozen_tail = {k: v.clone() for k, v in task.model.image_tail.state_dict().items()}
     result = train_contrastive(task, TrainConfig(epochs=8, batch_size=24, lr=3e-3, warmup_steps=3,
                                                  progress=False))
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < 0.5 * losses[0]
     task.model.load_state_dict(result.best_state)
     task.model.eval()
-    tuned_tail = task.model.image_tail.tower_state_dict()
+    tuned_tail = task.model.image_tail.state_dict()
     assert not torch.equal(tuned_tail["_conv_head.weight"], frozen_tail["_conv_head.weight"])
     assert not torch.equal(tuned_tail["_blocks.15._project_conv.weight"],
                            frozen_tail["_blocks.15._project_conv.weight"])
@@ -91,7 +91,7 @@ def test_tuned_blocks_learn_and_round_trip_through_the_model_folder(tiny, tmp_pa
     np.testing.assert_allclose(onnx.encode_images(val.images).semantic, emb.semantic, atol=1e-4)
     first_graph = onnx._runner.path
     with torch.no_grad():
-        onnx.image_tail.conv_head.weight.mul_(0.5)
+        onnx.image_tail._conv_head.weight.mul_(0.5)
     onnx._runner = None
     changed = onnx.encode_images(val.images).semantic
     assert onnx._runner.path != first_graph
@@ -114,7 +114,7 @@ def test_tuned_blocks_checkpoint_resumes_to_the_same_state(tiny, tmp_path):
     assert [h["epoch"] for h in r2.history] == [0, 1, 2]
     for (k, v), w in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(v, w), k
-    assert any(k.startswith("image_tail.blocks.1.") for k in straight.model.state_dict())
+    assert any(k.startswith("image_tail._blocks.14.") for k in straight.model.state_dict())
     timeless = [{k: v for k, v in r.best_metrics.items() if k != "seconds"} for r in (r1, r2)]
     assert timeless[0] == timeless[1]
 

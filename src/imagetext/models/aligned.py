@@ -86,7 +86,7 @@ class AlignedEncoder(ImageTextEncoder):
         if image_tail is not None and self.image_tower_tuned:
             raise ValueError("a model has either a fine-tuned image tower or a tuned tail, not both")
         self.image_tail = image_tail.eval() if image_tail is not None else None
-        self.tuned_image_blocks = len(image_tail.blocks) if image_tail is not None else 0
+        self.tuned_image_blocks = len(image_tail._blocks) if image_tail is not None else 0
         self.text_tower = (text_tower or MiniLMTextTower()).eval()
         if text_layer_state:
             missing = self.text_tower.bert.load_state_dict(text_layer_state, strict=False)
@@ -214,7 +214,7 @@ class AlignedEncoder(ImageTextEncoder):
         if self.image_tower_tuned:
             state.update({f"image_tower.{k}": v for k, v in self.image_tower.state_dict().items()})
         if self.image_tail is not None:
-            state.update({f"{TAIL_PREFIX}{k}": v for k, v in self.image_tail.tower_state_dict().items()})
+            state.update({f"{TAIL_PREFIX}{k}": v for k, v in self.image_tail.state_dict().items()})
         save_file({k: v.detach().contiguous() for k, v in state.items()}, str(Path(folder) / WEIGHTS_FILE))
 
 
@@ -230,7 +230,7 @@ class AlignedDualEncoder(nn.Module):
         tower = encoder.image_tower
         if encoder.image_tail is not None:  # one tower with the tuned tail's weights, trained whole
             tower = copy.deepcopy(tower)
-            tower.load_state_dict(encoder.image_tail.tower_state_dict(), strict=False)
+            tower.load_state_dict(encoder.image_tail.state_dict(), strict=False)
         self.image = TowerWithHead(tower, encoder.image_head)
         self.text_tower = encoder.text_tower
         self.text_head = encoder.text_head

@@ -178,8 +178,9 @@ class TowerTail(nn.Module):
 
     Maps the activation entering block `first` (= number of blocks - n) to the head feature
     map and its pooled vector, as the tower itself would with these weights. The tower's
-    ImageNet classifier is not part of it. `tower_state_dict()` names the weights as the
-    tower does (`_blocks.15...`, `_conv_head...`, `_bn1...`), so they load into a tower copy.
+    ImageNet classifier is not part of it. Its modules carry the tower's own names
+    (`_blocks.15`, `_conv_head`, `_bn1`), so its state dict loads straight into a tower copy
+    (`load_state_dict(..., strict=False)`) and back (`from_tower_state`).
     """
 
     def __init__(self, tower: EfficientNetLite, n: int):
@@ -188,45 +189,32 @@ class TowerTail(nn.Module):
         if not 1 <= n <= total:
             raise ValueError(f"the number of tuned blocks must be 1..{total}, got {n}")
         self.first = total - n
-        self.blocks = nn.ModuleList(copy.deepcopy(tower._blocks[i]) for i in range(self.first, total))
-        self.conv_head = copy.deepcopy(tower._conv_head)
-        self.bn1 = copy.deepcopy(tower._bn1)
-        self.drop_connect = [tower.drop_connect_rate * i / total for i in range(self.first, total)]
+        self._blocks = nn.ModuleDict({str(i): copy.deepcopy(tower._blocks[i]) for i in range(self.first, total)})
+        self._conv_head = copy.deepcopy(tower._conv_head)
+        self._bn1 = copy.deepcopy(tower._bn1)
+        self.drop_connect = {str(i): tower.drop_connect_rate * i / total for i in range(self.first, total)}
         for p in self.parameters():
             p.requires_grad_(True)
 
     def forward(self, x: torch.Tensor) -> EfficientNetLiteFeatures:
-        for block, rate in zip(self.blocks, self.drop_connect):
-            x = block(x, rate)
-        fmap = F.relu6(self.bn1(self.conv_head(x)))
+        for i, block in self._blocks.items():
+            x = block(x, self.drop_connect[i])
+        fmap = F.relu6(self._bn1(self._conv_head(x)))
         return EfficientNetLiteFeatures(None, fmap.mean(dim=(2, 3)), fmap, [])
-
-    def tower_state_dict(self) -> dict[str, torch.Tensor]:
-        state = {}
-        for k, block in enumerate(self.blocks):
-            state.update({f"_blocks.{self.first + k}.{name}": v for name, v in block.state_dict().items()})
-        state.update({f"_conv_head.{name}": v for name, v in self.conv_head.state_dict().items()})
-        state.update({f"_bn1.{name}": v for name, v in self.bn1.state_dict().items()})
-        return state
 
     @classmethod
     def from_tower_state(cls, tower: EfficientNetLite, state: dict[str, torch.Tensor]) -> TowerTail:
-        """The tail that `tower_state_dict()` saved: its first block is read from the names."""
+        """The tail whose `state_dict()` this is: its first block is read from the names."""
         blocks = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.")}
         if not blocks:
             raise ValueError("no tuned MBConv block weights in the state")
         tail = cls(tower, len(tower._blocks) - min(blocks))
-        expected = set(tail.tower_state_dict())
+        expected = set(tail.state_dict())
         if set(state) != expected:
             raise ValueError(f"tuned tower-tail weights do not match blocks {tail.first}..: "
                              f"missing {sorted(expected - set(state))[:3]}, "
                              f"unexpected {sorted(set(state) - expected)[:3]}")
-        for k, block in enumerate(tail.blocks):
-            prefix = f"_blocks.{tail.first + k}."
-            block.load_state_dict({n[len(prefix):]: v for n, v in state.items() if n.startswith(prefix)})
-        tail.conv_head.load_state_dict({n[len("_conv_head."):]: v for n, v in state.items()
-                                        if n.startswith("_conv_head.")})
-        tail.bn1.load_state_dict({n[len("_bn1."):]: v for n, v in state.items() if n.startswith("_bn1.")})
+        tail.load_state_dict(state)
         return tail
 
 
