@@ -27,6 +27,18 @@ def test_default_captioner_folder_is_complete_and_small():
         assert needed in card, needed
 
 
+def test_default_captioner_card_is_rebuilt_from_its_metrics():
+    """The card is generated from metrics.json (every run's per-epoch history): they agree."""
+    from imagetext.caption.model_card import model_card
+
+    folder = PRETRAINED_DIR / DEFAULT_CAPTIONER
+    results = json.loads((folder / "metrics.json").read_text())
+    chosen = max(results, key=lambda r: r["cider"])
+    assert chosen["arch"] == json.loads((folder / "config.json").read_text())["arch"]
+    size_mb = (folder / "model.safetensors").stat().st_size / 1e6
+    assert model_card(results, chosen, size_mb) == (folder / "README.md").read_text()
+
+
 @pytest.mark.xfail(strict=True, reason="the shipped lite0-flickr8k (val CIDEr 0.47) knows Flickr8k's "
                    "world, where animals are dogs: it calls the cat photo 'a white dog'. Remove this "
                    "mark once a better captioner ships (strict: passing turns into a failure).")

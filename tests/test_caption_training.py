@@ -48,6 +48,7 @@ def test_train_select_resume_and_use(tiny_dataset, tmp_path, capsys):
     assert set(first) >= {"bleu1", "bleu4", "meteor", "rouge_l", "cider"}
 
     cfg.epochs, cfg.scst_epochs = 4, 1  # resume runs epochs 3-4 only, then one SCST epoch
+    cfg.images_per_batch = 4  # resumed with smaller batches, as the shipped schedule is
     second = train_captioner(tiny_dataset, out, cfg, resume=True, log=lambda *_: None)
     history = second["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
@@ -59,6 +60,14 @@ def test_train_select_resume_and_use(tiny_dataset, tmp_path, capsys):
     assert second["best_epoch"] == best["epoch"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["best_epoch"] == best["epoch"]
+    assert [h["images_per_batch"] for h in history] == [8, 8, 4, 4, 4]
+
+    from imagetext.caption.model_card import install
+
+    install([out], tmp_path / "installed")
+    card = (tmp_path / "installed" / "README.md").read_text()
+    assert "8 images (x their 5 captions) per batch in epochs 1-2, then 4 images in epochs 3-5" in card
+    assert "Then 1 epoch of self-critical" in card
 
     from typer.testing import CliRunner
 

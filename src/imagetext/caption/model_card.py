@@ -43,12 +43,35 @@ def _scst_text(cfg: dict) -> str:
     if not cfg.get("scst_epochs"):
         return ""
     return f"""
-Then {cfg['scst_epochs']} epochs of self-critical sequence training (Rennie et al. 2017) on
+Then {cfg['scst_epochs']} epoch{'s' if cfg['scst_epochs'] > 1 else ''} of self-critical sequence training (Rennie et al. 2017) on
 the CIDEr-D reward against the training references: {cfg.get('scst_samples', 5)} captions
 sampled per image (without dropout: the policy trained is the one used at inference),
 each rewarded relative to the mean of the image's other samples (Luo 2020), AdamW at a
 constant lr {cfg.get('scst_lr')}.
 """
+
+
+def _batch_text(history: list[dict]) -> str:
+    """'64 images (x their 5 captions) per batch in epochs 1-2, 16 in epochs 3-12', from the
+    batch size each epoch recorded (runs resumed with another --images-per-batch)."""
+    phases: list[list] = []  # [images_per_batch, first epoch, last epoch]
+    for h in history:
+        n = h.get("images_per_batch")
+        if n is None:
+            return ""  # a history from before the batch size was recorded
+        if phases and phases[-1][0] == n:
+            phases[-1][2] = h["epoch"]
+        else:
+            phases.append([n, h["epoch"], h["epoch"]])
+    if not phases:
+        return ""
+    span = lambda a, b: f"epoch {a}" if a == b else f"epochs {a}-{b}"  # noqa: E731
+    parts = [f"{n} images" + (" (x their 5 captions) per batch" if i == 0 else "") + f" in {span(a, b)}"
+             for i, (n, a, b) in enumerate(phases)]
+    text = "Batches: " + ", then ".join(parts) + "."
+    if len(phases) > 1:
+        text += " (Resumed with smaller batches: more updates per epoch, which learned faster on this small dataset.)"
+    return text + " "
 
 
 def model_card(results: list[dict], chosen: dict, size_mb: float) -> str:
@@ -109,9 +132,8 @@ Frozen features cached once (centre view + mirror image as augmentation), teache
 forcing, label smoothing {cfg['label_smoothing']}, AdamW (peak lr {cfg['lr']}, weight decay
 {cfg['weight_decay']}), {cfg['warmup_steps']} warm-up steps then a cosine schedule, gradient
 clipping 2.0, captions truncated to {cfg['max_words']} words, {cfg['epochs']} cross-entropy
-epochs in all. Batches: 64 images (x 5 captions) in the first phase, then resumed with 16
-images per batch (4x more updates per epoch, which learned much faster), on a shared 2-core
-machine with 1 PyTorch thread (the epoch times above).
+epochs in all. {_batch_text(chosen['history'])}Trained on a shared 2-core machine with
+1 PyTorch thread (the epoch times above).
 {_scst_text(cfg)}
 ## Reproduce
 ```bash

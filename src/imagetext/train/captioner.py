@@ -305,7 +305,7 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
         train_time = time.time() - t_epoch
         scores = validate(captioner, val_sub_fmap, val_sub, beam_size=1)
         record = {"epoch": epoch + 1, "objective": "scst" if scst else "xe",
-                  "loss": total_loss / total_tokens, **scores,
+                  "images_per_batch": cfg.images_per_batch, "loss": total_loss / total_tokens, **scores,
                   **({"train_reward_cider": total_reward / n_samples} if scst else {}),
                   "lr": optimizer.param_groups[0]["lr"], "train_s": round(train_time, 1),
                   "val_s": round(time.time() - t_epoch - train_time, 1)}
