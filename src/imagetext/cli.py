@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,13 +29,13 @@ app.add_typer(export_app, name="export")
 
 
 # -- shared options ----------------------------------------------------------------------
-ModelOpt = Annotated[Optional[str], typer.Option(
+ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="Model: a built-in name (see `imagetext info`), a model folder or a hub id. "
     "Default: the model that built the index, else the embedded default.")]
-CollectionOpt = Annotated[Optional[Path], typer.Option(
+CollectionOpt = Annotated[Path | None, typer.Option(
     "--collection", "-c", help="The indexed folder. Default: $IMAGETEXT_COLLECTION, else the "
     "nearest folder at or above the current one that has an index.")]
-IndexDirOpt = Annotated[Optional[Path], typer.Option(
+IndexDirOpt = Annotated[Path | None, typer.Option(
     "--index-dir", help="Where the index lives (default: <folder>/.imagetext).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 KOpt = Annotated[int, typer.Option("-k", "--top-k", min=1, max=10000, help="Number of results.")]
@@ -49,7 +49,7 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
-def _open_collection(collection: Optional[Path], index_dir: Optional[Path], model: Optional[str]):
+def _open_collection(collection: Path | None, index_dir: Path | None, model: str | None):
     from imagetext.api import Collection
 
     root = collection or (Path(os.environ["IMAGETEXT_COLLECTION"])
@@ -84,7 +84,7 @@ def index(
     model: ModelOpt = None,
     index_dir: IndexDirOpt = None,
     reindex: Annotated[bool, typer.Option(help="Rebuild from scratch (e.g. to switch models).")] = False,
-    index_type: Annotated[Optional[str], typer.Option(
+    index_type: Annotated[str | None, typer.Option(
         help="FAISS index: auto (exact up to 100k images, then HNSW), flat, hnsw or ivf.")] = None,
     caption: Annotated[bool, typer.Option(
         "--caption", help="Also caption every image with the default captioner and store it.")] = False,
@@ -159,11 +159,11 @@ def similar(
 @app.command()
 def classify(
     images: Annotated[list[Path], typer.Argument(help="Images to classify.")],
-    labels: Annotated[Optional[str], typer.Option(
+    labels: Annotated[str | None, typer.Option(
         "--labels", "-l", help='Comma-separated labels, e.g. "cat,dog,car".')] = None,
     template: Annotated[list[str], typer.Option(
         help='Prompt template(s) with {} for the label (repeat to ensemble).')] = ["a photo of a {}."],
-    threshold: Annotated[Optional[float], typer.Option(
+    threshold: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, help="Flag every label scoring at least this (multi-label use).")] = None,
     moderation: Annotated[bool, typer.Option(
         "--moderation", help="Use the preset content-moderation labels and flag unsafe ones "
@@ -254,14 +254,14 @@ def info(
 def eval_retrieval(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder or caption file "
                                        "(captions.tsv + images/, or any supported format).")],
-    split: Annotated[Optional[str], typer.Option(help="Split to evaluate, e.g. val.")] = None,
+    split: Annotated[str | None, typer.Option(help="Split to evaluate, e.g. val.")] = None,
     model: ModelOpt = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N images.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N images.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     with_captions: Annotated[bool, typer.Option(
         "--with-captions", help="Also caption every image and fuse query-caption similarity "
         "into the scores, as a collection indexed with --caption is searched.")] = False,
-    captioner: Annotated[Optional[str], typer.Option(
+    captioner: Annotated[str | None, typer.Option(
         help="Captioner for --with-captions (default: the default captioner).")] = None,
     as_json: JsonOpt = False,
 ):
@@ -284,7 +284,7 @@ def eval_retrieval(
 @app.command()
 def caption(
     images: Annotated[list[Path], typer.Argument(help="Images to caption.")],
-    model: Annotated[Optional[str], typer.Option(
+    model: Annotated[str | None, typer.Option(
         "--model", "-m", help="Captioner: a built-in name or a captioner folder (default: the "
         "shipped default captioner).")] = None,
     beam: Annotated[int, typer.Option("--beam", min=1, max=20, help="Beam size (1 = greedy).")] = 3,
@@ -309,7 +309,7 @@ def train_captioner_cmd(
     out: Annotated[Path, typer.Option("--out", help="Output folder (best/ = the captioner).")],
     arch: Annotated[str, typer.Option(help="show-attend-tell (alias sat) or transformer.")] = "show-attend-tell",
     epochs: Annotated[int, typer.Option(min=1)] = 10,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default per arch).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default per arch).")] = None,
     images_per_batch: Annotated[int, typer.Option(min=1)] = 64,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.1,
     flip: Annotated[bool, typer.Option(help="Mirrored images as augmentation.")] = True,
@@ -318,16 +318,16 @@ def train_captioner_cmd(
     beam: Annotated[int, typer.Option(min=1, help="Beam size of the final evaluation.")] = 3,
     seed: Annotated[int, typer.Option()] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from <out>/checkpoint.pt.")] = False,
-    name: Annotated[Optional[str], typer.Option(help="Model name stored in config.json.")] = None,
-    val_images: Annotated[Optional[int], typer.Option(
+    name: Annotated[str | None, typer.Option(help="Model name stored in config.json.")] = None,
+    val_images: Annotated[int | None, typer.Option(
         min=1, help="Per-epoch validation on the first N val images (default: all).")] = None,
-    stop_after: Annotated[Optional[int], typer.Option(
+    stop_after: Annotated[int | None, typer.Option(
         min=1, help="Stop after this epoch (the LR schedule still spans --epochs).")] = None,
     scst_epochs: Annotated[int, typer.Option(
         min=0, help="After the --epochs of cross-entropy, this many epochs of self-critical "
         "training on the CIDEr-D reward (5 sampled captions per image).")] = 0,
     scst_lr: Annotated[float, typer.Option(help="Learning rate of the SCST epochs.")] = 5e-5,
-    init: Annotated[Optional[str], typer.Option(
+    init: Annotated[str | None, typer.Option(
         "--init", help="Fine-tune a pretrained transformers captioner instead (BLIP or "
         "VisionEncoderDecoder: a folder or hub id), end to end in batches of 8 pairs; uses "
         "--epochs, --lr (default 1e-5), --seed, --name; writes the model to --out.")] = None,
@@ -361,10 +361,10 @@ def train_clip_cmd(
     mode: Annotated[str, typer.Option(help="heads: frozen towers + trained heads on cached "
                     "features (how the default is made); finetune: the whole dual encoder of "
                     "--base, with WiSE-FT; scratch: a small CLIP from random weights.")] = "heads",
-    val_data: Annotated[Optional[list[str]], typer.Option(
+    val_data: Annotated[list[str] | None, typer.Option(
         "--val-data", help="Separate validation source(s); default: the data's val split, "
         "else a held-out share of its images.")] = None,
-    images_dir: Annotated[Optional[Path], typer.Option(help="Folder for relative image paths.")] = None,
+    images_dir: Annotated[Path | None, typer.Option(help="Folder for relative image paths.")] = None,
     train_split: Annotated[str, typer.Option(help="Split to train on, when the data has splits.")] = "train",
     val_split: Annotated[str, typer.Option(help="Split to select the best epoch on.")] = "val",
     holdout: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of images held out "
@@ -394,21 +394,21 @@ def train_clip_cmd(
                                  "the image tower's last N MBConv blocks and its head conv too (on "
                                  "cached block inputs; BatchNorm keeps its ImageNet statistics).")] = 0,
     image_lr: Annotated[float, typer.Option(help="Learning rate of the tuned image-tower blocks.")] = 1e-4,
-    base: Annotated[Optional[str], typer.Option(help="finetune mode: the model to fine-tune "
+    base: Annotated[str | None, typer.Option(help="finetune mode: the model to fine-tune "
                     "(default: the default model).")] = None,
     tune: Annotated[str, typer.Option(help="finetune mode: all, or last (heads + last blocks).")] = "all",
     wise_alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="finetune mode: WiSE-FT weight "
                           "of the fine-tuned model (1 = no interpolation).")] = 0.5,
-    image_size: Annotated[Optional[int], typer.Option(min=32, help="finetune/scratch modes: "
+    image_size: Annotated[int | None, typer.Option(min=32, help="finetune/scratch modes: "
                           "training image size (scratch default 96).")] = None,
     vocab_size: Annotated[int, typer.Option(min=100, help="scratch mode: tokenizer vocabulary.")] = 4000,
-    checkpoint_dir: Annotated[Optional[Path], typer.Option(help="Where last.pt/best.pt go "
+    checkpoint_dir: Annotated[Path | None, typer.Option(help="Where last.pt/best.pt go "
                               "(default: <out>/checkpoints).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     seed: Annotated[int, typer.Option()] = 0,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for PyTorch.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Model name stored in config.json.")] = None,
-    compare_with: Annotated[Optional[list[str]], typer.Option(
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for PyTorch.")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name stored in config.json.")] = None,
+    compare_with: Annotated[list[str] | None, typer.Option(
         "--compare-with", help="Also measure these models (e.g. conse) on the validation data "
         "and put them next to the new model in its model card.")] = None,
 ):
@@ -423,11 +423,11 @@ def train_clip_cmd(
 def eval_caption(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder or caption file "
                                        "(captions.tsv + images/, or any supported format).")],
-    split: Annotated[Optional[str], typer.Option(help="Split to evaluate, e.g. val.")] = None,
-    model: Annotated[Optional[str], typer.Option(
+    split: Annotated[str | None, typer.Option(help="Split to evaluate, e.g. val.")] = None,
+    model: Annotated[str | None, typer.Option(
         "--model", "-m", help="Captioner name or folder (default: the shipped one).")] = None,
     beam: Annotated[int, typer.Option("--beam", min=1, max=20)] = 3,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N images.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N images.")] = None,
     meteor: Annotated[bool, typer.Option(help="Compute METEOR (needs Java).")] = True,
     as_json: JsonOpt = False,
 ):
@@ -452,7 +452,7 @@ def export_onnx_cmd(
                      "CLIP/SigLIP folder, a hub id (org/name) or an hf-clip model folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (a model folder that "
                    "--model accepts; backend onnx).")],
-    quantize: Annotated[Optional[str], typer.Option(help="int8: dynamic int8 weights (4x smaller, "
+    quantize: Annotated[str | None, typer.Option(help="int8: dynamic int8 weights (4x smaller, "
                         "faster, vectors approximate; the model name gets +int8).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty --out.")] = False,
 ):
@@ -467,7 +467,7 @@ def export_onnx_cmd(
 
 @app.command()
 def serve(
-    collection: Annotated[Optional[Path], typer.Option(
+    collection: Annotated[Path | None, typer.Option(
         "--collection", "-c", help="Folder of images to serve (indexed incrementally first). "
         "Default: the demo gallery of sample photos.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: all interfaces).")]
@@ -480,7 +480,7 @@ def serve(
     index_dir: IndexDirOpt = None,
     index: Annotated[bool, typer.Option(
         "--index/--no-index", help="Bring the index up to date before serving.")] = True,
-    captioner: Annotated[Optional[str], typer.Option(
+    captioner: Annotated[str | None, typer.Option(
         help="Captioner name or folder for the Caption tab (default: the installed default).")]
     = None,
     max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Upload limit per request.")]
