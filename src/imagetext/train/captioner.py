@@ -16,6 +16,7 @@ the full metric set (PTB tokenizer, METEOR) into `<out>/metrics.json`.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -31,6 +32,7 @@ from imagetext.caption.decoders import build_decoder, select_rows
 from imagetext.caption.efficientnet_captioner import EfficientNetCaptioner
 from imagetext.caption.tokenizer import EOS, WordTokenizer, split_words
 from imagetext.eval.caption_metrics import caption_scores
+from imagetext.models.efficientnet_lite import TowerTail
 
 FEATURE_OUTPUTS = ("logits", "pooled", "fmap")  # shared cache with the retrieval trainers
 
@@ -63,6 +65,9 @@ class CaptionTrainConfig:
     max_words: int = 22  # longer training captions are truncated
     min_count: int = 5  # vocabulary: words seen at least this often in training
     flip: bool = True  # use the mirrored view as augmentation (half the epochs' samples)
+    # an aligned model (name or folder) with a tuned tower tail (`train clip --tune-image-blocks`):
+    # the captioner reads the feature map of that tail (kept in its folder) instead of the frozen one
+    image_tower: str | None = None
     val_images: int | None = None  # per-epoch validation on the first N val images (None = all)
     final_beam: int = 3
     seed: int = 0
@@ -93,11 +98,30 @@ def load_caption_split(data: str | Path, split: str) -> CaptionSplit:
     return CaptionSplit(images, [by_image[i] for i in images], [ids[i] for i in images])
 
 
-def split_features(split: CaptionSplit, view: str = "center", progress: bool = True) -> np.ndarray:
-    """(N, 1280, 7, 7) float16 cached feature maps of the split's images."""
-    from imagetext.train.features import extract_features
+def split_features(split: CaptionSplit, view: str = "center", progress: bool = True,
+                   tail: TowerTail | None = None) -> np.ndarray:
+    """(N, 1280, 7, 7) float16 feature maps of the split's images: the frozen tower's (cached),
+    or `tail`'s, run on the cached activation entering its first block."""
+    from imagetext.train.features import block_input_name, extract_features
 
-    return extract_features(split.images, outputs=FEATURE_OUTPUTS, view=view, progress=progress)["fmap"]
+    if tail is None:
+        return extract_features(split.images, outputs=FEATURE_OUTPUTS, view=view, progress=progress)["fmap"]
+    name = block_input_name(tail.first)
+    x = extract_features(split.images, outputs=(name,), view=view, progress=progress)[name]
+    with torch.inference_mode():
+        return np.concatenate([tail(torch.from_numpy(x[i : i + 256]).float()).feature_map.half().numpy()
+                               for i in range(0, len(x), 256)])
+
+
+def tuned_tower_tail(model: str) -> TowerTail:
+    """A copy of the tuned tower tail of an aligned model (name or folder)."""
+    from imagetext.models.registry import load_encoder
+
+    encoder = load_encoder(model, cache=False)
+    if getattr(encoder, "image_tail", None) is None:
+        raise ValueError(f"{model} has no tuned image tower tail (train one with "
+                         "`imagetext train clip --tune-image-blocks N`)")
+    return copy.deepcopy(encoder.image_tail).eval()
 
 
 def _encode_captions(tokenizer: WordTokenizer, captions: list[list[str]], max_words: int):
@@ -212,10 +236,11 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     log(f"{len(train.images)} train images, {len(val.images)} val images, vocabulary {len(tokenizer)}")
 
     t0 = time.time()
-    views = [split_features(train, "center")]
+    tail = tuned_tower_tail(cfg.image_tower) if cfg.image_tower else None
+    views = [split_features(train, "center", tail=tail)]
     if cfg.flip:
-        views.append(split_features(train, "flip"))
-    val_fmap = split_features(val, "center")
+        views.append(split_features(train, "flip", tail=tail))
+    val_fmap = split_features(val, "center", tail=tail)
     if cfg.val_images:
         val_sub = CaptionSplit(val.images[: cfg.val_images], val.captions[: cfg.val_images],
                                val.ids[: cfg.val_images])
@@ -235,7 +260,8 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     decoder_args = {**DECODER_DEFAULTS[cfg.arch], **cfg.decoder, "vocab_size": len(tokenizer)}
     decoder = build_decoder(cfg.arch, **decoder_args)
     captioner = EfficientNetCaptioner(decoder, tokenizer, name=name or f"lite0-{cfg.arch}-flickr8k",
-                                      generation={"beam_size": cfg.final_beam})
+                                      generation={"beam_size": cfg.final_beam}, image_tail=tail,
+                                      extra_config={"image_tower": cfg.image_tower} if tail else None)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train.images) / cfg.images_per_batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -247,6 +273,11 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ckpt["tokenizer"] != tokenizer.words or ckpt["arch"] != cfg.arch:
             raise ValueError(f"{ckpt_path} was trained with another vocabulary or architecture")
+        saved_tail = ckpt.get("image_tail")
+        if (saved_tail is None) != (tail is None) or (tail is not None and any(
+                not torch.equal(v, saved_tail[k]) for k, v in tail.state_dict().items())):
+            raise ValueError(f"{ckpt_path} was trained on other image features (--image-tower "
+                             f"{ckpt['config'].get('image_tower')}); resume with the same tower")
         decoder.load_state_dict(ckpt["decoder"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -318,6 +349,7 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
         torch.save({"decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best_cider": best_cider,
                     "history": history, "tokenizer": tokenizer.words, "arch": cfg.arch,
+                    "image_tail": tail.state_dict() if tail is not None else None,
                     "config": asdict(cfg), "torch_rng": torch.get_rng_state(),
                     "python_rng": random.getstate()}, ckpt_path)
 
