@@ -35,7 +35,9 @@ def _row(result: dict, chosen: bool) -> str:
     cells = " | ".join(f"{result[m]:.3f}" for m in METRICS)
     params = result["decoder_parameters"] / 1e6
     mark = " **(shipped)**" if chosen else ""
-    return (f"| {result['arch']}{mark} | {params:.1f} M | {result['best_epoch']}/"
+    tower = result["config"].get("image_tower")
+    features = f" on the tuned tail of {tower}" if tower else " on the frozen tower"
+    return (f"| {result['arch']}{features}{mark} | {params:.1f} M | {result['best_epoch']}/"
             f"{_epochs(result['config'])} | {cells} |")
 
 
