@@ -122,6 +122,12 @@ def test_captioner_on_an_aligned_models_tuned_tower_tail(tiny_dataset, tmp_path)
     assert captioner.caption([str(p) for p in images], beam_size=1) == [
         c[0][0] for c in captioner.generate_from_features(tuned, beam_size=1)]
 
+    from imagetext.caption.model_card import install
+
+    install([out], tmp_path / "installed")  # the installed folder carries the tail along
+    assert load_captioner(str(tmp_path / "installed")).image_tail is not None
+    assert "tuned tail of aligned-flickr8k" in (tmp_path / "installed" / "README.md").read_text()
+
     with pytest.raises(ValueError, match="other image features"):
         cfg.image_tower, cfg.epochs = None, 2
         train_captioner(tiny_dataset, out, cfg, resume=True, log=lambda *_: None)

@@ -182,6 +182,11 @@ def install(runs: list[Path], folder: Path) -> dict:
     best = runs[chosen_index] / "best"
     for name in ("config.json", "model.safetensors", "vocab.json"):
         shutil.copy(best / name, folder / name)
+    tail = "image_tower_tail.safetensors"  # a copy of the tuned tower tail the decoder reads
+    if (best / tail).is_file():
+        shutil.copy(best / tail, folder / tail)
+    else:
+        (folder / tail).unlink(missing_ok=True)
     size_mb = (folder / "model.safetensors").stat().st_size / 1e6
     (folder / "README.md").write_text(model_card(results, chosen, size_mb))
     (folder / "metrics.json").write_text(json.dumps(
