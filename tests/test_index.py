@@ -259,7 +259,7 @@ def test_index_notices_new_weights_under_the_same_model_name(gallery, tmp_path):
     with pytest.raises(ModelMismatchError, match="other weights.*--reindex"):
         Collection.open(gallery).search("a cat", k=1)
     rebuilt = Collection.open(gallery, model=str(model), reindex=True)
-    assert len(rebuilt) == 0
+    assert len(rebuilt) == 0 and "other weights" in rebuilt.cleared_because
     rebuilt.index(progress=False, batch_size=8)
     assert Path(rebuilt.search("a cat", k=1)[0].path).name == "chelsea.png"
 
@@ -276,6 +276,17 @@ def test_index_notices_new_weights_under_the_same_model_name(gallery, tmp_path):
     _install_new_version(model, seed=2)
     with pytest.raises(ModelMismatchError, match="other weights"):
         Collection.open(gallery).search("a cat", k=1)
+
+    # what the error says to do works without naming the model: `index --reindex` rebuilds
+    # the index for the model that built it
+    registry._CACHE.clear()
+    from typer.testing import CliRunner
+
+    from imagetext.cli import app
+
+    result = CliRunner().invoke(app, ["index", str(gallery), "--reindex"])
+    assert result.exit_code == 0, result.output
+    assert Path(Collection.open(gallery).search("a cat", k=1)[0].path).name == "chelsea.png"
 
 
 def test_serve_rebuilds_a_stale_demo_index(tmp_path, capsys):

@@ -97,6 +97,8 @@ def index(
     from imagetext.api import Collection
 
     col = Collection.open(folder, index_dir=index_dir, model=model, reindex=reindex)
+    if col.cleared_because:
+        print(f"{col.cleared_because}\nRebuilding the index.", file=sys.stderr)
     captioner = None
     if caption:
         from imagetext.caption.registry import load_captioner

@@ -128,6 +128,8 @@ class Collection:
         self.store = MetadataStore(index_dir / DB_NAME)
         self._model_ref = model
         self._encoder = None
+        # why open(reindex=True) cleared the index (another model, or other weights), if it did
+        self.cleared_because: str | None = None
         self._vectors: dict[str, VectorIndex] = {}
 
     # -- opening ---------------------------------------------------------------------------
@@ -137,8 +139,9 @@ class Collection:
         """Open (or create) the collection of images under `root`.
 
         `model` defaults to the model that built the index, or the default model for a new
-        one. Naming a different model than the index was built with raises
-        ModelMismatchError unless `reindex=True`, which clears the index for that model.
+        one. Naming a different model than the index was built with, or a model whose
+        weights changed since, raises ModelMismatchError unless `reindex=True`, which clears
+        the index for that model (`cleared_because` says why).
         """
         root = Path(root).expanduser().resolve()
         if not root.is_dir():
@@ -161,7 +164,8 @@ class Collection:
         indexed = self.store.get_meta("model_name")
         if self._model_ref is None:
             self._model_ref = self.store.get_meta("model_ref")
-            return  # the recorded model; `encoder` still checks that it is the same one
+            if not reindex:
+                return  # the recorded model; `encoder` still checks that it is the same one
         if indexed is None or self.store.count() == 0 and not reindex:
             return
         from imagetext.models.registry import load_encoder
@@ -172,6 +176,7 @@ class Collection:
             if not reindex:
                 raise ModelMismatchError(problem)
             self.clear()
+            self.cleared_because = problem
         self._encoder = encoder
 
     def _mismatch(self, encoder) -> str | None:

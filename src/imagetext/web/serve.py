@@ -13,19 +13,12 @@ def index_collection(root: Path, model: Any = None, index_dir: Path | None = Non
     """Bring the index of `root` up to date, printing what changed. `rebuild_if_stale`
     (for the demo gallery, which imagetext manages itself) rebuilds an index that another
     model or version built instead of refusing it."""
-    from imagetext.api import Collection, ModelMismatchError
+    from imagetext.api import Collection
 
     with Collection.open(root, index_dir=index_dir, model=model, reindex=rebuild_if_stale) as collection:
-        try:
-            if rebuild_if_stale and len(collection):
-                collection.encoder  # noqa: B018  (raises if another model or version built it)
-            report = collection.index(progress=sys.stderr.isatty())
-        except ModelMismatchError as exc:
-            if not rebuild_if_stale:
-                raise
-            print(f"{exc}\nRebuilding the demo gallery's index.", file=sys.stderr)
-            collection.clear()
-            report = collection.index(progress=sys.stderr.isatty())
+        if collection.cleared_because:
+            print(f"{collection.cleared_because}\nRebuilding the demo gallery's index.", file=sys.stderr)
+        report = collection.index(progress=sys.stderr.isatty())
         print(
             f"{len(collection)} images indexed in {root}: {report.added} added, "
             f"{report.updated} updated, {report.removed} removed, {report.unchanged} unchanged.",
