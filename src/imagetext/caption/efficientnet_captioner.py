@@ -54,27 +54,29 @@ class _FeatureMap(nn.Module):
 class EfficientNetCaptioner(Captioner):
     def __init__(self, decoder: nn.Module, tokenizer: WordTokenizer, name: str = "captioner",
                  generation: dict | None = None, extra_config: dict | None = None,
-                 image_tail: TowerTail | None = None):
+                 image_tail: TowerTail | None = None, image_tower=None):
         self.decoder = decoder.eval()
         self.image_tail = image_tail.eval() if image_tail is not None else None
+        self._image_tower = image_tower  # the frozen tower, when loading already read it
         self.tokenizer = tokenizer
         self.name = name
         self.generation = {**DEFAULT_GENERATION, **(generation or {})}
         self.extra_config = dict(extra_config or {})
         self.preprocess = Preprocess(resize=224, crop=224)
-        self._tower = None
+        self._features = None
 
     # -- image features ----------------------------------------------------------------
     def _feature_runner(self):
-        if self._tower is None:
+        if self._features is None:
             from imagetext.models.onnx_runtime import tower_runner
 
             # the ONNX cache key hashes the module's weights, a tuned tail's included
             tail = self.image_tail
-            runner = tower_runner(_FeatureMap(load_efficientnet_lite0(), tail), 224, ["fmap"],
+            tower = self._image_tower or load_efficientnet_lite0()
+            runner = tower_runner(_FeatureMap(tower, tail), 224, ["fmap"],
                                   tag="lite0-fmap" + (f"-tail{len(tail._blocks)}" if tail else ""))
-            self._tower = lambda px: runner(px)["fmap"]
-        return self._tower
+            self._features = lambda px: runner(px)["fmap"]
+        return self._features
 
     def feature_map(self, pixels: np.ndarray) -> np.ndarray:
         """(B, 3, 224, 224) preprocessed pixels -> (B, 1280, 7, 7) float32 tower feature map."""
@@ -160,12 +162,13 @@ class EfficientNetCaptioner(Captioner):
         if not weights.is_file():
             raise FileNotFoundError(f"no model.safetensors in captioner folder {folder}")
         load_model(decoder, str(weights))
-        tail, blocks = None, config.get("tuned_image_blocks", 0)
+        tail, tower, blocks = None, None, config.get("tuned_image_blocks", 0)
         if blocks or (folder / TAIL_FILE).is_file():
             if not (folder / TAIL_FILE).is_file():
                 raise FileNotFoundError(f"config.json of {folder} names {blocks} tuned image blocks "
                                         f"but {TAIL_FILE} is missing")
-            tail = TowerTail.from_tower_state(load_efficientnet_lite0(), load_file(str(folder / TAIL_FILE)))
+            tower = load_efficientnet_lite0()  # the tail is built from it; features reuse it
+            tail = TowerTail.from_tower_state(tower, load_file(str(folder / TAIL_FILE)))
             if len(tail._blocks) != blocks:
                 raise ValueError(f"{TAIL_FILE} of {folder} holds {len(tail._blocks)} tuned blocks, "
                                  f"config.json says {blocks}")
@@ -173,7 +176,8 @@ class EfficientNetCaptioner(Captioner):
                  "weights_dtype", "tuned_image_blocks"}
         return cls(decoder.float().eval(), tokenizer, name=config.get("name", folder.name),
                    generation=config.get("generation"),
-                   extra_config={k: v for k, v in config.items() if k not in known}, image_tail=tail)
+                   extra_config={k: v for k, v in config.items() if k not in known}, image_tail=tail,
+                   image_tower=tower)
 
     def info(self) -> dict:
         return {**super().info(), "arch": self.arch, "vocab_size": len(self.tokenizer),
