@@ -83,7 +83,8 @@ def index(
     folder: Annotated[Path, typer.Argument(help="Folder of images to index (recursively).")],
     model: ModelOpt = None,
     index_dir: IndexDirOpt = None,
-    reindex: Annotated[bool, typer.Option(help="Rebuild from scratch (e.g. to switch models).")] = False,
+    reindex: Annotated[bool, typer.Option(help="Rebuild from scratch when another model (--model) "
+                       "or other weights of the index's model built it, instead of refusing.")] = False,
     index_type: Annotated[str | None, typer.Option(
         help="FAISS index: auto (exact up to 100k images, then HNSW), flat, hnsw or ivf.")] = None,
     caption: Annotated[bool, typer.Option(
