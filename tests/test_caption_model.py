@@ -56,14 +56,17 @@ def test_tokenizer_round_trip(tmp_path):
     assert WordTokenizer.build(["a a b"], min_count=2).words[4:] == ["a"]
 
 
-def _train(decoder, tok, fmap, captions, steps, lr=3e-3):
+def _train(decoder, tok, fmap, captions, steps, lr=3e-3, precision="fp32"):
     inputs, targets, _ = _encode_captions(tok, [[c] for c in captions], max_words=22)
     opt = torch.optim.Adam(decoder.parameters(), lr=lr)
     losses = []
     decoder.train()
     for _ in range(steps):
-        logits, aux = decoder(decoder.encode(fmap), inputs)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=0)
+        # as the trainer does with --precision bf16: autocast forward, float32 loss and weights
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits, aux = decoder(decoder.encode(fmap), inputs)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               ignore_index=0)
         opt.zero_grad()
         (loss + aux).backward()
         opt.step()
@@ -72,13 +75,14 @@ def _train(decoder, tok, fmap, captions, steps, lr=3e-3):
 
 
 @needs_flickr
-@pytest.mark.parametrize("arch", ["show-attend-tell", "transformer"])
-def test_loss_falls_and_overfits_exact_captions(photos, arch):
+@pytest.mark.parametrize("arch,precision", [("show-attend-tell", "fp32"), ("transformer", "fp32"),
+                                            ("show-attend-tell", "bf16")])
+def test_loss_falls_and_overfits_exact_captions(photos, arch, precision):
     rows, tok, fmap = photos
     torch.manual_seed(0)
     decoder = build_decoder(arch, vocab_size=len(tok), **SMALL[arch])
     captions = [c for _, c in rows]
-    losses = _train(decoder, tok, fmap, captions, steps=250)
+    losses = _train(decoder, tok, fmap, captions, steps=250, precision=precision)
     assert losses[-1] < 0.2 * losses[0]
     captioner = EfficientNetCaptioner(decoder, tok)
     for beam in (1, 3):

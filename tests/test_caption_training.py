@@ -91,7 +91,8 @@ def test_train_select_resume_and_use(tiny_dataset, tmp_path, capsys):
 
 def test_captioner_on_an_aligned_models_tuned_tower_tail(tiny_dataset, tmp_path):
     """`--image-tower aligned-flickr8k`: the decoder reads the shipped model's tuned tail, the
-    captioner folder keeps a copy of it, and captioning images runs that tail."""
+    captioner folder keeps a copy of it, and captioning images runs that tail (trained with
+    bf16 autocast, as the shipped captioner is)."""
     import numpy as np
     import torch
 
@@ -102,7 +103,8 @@ def test_captioner_on_an_aligned_models_tuned_tower_tail(tiny_dataset, tmp_path)
     out = tmp_path / "run"
     small = {"embed_dim": 32, "hidden_dim": 64, "attention_dim": 32, "dropout": 0.0}
     cfg = CaptionTrainConfig(arch="sat", epochs=1, images_per_batch=8, lr=3e-3, warmup_steps=2,
-                             min_count=1, final_beam=1, decoder=small, image_tower="aligned-flickr8k")
+                             min_count=1, final_beam=1, decoder=small, image_tower="aligned-flickr8k",
+                             precision="bf16")
     train_captioner(tiny_dataset, out, cfg, log=lambda *_: None)
     config = json.loads((out / "best" / "config.json").read_text())
     assert config["tuned_image_blocks"] == 1 and config["image_tower"] == "aligned-flickr8k"

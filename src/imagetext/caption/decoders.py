@@ -87,8 +87,10 @@ class ShowAttendTellDecoder(nn.Module):
         else:
             new["h"] = self.cell(x, h)
         hidden = self.dropout(new["h"])
-        logits = self.out(self.dropout(emb + self.out_hidden(hidden) + self.out_context(context)))
-        return logits, new, alpha
+        # the input of the word classifier; the (large) vocabulary projection is left to the
+        # caller, so that teacher forcing runs it once over all steps
+        deep = emb + self.out_hidden(hidden) + self.out_context(context)
+        return deep, new, alpha
 
     def forward(self, memory: State, inputs: torch.Tensor, lengths: torch.Tensor | None = None):
         """Teacher forcing. With `lengths` sorted in decreasing order (as the trainer passes
@@ -100,7 +102,7 @@ class ShowAttendTellDecoder(nn.Module):
             lengths = torch.full((batch,), steps)
         elif bool((lengths[1:] > lengths[:-1]).any()):
             raise ValueError("lengths must be sorted in decreasing order")
-        logits = inputs.new_zeros((batch, steps, self.out.out_features), dtype=torch.float32)
+        deep = inputs.new_zeros((batch, steps, self.out.in_features), dtype=torch.float32)
         attention = inputs.new_zeros((batch, steps, state["memory"].shape[1]), dtype=torch.float32)
         for t in range(steps):
             n = int((lengths > t).sum())
@@ -108,9 +110,10 @@ class ShowAttendTellDecoder(nn.Module):
                 break
             if n < state["h"].shape[0]:
                 state = {k: v[:n] for k, v in state.items()}
-            step_logits, state, alpha = self._advance(state, inputs[:n, t])
-            logits[:n, t] = step_logits
+            step_deep, state, alpha = self._advance(state, inputs[:n, t])
+            deep[:n, t] = step_deep
             attention[:n, t] = alpha
+        logits = self.out(self.dropout(deep))
         aux = logits.new_zeros(())
         if self.attention_reg and self.training:
             # doubly stochastic attention: every region should get ~1 unit of attention overall
@@ -120,8 +123,8 @@ class ShowAttendTellDecoder(nn.Module):
         return logits, aux
 
     def step(self, state: State, prefix: torch.Tensor):
-        logits, state, _ = self._advance(state, prefix[:, -1])
-        return logits.log_softmax(-1), state
+        deep, state, _ = self._advance(state, prefix[:, -1])
+        return self.out(self.dropout(deep)).float().log_softmax(-1), state
 
 
 class TransformerCaptionDecoder(nn.Module):
@@ -173,7 +176,7 @@ class TransformerCaptionDecoder(nn.Module):
         # the whole prefix is recomputed each step: captions are short (<= ~20 tokens) and
         # this keeps nn.TransformerDecoder as it is (no key/value cache to maintain)
         logits = self._decode(state["memory"], prefix)[:, -1]
-        return logits.log_softmax(-1), state
+        return logits.float().log_softmax(-1), state
 
 
 ARCHITECTURES = {

@@ -53,6 +53,13 @@ constant lr {cfg.get('scst_lr')}.
 """
 
 
+def _precision_text(cfg: dict) -> str:
+    if cfg.get("precision", "fp32") == "fp32":
+        return ""
+    return (", the decoder's training passes autocast to bfloat16 (weights, optimizer\n"
+            "and loss in float32)")
+
+
 def _tower_text(cfg: dict) -> str:
     if not cfg.get("image_tower"):
         return ("the frozen ImageNet EfficientNet-Lite0\nimage tower (from the "
@@ -151,7 +158,7 @@ forcing, label smoothing {cfg['label_smoothing']}, AdamW (peak lr {cfg['lr']}, w
 {cfg['weight_decay']}), {cfg['warmup_steps']} warm-up steps then a cosine schedule, gradient
 clipping 2.0, captions truncated to {cfg['max_words']} words, {cfg['epochs']} cross-entropy
 epochs in all. {_batch_text(chosen['history'])}Trained on a shared 2-core machine with
-1 PyTorch thread (the epoch times above).
+1 PyTorch thread{_precision_text(cfg)} (the epoch times above).
 {_scst_text(cfg)}
 ## Reproduce
 ```bash

@@ -72,6 +72,9 @@ class CaptionTrainConfig:
     final_beam: int = 3
     seed: int = 0
     threads: int | None = None
+    # "bf16": autocast the decoder's training passes to bfloat16 (weights and optimizer stay
+    # float32); ~2x faster per step on a CPU with AVX-512 BF16
+    precision: str = "fp32"
     decoder: dict = field(default_factory=dict)
 
 
@@ -222,6 +225,8 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
         raise ValueError(f"unknown arch {cfg.arch!r}; choose from {', '.join(DECODER_DEFAULTS)} (or 'sat')")
     if cfg.lr is None:
         cfg.lr = default_lr(cfg.arch)
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, not {cfg.precision!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -291,6 +296,7 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     total_epochs = cfg.epochs + cfg.scst_epochs
     last_epoch = min(total_epochs, cfg.stop_after or total_epochs)
     cider = None
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     for epoch in range(start_epoch, last_epoch):
         t_epoch = time.time()
         scst = epoch >= cfg.epochs
@@ -312,17 +318,19 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
             images, inverse = torch.unique(owner[rows_t], return_inverse=True)
             fmap = torch.stack([views_t[random.randrange(len(views_t))][i] for i in images.tolist()])
             if scst:
-                loss, rewards = _scst_loss(decoder, fmap, images, tokenizer, cider, cfg)
+                with autocast:
+                    loss, rewards = _scst_loss(decoder, fmap, images, tokenizer, cider, cfg)
                 aux, n_tok = loss.new_zeros(()), 1
                 total_reward += float(rewards.sum())
                 n_samples += len(rewards)
             else:
-                memory = select_rows(decoder.encode(fmap.float()), inverse)
                 row_lengths = lengths[rows_t]
                 width = int(row_lengths.max())
                 x, y = inputs[rows_t, :width], targets[rows_t, :width]
-                logits, aux = decoder(memory, x, row_lengths)
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                with autocast:
+                    memory = select_rows(decoder.encode(fmap.float()), inverse)
+                    logits, aux = decoder(memory, x, row_lengths)
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
                                        ignore_index=tokenizer.pad_id, label_smoothing=cfg.label_smoothing)
                 n_tok = int((y != 0).sum())
             optimizer.zero_grad(set_to_none=True)
