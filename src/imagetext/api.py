@@ -111,7 +111,7 @@ def classify(
         raise ValueError("threshold must be between 0 and 1")
     encoder = get_encoder(model)
     text = label_vectors(encoder, labels, templates)
-    sims = encoder.encode_images(list(images)).semantic @ text.T
+    sims = encoder.similarity(encoder.encode_images(list(images)).semantic, text)
     logits = encoder.logit_scale * sims
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
@@ -148,6 +148,7 @@ def rank(prompt: str, images: Sequence[ImageSource],
     if not prompt:
         raise ValueError("the prompt is empty")
     encoder = get_encoder(model)
-    sims = encoder.encode_images(list(images)).semantic @ encoder.encode_texts([prompt])[0]
+    sims = encoder.similarity(encoder.encode_images(list(images)).semantic,
+                              encoder.encode_texts([prompt]))[:, 0]
     order = np.argsort(-sims, kind="stable")
     return [RankedImage(_image_name(images[i]), float(sims[i]), int(i)) for i in order]

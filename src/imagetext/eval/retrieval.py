@@ -17,9 +17,16 @@ KS = (1, 5, 10)
 
 def recall_at_k(image_vecs: np.ndarray, text_vecs: np.ndarray, text_to_image: Sequence[int],
                 ks: Sequence[int] = KS) -> dict[str, float]:
-    """Recall@K in percent: keys t2i_r1, t2i_r5, t2i_r10, i2t_r1, i2t_r5, i2t_r10."""
+    """Recall@K in percent of cosine similarities: keys t2i_r1, t2i_r5, t2i_r10, i2t_r1, i2t_r5, i2t_r10."""
+    sims = np.asarray(image_vecs, np.float32) @ np.asarray(text_vecs, np.float32).T
+    return recall_from_scores(sims, text_to_image, ks)
+
+
+def recall_from_scores(scores: np.ndarray, text_to_image: Sequence[int],
+                       ks: Sequence[int] = KS) -> dict[str, float]:
+    """Recall@K in percent of an (n_images, n_texts) score matrix (e.g. a model's `similarity`)."""
     text_to_image = np.asarray(text_to_image)
-    sims = np.asarray(text_vecs, np.float32) @ np.asarray(image_vecs, np.float32).T  # (T, I)
+    sims = np.asarray(scores, np.float32).T  # (T, I)
     # rank of the correct image for every caption (0 = first); ties count against us
     own = sims[np.arange(len(sims)), text_to_image]
     t2i_rank = (sims > own[:, None]).sum(1)
@@ -70,12 +77,12 @@ def evaluate_retrieval(data: str, split: str | None, model=None, batch_size: int
                            f"{failures[0][1]}")
     image_seconds = time.perf_counter() - start
     text_vecs = encoder.encode_texts(captions)
-    image_vecs = emb.semantic
+    scores = encoder.similarity(emb.semantic, text_vecs)
     captioner_name = None
     if captioner is not None:
-        image_vecs, captioner_name = _fuse_generated_captions(
-            image_vecs, images, encoder, captioner, batch_size)
-    result = recall_at_k(image_vecs, text_vecs, image_index)
+        scores, captioner_name = _fuse_generated_captions(
+            scores, text_vecs, images, encoder, captioner, batch_size)
+    result = recall_from_scores(scores, image_index)
     result.update({
         "n_images": len(images),
         "n_captions": len(captions),
@@ -88,9 +95,8 @@ def evaluate_retrieval(data: str, split: str | None, model=None, batch_size: int
     return result
 
 
-def _fuse_generated_captions(image_vecs, images, encoder, captioner, batch_size):
-    """image vectors whose dot product with a query is the index's hybrid score:
-    (1 - w) * sim(query, image) + w * sim(query, generated caption)."""
+def _fuse_generated_captions(scores, text_vecs, images, encoder, captioner, batch_size):
+    """The index's hybrid scores: (1 - w) * score(image, query) + w * sim(generated caption, query)."""
     from imagetext.caption.registry import load_captioner
     from imagetext.index.collection import CAPTION_WEIGHT
 
@@ -98,5 +104,5 @@ def _fuse_generated_captions(image_vecs, images, encoder, captioner, batch_size)
         captioner = load_captioner(captioner)
     texts = captioner.caption(images, batch_size=batch_size)
     caption_vecs = encoder.encode_texts(texts)
-    return (1 - CAPTION_WEIGHT) * image_vecs + CAPTION_WEIGHT * caption_vecs, captioner.name
+    return (1 - CAPTION_WEIGHT) * scores + CAPTION_WEIGHT * (caption_vecs @ text_vecs.T), captioner.name
 

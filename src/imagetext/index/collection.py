@@ -25,7 +25,7 @@ from imagetext.index.vectors import VectorIndex, choose_kind
 from imagetext.io.images import ImageLoadError, is_image_path, open_image_sized
 
 INDEX_DIRNAME = ".imagetext"
-# weight of the query-caption similarity in text search over captioned images (see _hybrid_search)
+# weight of the query-caption similarity in text search over captioned images (see _scored_search)
 CAPTION_WEIGHT = 0.1
 DB_NAME = "index.sqlite"
 
@@ -473,28 +473,31 @@ class Collection:
         if k < 1:
             raise ValueError("k must be at least 1")
         vec = self.encoder.encode_texts([query])
-        if self.store.count_vectors("caption") == 0:
-            scores, ids = self._vector_index("semantic").search(vec, k)
-            return self._results(scores[0], ids[0])
-        return self._hybrid_search(vec[0], k)
+        return self._scored_search(vec[0], k)
 
-    def _hybrid_search(self, query: np.ndarray, k: int) -> list[SearchResult]:
-        """Image-text similarity fused with query-caption similarity, for captioned images.
+    def _scored_search(self, query: np.ndarray, k: int) -> list[SearchResult]:
+        """Candidates from FAISS, each then scored exactly from its stored vectors.
 
-        Candidates come from both indexes, then each is scored exactly from its stored
-        vectors: (1 - w) * sim(query, image) + w * sim(query, caption), where w is
-        CAPTION_WEIGHT for images that have a caption and 0 for those that do not.
+        The image score is the model's `similarity` (cosine, or a hubness-corrected cosine),
+        fused for captioned images with the query-caption similarity:
+        (1 - w) * score(image, query) + w * sim(query, caption), where w is CAPTION_WEIGHT
+        for images that have a caption and 0 for those that do not; captions have an index of
+        their own that brings in candidates too.
         """
         pool = max(4 * k, 100)
+        kinds = ("semantic", "caption") if self.store.count_vectors("caption") else ("semantic",)
         candidates: set[int] = set()
-        for kind in ("semantic", "caption"):
+        for kind in kinds:
             _, ids = self._vector_index(kind).search(query[None], pool)
             candidates.update(int(i) for i in ids[0] if i >= 0)
         image_vecs = self.store.vectors(candidates, "semantic")
-        caption_vecs = self.store.vectors(candidates, "caption")
+        caption_vecs = self.store.vectors(candidates, "caption") if len(kinds) == 2 else {}
+        if not image_vecs:
+            return []
+        ids = list(image_vecs)
+        image_scores = self.encoder.similarity(np.stack([image_vecs[i] for i in ids]), query[None])[:, 0]
         scored = []
-        for i, v in image_vecs.items():
-            score = float(v @ query)
+        for i, score in zip(ids, image_scores.tolist()):
             if i in caption_vecs:
                 score = (1 - CAPTION_WEIGHT) * score + CAPTION_WEIGHT * float(caption_vecs[i] @ query)
             scored.append((score, i))

@@ -186,9 +186,13 @@ class MetadataStore:
         if not ids:
             return {}
         column = _VECTOR_COLUMNS[kind]
-        rows = self.db.execute(f"SELECT id, {column} FROM images WHERE id IN ({','.join('?' * len(ids))})"
-                               f" AND {column} IS NOT NULL", ids)
-        return {r[0]: blob_to_vector(r[1], kind) for r in rows}
+        out = {}
+        for i in range(0, len(ids), 10_000):  # below SQLite's limit on bound parameters
+            part = ids[i : i + 10_000]
+            rows = self.db.execute(f"SELECT id, {column} FROM images WHERE id IN ({','.join('?' * len(part))})"
+                                   f" AND {column} IS NOT NULL", part)
+            out.update((r[0], blob_to_vector(r[1], kind)) for r in rows)
+        return out
 
     def iter_vectors(self, kind: str, chunk: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) in chunks, for rebuilding a FAISS index."""

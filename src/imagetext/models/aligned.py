@@ -32,6 +32,7 @@ from imagetext.models.base import (
 )
 from imagetext.models.efficientnet_lite import EfficientNetLite, TowerTail, load_efficientnet_lite0
 from imagetext.models.heads import ImageHead, ImageHeadConfig, TextHead
+from imagetext.models.hubness import BANK_FILE
 from imagetext.models.minilm import MiniLMTextTower
 from imagetext.models.onnx_runtime import tower_runner
 from imagetext.models.registry import register_backend
@@ -116,13 +117,18 @@ class AlignedEncoder(ImageTextEncoder):
         res = self.image_tower.resolution
         self.preprocess = Preprocess(resize=res, crop=res)
         self._runner = None
+        # optional CSLS correction of the similarities (set_hubness_bank / the model folder)
+        self.hubness = None
+        self.hubness_settings: dict = {}
+        self._hubness_parts: dict[str, torch.Tensor] = {}
 
     # -- images --------------------------------------------------------------------------
     def image_module(self) -> TowerWithHead:
         """pixels -> (semantic, pooled, logits) in PyTorch: what the image path exports and runs."""
         return TowerWithHead(self.image_tower, self.image_head, self.image_tail).eval()
 
-    def encode_pixels(self, pixels: np.ndarray) -> ImageEmbeddings:
+    def _pixel_parts(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(trained semantic vectors, ConSE vectors or None, pooled visual vectors), unmixed."""
         if self._runner is None:
             # the ONNX cache key hashes the module's weights, tuned tail included
             tag = f"aligned-{self.image_tower.variant}" + (f"-tail{self.tuned_image_blocks}"
@@ -130,30 +136,83 @@ class AlignedEncoder(ImageTextEncoder):
             self._runner = tower_runner(self.image_module(), self.image_tower.resolution,
                                         ["semantic", "pooled", "logits"], tag=tag)
         out = self._runner(pixels)
-        semantic, pooled, logits = out["semantic"], out["pooled"], out["logits"]
-        semantic = l2_normalize(semantic)
+        conse = None
         if self.conse_weight:
-            conse = self._conse.conse_vectors(torch.from_numpy(logits)).numpy()
-            semantic = self._mix(semantic, conse)
-        return ImageEmbeddings(semantic, l2_normalize(pooled))
+            conse = self._conse.conse_vectors(torch.from_numpy(out["logits"])).numpy()
+        return l2_normalize(out["semantic"]), conse, out["pooled"]
 
-    def _mix(self, trained: np.ndarray, conse: np.ndarray) -> np.ndarray:
+    def encode_pixels(self, pixels: np.ndarray) -> ImageEmbeddings:
+        trained, conse, pooled = self._pixel_parts(pixels)
+        return ImageEmbeddings(self._mix(trained, conse), l2_normalize(pooled))
+
+    def _mix(self, trained: np.ndarray, conse: np.ndarray | None) -> np.ndarray:
         # concatenating unit vectors weighted (1, w) makes every similarity
         # (cos_trained + w^2 cos_conse) / (1 + w^2): a score-level ensemble in one index
+        if not self.conse_weight:
+            return trained
         w = self.conse_weight
-        return np.concatenate([trained, w * conse], axis=1) / np.sqrt(1.0 + w * w)
+        return (np.concatenate([trained, w * conse], axis=1) / np.sqrt(1.0 + w * w)).astype(np.float32)
 
     # -- texts ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+    def _text_parts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(trained text vectors, frozen MiniLM vectors for the ConSE part or None), unmixed."""
         base = torch.from_numpy(self.text_tower.encode(list(texts)))  # L2-normalised MiniLM vectors
         if len(base) == 0:
-            return np.zeros((0, self.dim), np.float32)
+            return np.zeros((0, self.image_head.config.dim), np.float32), None
         trained = l2_normalize(self.text_head(base).numpy())
         if not self.conse_weight:
-            return trained
-        frozen = base.numpy() if not self.tuned_text_layers else self._conse.encode_texts(texts)
-        return self._mix(trained, frozen).astype(np.float32)
+            return trained, None
+        return trained, base.numpy() if not self.tuned_text_layers else self._conse.encode_texts(texts)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return self._mix(*self._text_parts(texts))
+
+    # -- hubness correction ----------------------------------------------------------------
+    def similarity(self, image_vecs: np.ndarray, text_vecs: np.ndarray) -> np.ndarray:
+        if self.hubness is None:
+            return super().similarity(image_vecs, text_vecs)
+        return self.hubness.scores(image_vecs, text_vecs)
+
+    def set_hubness_bank(self, images: Sequence, captions: Sequence[str], k: int = 20,
+                         beta: float = 0.5, batch_size: int = 32) -> None:
+        """Correct this model's similarities for hubness (CSLS, models/hubness.py) against banks
+        made of `images` and `captions` (its training data), kept unmixed so that a changed
+        `conse_weight` still finds its banks."""
+        trained, conse = [], []
+        for i in range(0, len(images), batch_size):
+            pixels = np.stack([self.preprocess.load(im) for im in images[i : i + batch_size]])
+            t, c, _ = self._pixel_parts(pixels)
+            trained.append(t)
+            conse.append(c)
+        parts = {"images.trained": np.concatenate(trained)}
+        if self.conse_weight:
+            parts["images.conse"] = np.concatenate(conse)
+        text_trained, text_frozen = self._text_parts(captions)
+        parts["texts.trained"] = text_trained
+        if text_frozen is not None:
+            parts["texts.frozen"] = text_frozen
+        self._set_hubness({name: torch.from_numpy(np.ascontiguousarray(v)).half()
+                           for name, v in parts.items()},
+                          {"k": k, "beta": beta, "images": len(images), "texts": len(captions)})
+
+    def _set_hubness(self, parts: dict[str, torch.Tensor], settings: dict) -> None:
+        from imagetext.models.hubness import HubnessCorrection
+
+        def bank(kind: str, other: str) -> np.ndarray:
+            trained = parts[f"{kind}.trained"].float().numpy()
+            if not self.conse_weight:
+                return trained
+            if f"{kind}.{other}" not in parts:
+                raise ValueError("the hubness bank was made without ConSE: set conse_weight to 0 or "
+                                 "rebuild the bank (python -m imagetext.train.hubness_bank)")
+            return self._mix(trained, parts[f"{kind}.{other}"].float().numpy())
+
+        self._hubness_parts, self.hubness_settings = parts, dict(settings)
+        self.hubness = HubnessCorrection(bank("images", "conse"), bank("texts", "frozen"),
+                                         k=int(settings["k"]), beta=float(settings["beta"]))
 
     def dual_encoder(self) -> AlignedDualEncoder:
         """This model as trainable modules (what `imagetext train clip --mode finetune` needs)."""
@@ -175,7 +234,8 @@ class AlignedEncoder(ImageTextEncoder):
         image_state = {k[len("image_tower."):]: v for k, v in state.items() if k.startswith("image_tower.")}
         tail_state = {k[len(TAIL_PREFIX):]: v for k, v in state.items() if k.startswith(TAIL_PREFIX)}
         known = {"backend", "name", "image_head", "text_in_dim", "tuned_text_layers", "dim", "visual_dim",
-                 "image_tower", "text_tower", "image_tower_tuned", "conse_weight", "tuned_image_blocks"}
+                 "image_tower", "text_tower", "image_tower_tuned", "conse_weight", "tuned_image_blocks",
+                 "hubness"}
         encoder = cls(image_head, text_head, config.get("tuned_text_layers", 0), text_layers,
                       name=config.get("name", Path(folder).name),
                       extra_config={k: v for k, v in config.items() if k not in known},
@@ -185,6 +245,12 @@ class AlignedEncoder(ImageTextEncoder):
             raise ValueError(f"{folder}: config.json says tuned_image_blocks "
                              f"{config.get('tuned_image_blocks', 0)}, but {WEIGHTS_FILE} holds "
                              f"{encoder.tuned_image_blocks} tuned image-tower blocks")
+        if config.get("hubness"):
+            bank = Path(folder) / BANK_FILE
+            if not bank.is_file():
+                raise FileNotFoundError(f"{folder}: config.json asks for a hubness correction, but "
+                                        f"there is no {BANK_FILE}")
+            encoder._set_hubness(load_file(str(bank)), config["hubness"])
         return encoder
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
@@ -201,9 +267,15 @@ class AlignedEncoder(ImageTextEncoder):
             "conse_weight": self.conse_weight,
             "dim": self.dim,
             "visual_dim": self.visual_dim,
+            **({"hubness": self.hubness_settings} if self.hubness is not None else {}),
             **self.extra_config,
         }
         write_config(folder, config)
+        bank = Path(folder) / BANK_FILE
+        if self.hubness is not None:
+            save_file({k: v.contiguous() for k, v in self._hubness_parts.items()}, str(bank))
+        else:
+            bank.unlink(missing_ok=True)
         state = {f"image_head.{k}": v for k, v in self.image_head.state_dict().items()}
         state.update({f"text_head.{k}": v for k, v in self.text_head.state_dict().items()})
         if self.tuned_text_layers:

@@ -59,6 +59,12 @@ class ImageTextEncoder(ABC):
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Encode texts into the shared space: (N, dim) float32, L2-normalised."""
 
+    def similarity(self, image_vecs: np.ndarray, text_vecs: np.ndarray) -> np.ndarray:
+        """(n_images, n_texts) scores of semantic image vectors against text vectors: what
+        search, ranking, classification and evaluation order by. The cosine similarity here;
+        a model may correct it (an aligned model with a hubness bank: models/hubness.py)."""
+        return np.asarray(image_vecs, np.float32) @ np.asarray(text_vecs, np.float32).T
+
     def encode_images(self, images: Sequence[ImageSource], batch_size: int = 32) -> ImageEmbeddings:
         """Open, preprocess and encode images (paths, bytes or PIL images)."""
         sem, vis = [], []
