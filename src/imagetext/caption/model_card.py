@@ -56,8 +56,8 @@ constant lr {cfg.get('scst_lr')}.
 def _precision_text(cfg: dict) -> str:
     if cfg.get("precision", "fp32") == "fp32":
         return ""
-    return (", the decoder's training passes autocast to bfloat16 (weights, optimizer\n"
-            "and loss in float32)")
+    return (" The decoder's training passes ran in bfloat16\nautocast; weights, optimizer "
+            "and loss stayed float32.")
 
 
 def _tower_text(cfg: dict) -> str:
@@ -158,14 +158,15 @@ forcing, label smoothing {cfg['label_smoothing']}, AdamW (peak lr {cfg['lr']}, w
 {cfg['weight_decay']}), {cfg['warmup_steps']} warm-up steps then a cosine schedule, gradient
 clipping 2.0, captions truncated to {cfg['max_words']} words, {cfg['epochs']} cross-entropy
 epochs in all. {_batch_text(chosen['history'])}Trained on a shared 2-core machine with
-1 PyTorch thread{_precision_text(cfg)} (the epoch times above).
+1 PyTorch thread (the epoch times above).{_precision_text(cfg)}
 {_scst_text(cfg)}
 ## Reproduce
 ```bash
 scripts/train_default_captioner.sh ../shared/data/flickr8k runs/captioner
 ```
-(trains both architectures after a one-off ~3 min feature extraction, with the schedules
-above, and installs the better one here; the epoch times above add up to its run time). One architecture alone:
+(trains both architectures side by side after a one-off ~7 min feature extraction, with the
+schedules above, and installs the better one here; the longer run's epoch times above add up
+to its run time). One architecture alone:
 `imagetext train captioner --data ../shared/data/flickr8k --out runs/sat --arch show-attend-tell`;
 score any captioner with `imagetext eval caption --data ../shared/data/flickr8k --split val --json`.
 
