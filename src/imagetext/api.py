@@ -69,7 +69,7 @@ class Classification:
     image: str
     labels: list[str]
     scores: list[float]  # softmax over the labels, in the order of `labels`
-    similarities: list[float]  # raw cosine similarities
+    similarities: list[float]  # the model's image-label scores (cosine, hubness-corrected if it does)
     flagged: list[str] = field(default_factory=list)  # labels scoring >= threshold
 
     @property
