@@ -16,9 +16,13 @@ from imagetext.models.registry import PRETRAINED_DIR
 from tests.conftest import flickr_images
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def test_scores_follow_the_csls_formula():
     rng = np.random.default_rng(0)
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    unit = _unit
     images, texts = unit(rng.normal(size=(7, 16))), unit(rng.normal(size=(5, 16)))
     image_bank, text_bank = unit(rng.normal(size=(40, 16))), unit(rng.normal(size=(30, 16)))
     h = HubnessCorrection(image_bank, text_bank, k=4, beta=0.7)
