@@ -16,6 +16,7 @@ from imagetext.caption.decoding import _banned_ngram_tokens, beam_search, greedy
 from imagetext.caption.efficientnet_captioner import EfficientNetCaptioner
 from imagetext.caption.tokenizer import WordTokenizer, split_words
 from imagetext.train.captioner import _encode_captions
+from imagetext.train.precision import cpu_autocast
 
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
 needs_flickr = pytest.mark.skipif(not (FLICKR / "captions.tsv").is_file(), reason="no Flickr8k data")
@@ -63,7 +64,7 @@ def _train(decoder, tok, fmap, captions, steps, lr=3e-3, precision="fp32"):
     decoder.train()
     for _ in range(steps):
         # as the trainer does with --precision bf16: autocast forward, float32 loss and weights
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with cpu_autocast(precision):
             logits, aux = decoder(decoder.encode(fmap), inputs)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                ignore_index=0)

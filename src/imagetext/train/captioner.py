@@ -33,6 +33,7 @@ from imagetext.caption.efficientnet_captioner import EfficientNetCaptioner
 from imagetext.caption.tokenizer import EOS, WordTokenizer, split_words
 from imagetext.eval.caption_metrics import caption_scores
 from imagetext.models.efficientnet_lite import TowerTail
+from imagetext.train.precision import check_precision, cpu_autocast
 
 FEATURE_OUTPUTS = ("logits", "pooled", "fmap")  # shared cache with the retrieval trainers
 
@@ -225,8 +226,7 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
         raise ValueError(f"unknown arch {cfg.arch!r}; choose from {', '.join(DECODER_DEFAULTS)} (or 'sat')")
     if cfg.lr is None:
         cfg.lr = default_lr(cfg.arch)
-    if cfg.precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, not {cfg.precision!r}")
+    check_precision(cfg.precision)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -296,7 +296,7 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     total_epochs = cfg.epochs + cfg.scst_epochs
     last_epoch = min(total_epochs, cfg.stop_after or total_epochs)
     cider = None
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    autocast = cpu_autocast(cfg.precision)
     for epoch in range(start_epoch, last_epoch):
         t_epoch = time.time()
         scst = epoch >= cfg.epochs

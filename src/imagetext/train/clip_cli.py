@@ -6,6 +6,7 @@ from pathlib import Path
 
 from imagetext.train.clip_train import MODES, DataSpec, train_clip
 from imagetext.train.contrastive import TrainConfig
+from imagetext.train.precision import check_precision
 
 
 def run_train_clip(*, data, out, mode, val_data, images_dir, train_split, val_split, holdout, epochs,
@@ -16,8 +17,7 @@ def run_train_clip(*, data, out, mode, val_data, images_dir, train_split, val_sp
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError("precision must be fp32 or bf16")
+    check_precision(precision)
     if threads:
         torch.set_num_threads(threads)
     spec = DataSpec(sources=list(data), val_sources=list(val_data or []), split=train_split,

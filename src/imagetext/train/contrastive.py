@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from imagetext.train.clip_loss import LogitScale, clip_loss
+from imagetext.train.precision import cpu_autocast
 
 SELECTION_METRIC = "rsum"  # sum of the six recalls: the usual model-selection number
 
@@ -150,7 +151,7 @@ def train_contrastive(task: ContrastiveTask, config: TrainConfig) -> TrainResult
         _set_rng_state(state["rng"])
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
 
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    autocast = cpu_autocast(config.precision)
     started = time.perf_counter()
     bar = None
     if config.progress:
