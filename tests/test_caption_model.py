@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from imagetext.caption import CaptionerNotFoundError, load_captioner
-from imagetext.caption.decoders import build_decoder
+from imagetext.caption.decoders import build_decoder, select_rows
 from imagetext.caption.decoding import _banned_ngram_tokens, beam_search, greedy_decode
 from imagetext.caption.efficientnet_captioner import EfficientNetCaptioner
 from imagetext.caption.tokenizer import WordTokenizer, split_words
@@ -115,6 +115,29 @@ def test_beam_one_equals_greedy_and_beams_are_ranked(photos, arch):
     # strictly better on some image): compare against greedy
     greedy = greedy_decode(decoder, memory, tok.bos_id, tok.eos_id, max_length=12)
     assert all(b[0][1] >= g[1] - 1e-5 for b, g in zip(beams, greedy))
+
+
+def test_transformer_cached_steps_equal_the_full_forward(photos):
+    """The key/value-cached incremental step gives the log-probabilities of the teacher-forced
+    forward pass at every position, also after the cache is reordered (as beam search does)."""
+    rows, tok, fmap = photos
+    torch.manual_seed(2)
+    decoder = build_decoder("transformer", vocab_size=len(tok), **{**SMALL["transformer"], "dropout": 0.1})
+    _train(decoder, tok, fmap, [c for _, c in rows], steps=10)
+    decoder.eval()
+    inputs, _, _ = _encode_captions(tok, [[c] for _, c in rows], max_words=12)
+    memory = decoder.encode(fmap)
+    with torch.no_grad():
+        full = decoder(memory, inputs)[0].float().log_softmax(-1)
+        state = decoder.init_state(memory)
+        order = torch.arange(len(rows)).flip(0)
+        for t in range(1, inputs.shape[1] + 1):
+            if t == 4:  # reorder the rows mid-caption: every cached tensor must follow
+                state = select_rows(state, order)
+                inputs, full = inputs[order], full[order]
+            log_probs, state = decoder.step(state, inputs[:, :t])
+            assert torch.allclose(log_probs, full[:, t - 1], atol=1e-4)
+    assert state["self_k0"].shape[2] == inputs.shape[1]
 
 
 def test_no_repeat_ngram():

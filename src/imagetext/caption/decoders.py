@@ -14,7 +14,9 @@ Both decoders read the (B, C, H, W) feature map (EfficientNet-Lite0: 1280 x 7 x 
    additive (Bahdanau) attention over the 49 regions, a gated context, initial state from
    the mean feature and the doubly stochastic attention regulariser.
 2. `TransformerCaptionDecoder`: a pre-norm transformer decoder with causal self-attention
-   and cross-attention over the 49 regions plus one global (mean-pooled) token.
+   and cross-attention over the 49 regions plus one global (mean-pooled) token. Teacher
+   forcing runs `nn.TransformerDecoder`; incremental decoding runs the same layers' weights
+   one token at a time with a key/value cache (`step`).
 """
 
 from __future__ import annotations
@@ -158,7 +160,31 @@ class TransformerCaptionDecoder(nn.Module):
         return {"memory": self.dropout(memory)}
 
     def init_state(self, memory: State) -> State:
-        return dict(memory)
+        """The memory plus, per layer, the cross-attention keys/values of the memory (computed
+        once per image) and an empty self-attention key/value cache."""
+        state = dict(memory)
+        mem = memory["memory"]
+        batch = mem.shape[0]
+        for i, layer in enumerate(self.decoder.layers):
+            attn = layer.multihead_attn
+            d = attn.embed_dim
+            k = F.linear(mem, attn.in_proj_weight[d : 2 * d], attn.in_proj_bias[d : 2 * d])
+            v = F.linear(mem, attn.in_proj_weight[2 * d :], attn.in_proj_bias[2 * d :])
+            state[f"cross_k{i}"], state[f"cross_v{i}"] = self._heads(k, attn), self._heads(v, attn)
+            empty = mem.new_zeros((batch, attn.num_heads, 0, d // attn.num_heads))
+            state[f"self_k{i}"], state[f"self_v{i}"] = empty, empty
+        return state
+
+    @staticmethod
+    def _heads(x: torch.Tensor, attn: nn.MultiheadAttention) -> torch.Tensor:
+        """(B, T, d) -> (B, heads, T, d / heads)."""
+        b, t, d = x.shape
+        return x.view(b, t, attn.num_heads, d // attn.num_heads).transpose(1, 2)
+
+    @staticmethod
+    def _merge(x: torch.Tensor) -> torch.Tensor:
+        b, h, t, dh = x.shape
+        return x.transpose(1, 2).reshape(b, t, h * dh)
 
     def _decode(self, memory: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         t = inputs.shape[1]
@@ -173,11 +199,36 @@ class TransformerCaptionDecoder(nn.Module):
         return self._decode(memory["memory"], inputs), inputs.new_zeros((), dtype=torch.float32)
 
     def step(self, state: State, prefix: torch.Tensor):
-        # the whole prefix is recomputed each step: captions are short (<= ~20 tokens) and
-        # this keeps nn.TransformerDecoder as it is (no key/value cache to maintain)
-        logits = self._decode(state["memory"], prefix)[:, -1]
+        """Log-probabilities of the next token after `prefix`, feeding only its last token:
+        the keys/values of the earlier tokens are in `state` (the cache `init_state` starts).
+        The same computation as `nn.TransformerDecoderLayer` (pre-norm, GELU) on its weights;
+        a test checks it against the full forward pass. Dropout is applied as in training
+        when the module is in training mode."""
+        t = prefix.shape[1] - 1  # position of the token fed now
+        if t >= self.pos.num_embeddings:
+            raise ValueError(f"caption longer than {self.pos.num_embeddings} tokens")
+        state = dict(state)
+        x = self.embed(prefix[:, -1:]) * (self.embed.embedding_dim ** 0.5) + self.pos.weight[t : t + 1]
+        x = self.dropout(x)
+        p = self.dropout.p if self.training else 0.0
+        for i, layer in enumerate(self.decoder.layers):
+            sa = layer.self_attn
+            q, k, v = F.linear(layer.norm1(x), sa.in_proj_weight, sa.in_proj_bias).chunk(3, -1)
+            state[f"self_k{i}"] = torch.cat([state[f"self_k{i}"], self._heads(k, sa)], 2)
+            state[f"self_v{i}"] = torch.cat([state[f"self_v{i}"], self._heads(v, sa)], 2)
+            a = F.scaled_dot_product_attention(self._heads(q, sa), state[f"self_k{i}"], state[f"self_v{i}"],
+                                               dropout_p=p)
+            x = x + layer.dropout1(sa.out_proj(self._merge(a)))
+            ca = layer.multihead_attn
+            d = ca.embed_dim
+            q = F.linear(layer.norm2(x), ca.in_proj_weight[:d], ca.in_proj_bias[:d])
+            a = F.scaled_dot_product_attention(self._heads(q, ca), state[f"cross_k{i}"], state[f"cross_v{i}"],
+                                               dropout_p=p)
+            x = x + layer.dropout2(ca.out_proj(self._merge(a)))
+            ff = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm3(x)))))
+            x = x + layer.dropout3(ff)
+        logits = self.out(self.norm(x[:, 0]))
         return logits.float().log_softmax(-1), state
-
 
 ARCHITECTURES = {
     ShowAttendTellDecoder.arch: ShowAttendTellDecoder,
