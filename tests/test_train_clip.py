@@ -70,7 +70,10 @@ def test_checkpoint_resumes_to_the_same_state(tiny, tmp_path):
     assert [h["epoch"] for h in r2.history] == [0, 1, 2, 3]
     for (k, v), w in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(v, w), k
-    assert r1.best_metrics == r2.best_metrics
+    def untimed(metrics: dict) -> dict:  # the epoch's wall time differs from run to run
+        return {k: v for k, v in metrics.items() if k != "seconds"}
+
+    assert untimed(r1.best_metrics) == untimed(r2.best_metrics)
     assert (tmp_path / "b" / "best.pt").is_file()
 
 

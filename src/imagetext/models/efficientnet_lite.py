@@ -196,6 +196,15 @@ class TowerTail(nn.Module):
         for p in self.parameters():
             p.requires_grad_(True)
 
+    def train(self, mode: bool = True):
+        """Training mode, except that BatchNorm keeps the ImageNet running statistics: batch
+        statistics of small CPU batches would wreck them."""
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
     def forward(self, x: torch.Tensor) -> EfficientNetLiteFeatures:
         for i, block in self._blocks.items():
             x = block(x, self.drop_connect[i])

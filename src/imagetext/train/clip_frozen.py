@@ -152,14 +152,6 @@ class FrozenHeadsModel(nn.Module):
         self.text = TextPath(tower, tuned_text_layers, head.dim)
         self.image_tail = TowerTail(image_tower, tuned_image_blocks) if tuned_image_blocks else None
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.image_tail is not None:
-            for m in self.image_tail.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.eval()  # keep the ImageNet running statistics
-        return self
-
     def image_vectors(self, feats: dict) -> torch.Tensor:
         """Un-normalised image vectors from cached features (block inputs when the tail is tuned)."""
         if self.image_tail is not None:
