@@ -133,3 +133,49 @@ def test_captioner_on_an_aligned_models_tuned_tower_tail(tiny_dataset, tmp_path)
     with pytest.raises(ValueError, match="other image features"):
         cfg.image_tower, cfg.epochs = None, 2
         train_captioner(tiny_dataset, out, cfg, resume=True, log=lambda *_: None)
+
+
+def test_captioner_trains_the_tower_tail_with_the_decoder(tiny_dataset, tmp_path):
+    """`--tune-image-tail`: the frozen tower's last block and head conv train with the decoder
+    (on cached block inputs, over centre, mirror and crop views); the saved captioner carries the
+    trained tail and captions images through it; resume continues from the trained tail."""
+    import numpy as np
+    import torch
+
+    from imagetext.caption import load_captioner
+    from imagetext.models.efficientnet_lite import TowerTail, load_efficientnet_lite0
+
+    out = tmp_path / "run"
+    small = {"embed_dim": 32, "hidden_dim": 64, "attention_dim": 32, "dropout": 0.0}
+    cfg = CaptionTrainConfig(arch="sat", epochs=2, images_per_batch=8, lr=3e-3, warmup_steps=2,
+                             min_count=1, final_beam=1, decoder=small, tune_image_tail=True,
+                             image_lr=1e-3, crop_views=1, precision="bf16")
+    first = train_captioner(tiny_dataset, out, cfg, log=lambda *_: None)
+    tower = load_efficientnet_lite0()
+    frozen = TowerTail(tower, 1).state_dict()
+    trained = torch.load(out / "checkpoint.pt", weights_only=False)["image_tail"]
+    changed = [k for k, v in frozen.items() if v.is_floating_point() and not torch.equal(v, trained[k])]
+    assert any(k.startswith("_blocks.15.") for k in changed) and any(k.startswith("_conv_head") for k in changed)
+    # BatchNorm keeps the ImageNet running statistics
+    assert all(torch.equal(frozen[k], trained[k]) for k in frozen if k.endswith(("running_mean", "running_var")))
+
+    captioner = load_captioner(str(out / "best"))
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["tuned_image_blocks"] == 1 and config["image_tail_trained_with_captioner"] is True
+    images = sorted((tiny_dataset / "images").iterdir())[:2]
+    pixels = np.stack([captioner.preprocess.load(p) for p in images])
+    with torch.no_grad():
+        x = torch.from_numpy(pixels)
+        tuned = captioner.image_tail(tower.forward_trunk(x, 15)).feature_map.numpy()
+    np.testing.assert_allclose(captioner.feature_map(pixels), tuned, atol=1e-3)
+    assert all(isinstance(c, str) and c for c in captioner.caption([str(p) for p in images], beam_size=1))
+
+    cfg.epochs, cfg.scst_epochs = 3, 1
+    second = train_captioner(tiny_dataset, out, cfg, resume=True, log=lambda *_: None)
+    assert [h["objective"] for h in second["history"]] == ["xe", "xe", "xe", "scst"]
+    assert second["history"][:2] == first["history"]
+    assert second["history"][3]["lr"] == cfg.scst_lr
+
+    with pytest.raises(ValueError, match="tune_image_tail"):
+        cfg.tune_image_tail, cfg.epochs = False, 5
+        train_captioner(tiny_dataset, out, cfg, resume=True, log=lambda *_: None)

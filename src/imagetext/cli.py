@@ -334,6 +334,12 @@ def train_captioner_cmd(
         help="Read the feature map of this aligned model's tuned tower tail (e.g. aligned-flickr8k, "
         "trained with `train clip --tune-image-blocks`) instead of the frozen tower's; the "
         "captioner keeps a copy of the tail.")] = None,
+    tune_image_tail: Annotated[bool, typer.Option(
+        help="Train the image tower's last block and head conv (the --image-tower tail, or the "
+        "frozen tower's) with the decoder, at --image-lr.")] = False,
+    image_lr: Annotated[float, typer.Option(help="Learning rate of the tuned tower tail.")] = 1e-4,
+    crop_views: Annotated[int, typer.Option(
+        min=0, max=16, help="Also this many cached random resized crops per training image.")] = 0,
     precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast of the decoder's "
                          "training passes: ~2x faster on a CPU with AVX-512 BF16).")] = "fp32",
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for PyTorch.")] = None,
@@ -356,7 +362,9 @@ def train_captioner_cmd(
                                 images_per_batch=images_per_batch, label_smoothing=label_smoothing,
                                 flip=flip, final_beam=beam, seed=seed, val_images=val_images,
                                 stop_after=stop_after, scst_epochs=scst_epochs, scst_lr=scst_lr,
-                                image_tower=image_tower, precision=precision, threads=threads)
+                                image_tower=image_tower, tune_image_tail=tune_image_tail,
+                                image_lr=image_lr, crop_views=crop_views, precision=precision,
+                                threads=threads)
     result = train_captioner(str(data), out, config, train_split=train_split, val_split=val_split,
                              resume=resume, name=name)
     print(f"best epoch {result['best_epoch']}; the captioner is in {out / 'best'}")

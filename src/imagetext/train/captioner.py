@@ -3,9 +3,13 @@
 `train_captioner(data, arch=...)` reads a captioned dataset (any format
 `imagetext.data.read_pairs` understands, with train/val splits), builds the word
 vocabulary from the training captions, caches the EfficientNet-Lite0 feature maps of the
-training images (centre view + mirror image as augmentation) and of the validation
-images, and trains a decoder from `caption.decoders` with teacher forcing, label
-smoothing, AdamW and a warm-up + cosine learning-rate schedule.
+training images (centre view + mirror image, optionally random resized crops, as
+augmentation) and of the validation images, and trains a decoder from `caption.decoders`
+with teacher forcing, label smoothing, AdamW and a warm-up + cosine learning-rate schedule.
+With `tune_image_tail`, the image tower's last MBConv block and head conv (an aligned
+model's tuned tail, or the frozen tower's) train with the decoder at their own learning
+rate: the cache then holds the 192x7x7 activation entering that block, and each batch runs
+the tail (cheap next to the decoder) before the decoder.
 
 After every epoch it decodes the validation images greedily, scores BLEU-4 and CIDEr
 (fast word tokenisation, no Java) and keeps the best-CIDEr model as a captioner folder
@@ -66,9 +70,14 @@ class CaptionTrainConfig:
     max_words: int = 22  # longer training captions are truncated
     min_count: int = 5  # vocabulary: words seen at least this often in training
     flip: bool = True  # use the mirrored view as augmentation (half the epochs' samples)
+    crop_views: int = 0  # also this many cached random resized crops per image (train/features.py)
     # an aligned model (name or folder) with a tuned tower tail (`train clip --tune-image-blocks`):
     # the captioner reads the feature map of that tail (kept in its folder) instead of the frozen one
     image_tower: str | None = None
+    # train that tail (or, without image_tower, a copy of the frozen tower's last block and
+    # head conv) together with the decoder, at image_lr (BatchNorm statistics stay fixed)
+    tune_image_tail: bool = False
+    image_lr: float = 1e-4
     val_images: int | None = None  # per-epoch validation on the first N val images (None = all)
     final_beam: int = 3
     seed: int = 0
@@ -102,19 +111,35 @@ def load_caption_split(data: str | Path, split: str) -> CaptionSplit:
     return CaptionSplit(images, [by_image[i] for i in images], [ids[i] for i in images])
 
 
+def split_block_inputs(split: CaptionSplit, tail: TowerTail, view: str = "center",
+                       progress: bool = True) -> np.ndarray:
+    """(N, 192, 7, 7) float16 activations entering `tail`'s first block (cached)."""
+    from imagetext.train.features import block_input_name, extract_features
+
+    name = block_input_name(tail.first)
+    return extract_features(split.images, outputs=(name,), view=view, progress=progress)[name]
+
+
+def tail_feature_maps(tail: TowerTail, block_inputs: np.ndarray) -> np.ndarray:
+    """(N, 1280, 7, 7) float16 feature maps of `tail` (in inference mode) on block inputs."""
+    was_training = tail.training
+    tail.eval()
+    with torch.inference_mode():
+        maps = np.concatenate([tail(torch.from_numpy(block_inputs[i : i + 256]).float()).feature_map.half().numpy()
+                               for i in range(0, len(block_inputs), 256)])
+    tail.train(was_training)
+    return maps
+
+
 def split_features(split: CaptionSplit, view: str = "center", progress: bool = True,
                    tail: TowerTail | None = None) -> np.ndarray:
     """(N, 1280, 7, 7) float16 feature maps of the split's images: the frozen tower's (cached),
     or `tail`'s, run on the cached activation entering its first block."""
-    from imagetext.train.features import block_input_name, extract_features
+    from imagetext.train.features import extract_features
 
     if tail is None:
         return extract_features(split.images, outputs=FEATURE_OUTPUTS, view=view, progress=progress)["fmap"]
-    name = block_input_name(tail.first)
-    x = extract_features(split.images, outputs=(name,), view=view, progress=progress)[name]
-    with torch.inference_mode():
-        return np.concatenate([tail(torch.from_numpy(x[i : i + 256]).float()).feature_map.half().numpy()
-                               for i in range(0, len(x), 256)])
+    return tail_feature_maps(tail, split_block_inputs(split, tail, view, progress))
 
 
 def tuned_tower_tail(model: str) -> TowerTail:
@@ -242,16 +267,22 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
 
     t0 = time.time()
     tail = tuned_tower_tail(cfg.image_tower) if cfg.image_tower else None
-    views = [split_features(train, "center", tail=tail)]
-    if cfg.flip:
-        views.append(split_features(train, "flip", tail=tail))
-    val_fmap = split_features(val, "center", tail=tail)
+    tune = cfg.tune_image_tail
+    if tune and tail is None:
+        from imagetext.models.efficientnet_lite import load_efficientnet_lite0
+
+        tail = TowerTail(load_efficientnet_lite0(), 1)
+    view_names = ["center"] + (["flip"] if cfg.flip else []) + [f"crop{k}" for k in range(cfg.crop_views)]
+    if tune:  # the cache holds what enters the tail; each batch runs the tail being trained
+        views = [split_block_inputs(train, tail, v) for v in view_names]
+        val_inputs = split_block_inputs(val, tail)
+    else:
+        views = [split_features(train, v, tail=tail) for v in view_names]
+        val_fmap = split_features(val, "center", tail=tail)
+    val_sub = val
     if cfg.val_images:
         val_sub = CaptionSplit(val.images[: cfg.val_images], val.captions[: cfg.val_images],
                                val.ids[: cfg.val_images])
-        val_sub_fmap = val_fmap[: cfg.val_images]
-    else:
-        val_sub, val_sub_fmap = val, val_fmap
     log(f"features ready in {time.time() - t0:.0f}s")
     views_t = [torch.from_numpy(v) for v in views]  # float16; cast per batch
 
@@ -264,10 +295,16 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
 
     decoder_args = {**DECODER_DEFAULTS[cfg.arch], **cfg.decoder, "vocab_size": len(tokenizer)}
     decoder = build_decoder(cfg.arch, **decoder_args)
+    extra = ({"image_tower": cfg.image_tower} if cfg.image_tower else {}) | (
+        {"image_tail_trained_with_captioner": True} if tune else {})
     captioner = EfficientNetCaptioner(decoder, tokenizer, name=name or f"lite0-{cfg.arch}-flickr8k",
                                       generation={"beam_size": cfg.final_beam}, image_tail=tail,
-                                      extra_config={"image_tower": cfg.image_tower} if tail else None)
-    optimizer = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+                                      extra_config=extra or None)
+    groups = [{"params": list(decoder.parameters()), "lr_scale": 1.0}]
+    if tune:
+        groups.append({"params": list(tail.parameters()), "lr": cfg.image_lr, "lr_scale": cfg.image_lr / cfg.lr})
+    trained = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train.images) / cfg.images_per_batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(cfg.warmup_steps, cfg.epochs * steps_per_epoch))
@@ -279,10 +316,15 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
         if ckpt["tokenizer"] != tokenizer.words or ckpt["arch"] != cfg.arch:
             raise ValueError(f"{ckpt_path} was trained with another vocabulary or architecture")
         saved_tail = ckpt.get("image_tail")
-        if (saved_tail is None) != (tail is None) or (tail is not None and any(
+        if ckpt["config"].get("tune_image_tail", False) != tune:
+            raise ValueError(f"{ckpt_path} was trained with tune_image_tail="
+                             f"{ckpt['config'].get('tune_image_tail', False)}; resume with the same setting")
+        if (saved_tail is None) != (tail is None) or (tail is not None and not tune and any(
                 not torch.equal(v, saved_tail[k]) for k, v in tail.state_dict().items())):
             raise ValueError(f"{ckpt_path} was trained on other image features (--image-tower "
                              f"{ckpt['config'].get('image_tower')}); resume with the same tower")
+        if tune:
+            tail.load_state_dict(saved_tail)
         decoder.load_state_dict(ckpt["decoder"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -291,7 +333,9 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
         random.setstate(ckpt["python_rng"])
         log(f"resumed from {ckpt_path} after epoch {start_epoch}")
     n_params = sum(p.numel() for p in decoder.parameters())
-    log(f"{cfg.arch}: {n_params / 1e6:.2f} M decoder parameters, {steps_per_epoch} steps/epoch")
+    log(f"{cfg.arch}: {n_params / 1e6:.2f} M decoder parameters"
+        + (f" + {sum(p.numel() for p in tail.parameters()) / 1e6:.2f} M in the tuned tower tail" if tune else "")
+        + f", {steps_per_epoch} steps/epoch")
 
     total_epochs = cfg.epochs + cfg.scst_epochs
     last_epoch = min(total_epochs, cfg.stop_after or total_epochs)
@@ -302,13 +346,15 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
         scst = epoch >= cfg.epochs
         # SCST trains the policy used at inference: no dropout while sampling
         decoder.train(not scst)
+        if tune:
+            tail.train(not scst)
         if scst:
             if cider is None:
                 from imagetext.train.scst import CiderD
 
                 cider = CiderD([[split_words(c) + [EOS] for c in caps] for caps in train.captions])
             for group in optimizer.param_groups:
-                group["lr"] = cfg.scst_lr
+                group["lr"] = cfg.scst_lr * group.get("lr_scale", 1.0)
         batches = _epoch_batches("show-attend-tell" if scst else cfg.arch, rows_of_image, lengths,
                                  cfg.images_per_batch, rows_per_batch, random)
         total_loss, total_tokens, total_reward, n_samples = 0.0, 0, 0.0, 0
@@ -316,9 +362,10 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
             rows_t = torch.tensor(rows)
             rows_t = rows_t[lengths[rows_t].argsort(descending=True, stable=True)]
             images, inverse = torch.unique(owner[rows_t], return_inverse=True)
-            fmap = torch.stack([views_t[random.randrange(len(views_t))][i] for i in images.tolist()])
+            features = torch.stack([views_t[random.randrange(len(views_t))][i] for i in images.tolist()])
             if scst:
                 with autocast:
+                    fmap = tail(features.float()).feature_map if tune else features
                     loss, rewards = _scst_loss(decoder, fmap, images, tokenizer, cider, cfg)
                 aux, n_tok = loss.new_zeros(()), 1
                 total_reward += float(rewards.sum())
@@ -328,6 +375,7 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
                 width = int(row_lengths.max())
                 x, y = inputs[rows_t, :width], targets[rows_t, :width]
                 with autocast:
+                    fmap = tail(features.float()).feature_map if tune else features
                     memory = select_rows(decoder.encode(fmap.float()), inverse)
                     logits, aux = decoder(memory, x, row_lengths)
                 loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
@@ -335,14 +383,16 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
                 n_tok = int((y != 0).sum())
             optimizer.zero_grad(set_to_none=True)
             (loss + aux).backward()
-            torch.nn.utils.clip_grad_norm_(decoder.parameters(), 2.0)
+            torch.nn.utils.clip_grad_norm_(trained, 2.0)
             optimizer.step()
             if not scst:
                 scheduler.step()
             total_loss += loss.item() * n_tok
             total_tokens += n_tok
         train_time = time.time() - t_epoch
-        scores = validate(captioner, val_sub_fmap, val_sub, beam_size=1)
+        if tune:
+            val_fmap = tail_feature_maps(tail, val_inputs)
+        scores = validate(captioner, val_fmap[: len(val_sub.images)], val_sub, beam_size=1)
         record = {"epoch": epoch + 1, "objective": "scst" if scst else "xe",
                   "images_per_batch": cfg.images_per_batch, "loss": total_loss / total_tokens, **scores,
                   **({"train_reward_cider": total_reward / n_samples} if scst else {}),
@@ -362,6 +412,8 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
                     "python_rng": random.getstate()}, ckpt_path)
 
     best = EfficientNetCaptioner.from_pretrained(out / "best")
+    if tune:
+        val_fmap = tail_feature_maps(best.image_tail, val_inputs)
     t_eval = time.time()
     final = validate(best, val_fmap, val, beam_size=cfg.final_beam, full=True)
     result = {"model": best.name, "arch": cfg.arch, "split": val_split, "n_images": len(val.images),
