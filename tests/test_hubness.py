@@ -99,3 +99,51 @@ def test_search_rank_and_classify_order_by_the_corrected_scores(hub_model, galle
     assert Path(col.search("a cat", k=1)[0].path).name == "chelsea.png"
     result = classify([str(gallery / "coffee.png")], "cat, dog, cup of coffee, car", model=encoder)
     assert result[0].top == "cup of coffee"
+
+
+def test_index_stores_each_images_offset_and_search_reports_the_query_scale(hub_model, gallery, tmp_path):
+    """Indexing stores every image's hubness offset once; search scores are cos - offset(image)
+    (the query's own offset left out, as `rank` does), so a right match reads above zero; a
+    changed correction (another beta in config.json) makes the stored offsets stale and they are
+    recomputed, never mixed."""
+    from imagetext.api import Collection, rank
+
+    encoder = AlignedEncoder.from_pretrained(hub_model)
+    index_dir = tmp_path / "index"
+    col = Collection.open(gallery, index_dir=index_dir, model=str(hub_model))
+    col.index(progress=False, batch_size=8)
+    store = col.store
+    assert store.ids_without_offset() == []
+    ids = [i for _, _, i in store.file_states().values()]
+    vecs = store.vectors(ids, "semantic")
+    offsets = store.offsets(ids)
+    np.testing.assert_allclose([offsets[i] for i in ids],
+                               encoder.image_offsets(np.stack([vecs[i] for i in ids])), atol=1e-5)
+
+    query = encoder.encode_texts(["a cat"])[0]
+    results = col.search("a cat", k=3)
+    for r in results:
+        image_id = next(i for p, (_, _, i) in store.file_states().items() if str(gallery / p) == r.path)
+        assert r.score == pytest.approx(float(vecs[image_id] @ query) - offsets[image_id], abs=1e-5)
+    assert Path(results[0].path).name == "chelsea.png" and results[0].score > 0
+    ranked = rank("a cat", [results[0].path], model=encoder)
+    assert ranked[0].score == pytest.approx(results[0].score, abs=1e-4)
+    # the score differs from the symmetric similarity only by the query's own offset
+    full = encoder.similarity(vecs[ids[0]][None], query[None])[0, 0]
+    assert encoder.query_scores(vecs[ids[0]][None], query)[0] == pytest.approx(
+        full + encoder.text_offsets(query[None])[0], abs=1e-5)
+    col.close()
+
+    changed = tmp_path / "beta1"
+    shutil.copytree(hub_model, changed)
+    config = json.loads((changed / "config.json").read_text())
+    config["hubness"]["beta"] = 1.0
+    (changed / "config.json").write_text(json.dumps(config))
+    other = AlignedEncoder.from_pretrained(changed)
+    col = Collection.open(gallery, index_dir=index_dir, model=str(changed))
+    top = col.search("a cat", k=1)[0]
+    top_id = next(i for p, (_, _, i) in col.store.file_states().items() if str(gallery / p) == top.path)
+    expected = other.query_scores(vecs[top_id][None], query)[0]
+    assert top.score == pytest.approx(float(expected), abs=1e-5)
+    assert col.store.offsets([top_id])[top_id] == pytest.approx(2 * offsets[top_id], abs=1e-5)
+    col.close()

@@ -148,7 +148,8 @@ def rank(prompt: str, images: Sequence[ImageSource],
     if not prompt:
         raise ValueError("the prompt is empty")
     encoder = get_encoder(model)
-    sims = encoder.similarity(encoder.encode_images(list(images)).semantic,
-                              encoder.encode_texts([prompt]))[:, 0]
+    # the scale search reports too: the order of `similarity`, without the prompt's own offset
+    sims = encoder.query_scores(encoder.encode_images(list(images)).semantic,
+                                encoder.encode_texts([prompt])[0])
     order = np.argsort(-sims, kind="stable")
     return [RankedImage(_image_name(images[i]), float(sims[i]), int(i)) for i in order]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -324,6 +325,8 @@ class Collection:
                     vecs = (np.concatenate(added_vecs[kind]) if added_vecs[kind]
                             else np.zeros((0, v.dim), np.float32))
                     v.apply(new_ids, vecs, gone)
+            if encoder is not None:
+                self._fill_offsets(encoder)
             if captioner is not None:
                 report.captioned = self._caption_missing(captioner, batch_size, workers, progress)
             report.seconds = time.perf_counter() - start
@@ -454,6 +457,42 @@ class Collection:
         added_vecs["semantic"].append(np.stack([im.semantic for im in images]).astype(np.float32))
         added_vecs["visual"].append(np.stack([im.visual for im in images]).astype(np.float32))
 
+    def _fill_offsets(self, encoder, chunk: int = 4096) -> None:
+        """Compute the score offset (models/base.py) of every image that has none stored:
+        once per image, at indexing time, instead of for each query's candidates."""
+        if not encoder.offsets_key:
+            return
+        if self.store.get_meta("offsets_key") != encoder.offsets_key:
+            self.store.reset_offsets(encoder.offsets_key)
+        todo = self.store.ids_without_offset()
+        for i in range(0, len(todo), chunk):
+            vecs = self.store.vectors(todo[i : i + chunk], "semantic")
+            ids = list(vecs)
+            offsets = encoder.image_offsets(np.stack([vecs[j] for j in ids]))
+            self.store.set_offsets(zip(ids, offsets.tolist()))
+
+    def _image_offsets(self, ids: list[int], vecs: np.ndarray) -> np.ndarray | None:
+        """The stored score offsets of these images (`vecs`: their semantic vectors); any
+        missing (an index written before offsets were stored) are computed and stored now.
+        None when the model has no offsets."""
+        encoder = self.encoder
+        if not encoder.offsets_key:
+            return None
+        stored = {}
+        if self.store.get_meta("offsets_key") == encoder.offsets_key:
+            stored = self.store.offsets(ids)
+        missing = [j for j, i in enumerate(ids) if i not in stored]
+        if missing:
+            fresh = encoder.image_offsets(vecs[missing]).tolist()
+            stored.update((ids[j], o) for j, o in zip(missing, fresh))
+            try:
+                if self.store.get_meta("offsets_key") != encoder.offsets_key:
+                    self.store.reset_offsets(encoder.offsets_key)
+                self.store.set_offsets((ids[j], o) for j, o in zip(missing, fresh))
+            except sqlite3.OperationalError:  # a read-only or busy index: use them unstored
+                pass
+        return np.array([stored[i] for i in ids], np.float32)
+
     # -- querying --------------------------------------------------------------------------
     def _results(self, scores: np.ndarray, ids: np.ndarray, exclude: int | None = None,
                  k: int | None = None) -> list[SearchResult]:
@@ -478,8 +517,9 @@ class Collection:
     def _scored_search(self, query: np.ndarray, k: int) -> list[SearchResult]:
         """Candidates from FAISS, each then scored exactly from its stored vectors.
 
-        The image score is the model's `similarity` (cosine, or a hubness-corrected cosine),
-        fused for captioned images with the query-caption similarity:
+        The image score is the model's `query_scores` (cosine, less the image's hubness offset
+        for a model with a hubness correction, stored in the index), fused for captioned images
+        with the query-caption similarity:
         (1 - w) * score(image, query) + w * sim(query, caption), where w is CAPTION_WEIGHT
         for images that have a caption and 0 for those that do not; captions have an index of
         their own that brings in candidates too.
@@ -495,7 +535,8 @@ class Collection:
         if not image_vecs:
             return []
         ids = list(image_vecs)
-        image_scores = self.encoder.similarity(np.stack([image_vecs[i] for i in ids]), query[None])[:, 0]
+        vecs = np.stack([image_vecs[i] for i in ids])
+        image_scores = self.encoder.query_scores(vecs, query, self._image_offsets(ids, vecs))
         scored = []
         for i, score in zip(ids, image_scores.tolist()):
             if i in caption_vecs:

@@ -1,8 +1,10 @@
 """SQLite metadata store: one row per indexed image, with its vectors.
 
 SQLite is the source of truth. Each image row holds its path (relative to the collection
-root), size, mtime, content hash, pixel size, room for a caption and labels, and both
-vectors as blobs; the FAISS files are derived from it and rebuilt whenever they are
+root), size, mtime, content hash, pixel size, room for a caption and labels, both
+vectors as blobs, and the image's score offset under the model's hubness correction
+(computed once per image at indexing time, so that search does not recompute it per
+query; NULL until computed, and all reset when the model's correction changes); the FAISS files are derived from it and rebuilt whenever they are
 older than the database (see vectors.py). Every change happens in a transaction, so an
 interrupted indexing run leaves the batches it finished and nothing half-written.
 """
@@ -35,7 +37,8 @@ CREATE TABLE IF NOT EXISTS images (
     indexed_at REAL NOT NULL,
     semantic BLOB NOT NULL,
     visual BLOB NOT NULL,
-    caption_vector BLOB
+    caption_vector BLOB,
+    image_offset REAL
 );
 CREATE INDEX IF NOT EXISTS images_sha1 ON images (sha1);
 CREATE TABLE IF NOT EXISTS failures (
@@ -93,6 +96,8 @@ class MetadataStore:
         columns = {r[1] for r in self.db.execute("PRAGMA table_info(images)")}
         if "caption_vector" not in columns:  # indexes written before captions had vectors
             self.db.execute("ALTER TABLE images ADD COLUMN caption_vector BLOB")
+        if "image_offset" not in columns:  # indexes written before stored score offsets
+            self.db.execute("ALTER TABLE images ADD COLUMN image_offset REAL")
         version = self.get_meta("schema_version")
         if version is None:
             self.set_meta("schema_version", str(SCHEMA_VERSION))
@@ -193,6 +198,34 @@ class MetadataStore:
                                    f" AND {column} IS NOT NULL", part)
             out.update((r[0], blob_to_vector(r[1], kind)) for r in rows)
         return out
+
+    def offsets(self, ids: Iterable[int]) -> dict[int, float]:
+        """id -> stored score offset, for the given ids that have one."""
+        ids = [int(i) for i in ids]
+        out = {}
+        for i in range(0, len(ids), 10_000):
+            part = ids[i : i + 10_000]
+            rows = self.db.execute(f"SELECT id, image_offset FROM images WHERE id IN ({','.join('?' * len(part))})"
+                                   " AND image_offset IS NOT NULL", part)
+            out.update(rows)
+        return out
+
+    def ids_without_offset(self) -> list[int]:
+        return [r[0] for r in self.db.execute("SELECT id FROM images WHERE image_offset IS NULL ORDER BY id")]
+
+    def set_offsets(self, pairs: Iterable[tuple[int, float]]) -> None:
+        """Store score offsets; the vectors (and so the FAISS files) do not change."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("UPDATE images SET image_offset = ? WHERE id = ?",
+                                [(float(o), int(i)) for i, o in pairs])
+
+    def reset_offsets(self, key: str) -> None:
+        """Forget every stored offset: they are now for the correction named `key`."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("UPDATE images SET image_offset = NULL")
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('offsets_key', ?)", (key,))
 
     def iter_vectors(self, kind: str, chunk: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) in chunks, for rebuilding a FAISS index."""

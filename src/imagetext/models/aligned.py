@@ -13,6 +13,7 @@ the image tower plus head runs through ONNX Runtime when available.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -171,10 +172,22 @@ class AlignedEncoder(ImageTextEncoder):
         return self._mix(*self._text_parts(texts))
 
     # -- hubness correction ----------------------------------------------------------------
-    def similarity(self, image_vecs: np.ndarray, text_vecs: np.ndarray) -> np.ndarray:
+    @property
+    def offsets_key(self) -> str:
         if self.hubness is None:
-            return super().similarity(image_vecs, text_vecs)
-        return self.hubness.scores(image_vecs, text_vecs)
+            return ""
+        settings = {**self.hubness_settings, "conse_weight": self.conse_weight}
+        return "csls " + json.dumps(settings, sort_keys=True)
+
+    def image_offsets(self, image_vecs: np.ndarray) -> np.ndarray:
+        if self.hubness is None:
+            return super().image_offsets(image_vecs)
+        return self.hubness.image_offsets(image_vecs)
+
+    def text_offsets(self, text_vecs: np.ndarray) -> np.ndarray:
+        if self.hubness is None:
+            return super().text_offsets(text_vecs)
+        return self.hubness.text_offsets(text_vecs)
 
     def set_hubness_bank(self, images: Sequence, captions: Sequence[str], k: int = 20,
                          beta: float = 0.5, batch_size: int = 32) -> None:

@@ -59,11 +59,43 @@ class ImageTextEncoder(ABC):
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Encode texts into the shared space: (N, dim) float32, L2-normalised."""
 
+    # -- scores ------------------------------------------------------------------------------
+    # similarity(image, text) = cos(image, text) - image_offsets(image) - text_offsets(text).
+    # The offsets are zero here; a model may set them (an aligned model with a hubness bank:
+    # models/hubness.py). `offsets_key` names the offsets ("" = none), so that an index that
+    # stores image offsets knows when they are stale.
+    offsets_key: str = ""
+
+    def image_offsets(self, image_vecs: np.ndarray) -> np.ndarray:
+        """What each image's scores lose to the model's correction: (n_images,)."""
+        return np.zeros(len(image_vecs), np.float32)
+
+    def text_offsets(self, text_vecs: np.ndarray) -> np.ndarray:
+        """What each text's scores lose to the model's correction: (n_texts,)."""
+        return np.zeros(len(text_vecs), np.float32)
+
     def similarity(self, image_vecs: np.ndarray, text_vecs: np.ndarray) -> np.ndarray:
         """(n_images, n_texts) scores of semantic image vectors against text vectors: what
-        search, ranking, classification and evaluation order by. The cosine similarity here;
-        a model may correct it (an aligned model with a hubness bank: models/hubness.py)."""
-        return np.asarray(image_vecs, np.float32) @ np.asarray(text_vecs, np.float32).T
+        search, ranking, classification and evaluation order by."""
+        image_vecs = np.asarray(image_vecs, np.float32)
+        text_vecs = np.asarray(text_vecs, np.float32)
+        sims = image_vecs @ text_vecs.T
+        if self.offsets_key:
+            sims -= self.image_offsets(image_vecs)[:, None] + self.text_offsets(text_vecs)[None, :]
+        return sims
+
+    def query_scores(self, image_vecs: np.ndarray, text_vec: np.ndarray,
+                     image_offsets: np.ndarray | None = None) -> np.ndarray:
+        """(n_images,) scores of images for one text query, as search and `rank` report them:
+        `similarity` without the query's own offset. That offset is the same for every image,
+        so the order is the similarity's, and the numbers stay on the cosine scale (a right
+        match scores above 0) instead of being shifted down by the query's hubness.
+        `image_offsets`: the images' offsets if already known (an index stores them)."""
+        image_vecs = np.asarray(image_vecs, np.float32)
+        scores = image_vecs @ np.asarray(text_vec, np.float32)
+        if self.offsets_key:
+            scores -= self.image_offsets(image_vecs) if image_offsets is None else image_offsets
+        return scores
 
     def encode_images(self, images: Sequence[ImageSource], batch_size: int = 32) -> ImageEmbeddings:
         """Open, preprocess and encode images (paths, bytes or PIL images)."""
