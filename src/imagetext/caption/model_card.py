@@ -43,15 +43,30 @@ def _row(result: dict, chosen: bool) -> str:
             f"{_epochs(result['config'])} | {cells} |")
 
 
-def _scst_text(cfg: dict) -> str:
+def _scst_lr_text(cfg: dict, history: list[dict]) -> str:
+    """'constant lr 0.0002', or 'lr 0.0002 in epochs 9-14, then 5e-05 in epochs 15-17' for a
+    run resumed with another --scst-lr (the per-epoch history records each epoch's lr)."""
+    scst = [h for h in history if h.get("objective") == "scst"]
+    spans: list[list] = []
+    for h in scst:
+        if spans and spans[-1][0] == h["lr"]:
+            spans[-1][2] = h["epoch"]
+        else:
+            spans.append([h["lr"], h["epoch"], h["epoch"]])
+    if len(spans) <= 1:
+        return f"constant lr {cfg.get('scst_lr')}"
+    return "lr " + ", then ".join(f"{lr:g} in epochs {a}-{b}" for lr, a, b in spans)
+
+
+def _scst_text(cfg: dict, history: list[dict]) -> str:
     if not cfg.get("scst_epochs"):
         return ""
     return f"""
 Then {cfg['scst_epochs']} epoch{'s' if cfg['scst_epochs'] > 1 else ''} of self-critical sequence training (Rennie et al. 2017) on
 the CIDEr-D reward against the training references: {cfg.get('scst_samples', 5)} captions
 sampled per image (without dropout: the policy trained is the one used at inference),
-each rewarded relative to the mean of the image's other samples (Luo 2020), AdamW at a
-constant lr {cfg.get('scst_lr')}.
+each rewarded relative to the mean of the image's other samples (Luo 2020), AdamW at
+{_scst_lr_text(cfg, history)}.
 """
 
 
@@ -174,7 +189,7 @@ forcing, label smoothing {cfg['label_smoothing']}, AdamW (peak lr {cfg['lr']}, w
 clipping 2.0, captions truncated to {cfg['max_words']} words, {cfg['epochs']} cross-entropy
 epochs in all. {_batch_text(chosen['history'])}Trained on a shared 2-core machine with
 {cfg.get('threads') or 1} PyTorch thread(s) (the epoch times above).{_precision_text(cfg)}
-{_scst_text(cfg)}
+{_scst_text(cfg, chosen['history'])}
 ## Reproduce
 ```bash
 scripts/train_default_captioner.sh ../shared/data/flickr8k runs/captioner
