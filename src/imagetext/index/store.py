@@ -187,28 +187,19 @@ class MetadataStore:
 
     def vectors(self, ids: Iterable[int], kind: str) -> dict[int, np.ndarray]:
         """id -> vector for the given ids that have a vector of this kind."""
-        ids = [int(i) for i in ids]
-        if not ids:
-            return {}
-        column = _VECTOR_COLUMNS[kind]
-        out = {}
-        for i in range(0, len(ids), 10_000):  # below SQLite's limit on bound parameters
-            part = ids[i : i + 10_000]
-            rows = self.db.execute(f"SELECT id, {column} FROM images WHERE id IN ({','.join('?' * len(part))})"
-                                   f" AND {column} IS NOT NULL", part)
-            out.update((r[0], blob_to_vector(r[1], kind)) for r in rows)
-        return out
+        return {i: blob_to_vector(blob, kind) for i, blob in self._column_of(ids, _VECTOR_COLUMNS[kind])}
 
     def offsets(self, ids: Iterable[int]) -> dict[int, float]:
         """id -> stored score offset, for the given ids that have one."""
+        return dict(self._column_of(ids, "image_offset"))
+
+    def _column_of(self, ids: Iterable[int], column: str) -> Iterator[tuple[int, object]]:
+        """(id, value) of `column` for the given ids where it is not NULL."""
         ids = [int(i) for i in ids]
-        out = {}
-        for i in range(0, len(ids), 10_000):
+        for i in range(0, len(ids), 10_000):  # below SQLite's limit on bound parameters
             part = ids[i : i + 10_000]
-            rows = self.db.execute(f"SELECT id, image_offset FROM images WHERE id IN ({','.join('?' * len(part))})"
-                                   " AND image_offset IS NOT NULL", part)
-            out.update(rows)
-        return out
+            yield from self.db.execute(f"SELECT id, {column} FROM images WHERE id IN ({','.join('?' * len(part))})"
+                                       f" AND {column} IS NOT NULL", part)
 
     def ids_without_offset(self) -> list[int]:
         return [r[0] for r in self.db.execute("SELECT id FROM images WHERE image_offset IS NULL ORDER BY id")]

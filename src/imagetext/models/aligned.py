@@ -31,7 +31,12 @@ from imagetext.models.base import (
     read_config,
     write_config,
 )
-from imagetext.models.efficientnet_lite import EfficientNetLite, TowerTail, load_efficientnet_lite0
+from imagetext.models.efficientnet_lite import (
+    EfficientNetLite,
+    TowerTail,
+    keep_batchnorm_statistics,
+    load_efficientnet_lite0,
+)
 from imagetext.models.heads import ImageHead, ImageHeadConfig, TextHead
 from imagetext.models.hubness import BANK_FILE
 from imagetext.models.minilm import MiniLMTextTower
@@ -327,10 +332,7 @@ class AlignedDualEncoder(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eval()
-        return self
+        return keep_batchnorm_statistics(self)
 
     def last_blocks(self) -> list[nn.Module]:
         """The modules `--tune last` trains: the heads, the tower's last stage and head conv,

@@ -173,6 +173,16 @@ class EfficientNetLite(nn.Module):
         return self.forward_features(x).logits
 
 
+def keep_batchnorm_statistics(module: nn.Module) -> nn.Module:
+    """Put `module`'s BatchNorm layers in inference mode (what trainable towers call after
+    `train()`): they keep the ImageNet running statistics, which the batch statistics of small
+    CPU batches would wreck, while their scales and shifts still train."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    return module
+
+
 class TowerTail(nn.Module):
     """Trainable copies of a tower's last `n` MBConv blocks and its 1x1 head conv + BN.
 
@@ -197,13 +207,8 @@ class TowerTail(nn.Module):
             p.requires_grad_(True)
 
     def train(self, mode: bool = True):
-        """Training mode, except that BatchNorm keeps the ImageNet running statistics: batch
-        statistics of small CPU batches would wreck them."""
         super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eval()
-        return self
+        return keep_batchnorm_statistics(self)
 
     def forward(self, x: torch.Tensor) -> EfficientNetLiteFeatures:
         for i, block in self._blocks.items():
