@@ -117,6 +117,7 @@ def test_beam_one_equals_greedy_and_beams_are_ranked(photos, arch):
     assert all(b[0][1] >= g[1] - 1e-5 for b, g in zip(beams, greedy))
 
 
+@needs_flickr
 def test_transformer_cached_steps_equal_the_full_forward(photos):
     """The key/value-cached incremental step gives the log-probabilities of the teacher-forced
     forward pass at every position, also after the cache is reordered (as beam search does)."""
