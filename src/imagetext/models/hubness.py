@@ -61,10 +61,3 @@ class HubnessCorrection:
     def text_offsets(self, text_vecs: np.ndarray) -> np.ndarray:
         """beta * r_i(text): what each text's scores lose."""
         return self.beta * mean_top_k(text_vecs, self.image_bank, self.k)
-
-    def scores(self, image_vecs: np.ndarray, text_vecs: np.ndarray) -> np.ndarray:
-        """(n_images, n_texts) corrected similarities."""
-        image_vecs = np.asarray(image_vecs, np.float32)
-        text_vecs = np.asarray(text_vecs, np.float32)
-        sims = image_vecs @ text_vecs.T
-        return sims - self.image_offsets(image_vecs)[:, None] - self.text_offsets(text_vecs)[None, :]
