@@ -10,6 +10,8 @@ import skimage.data
 
 from imagetext.caption import DEFAULT_CAPTIONER, builtin_captioners, load_captioner
 from imagetext.caption.registry import PRETRAINED_DIR
+from imagetext.caption.tokenizer import split_words
+from tests.conftest import FLICKR8K
 
 PHOTOS = Path(skimage.data.__file__).parent
 ANIMAL_WORDS = {"cat", "cats", "kitten", "kitty", "animal", "animals", "pet"}
@@ -47,6 +49,39 @@ def test_cat_photo_caption_mentions_a_cat_or_animal():
     for beam in (1, 3):
         text = captioner.caption([PHOTOS / "chelsea.png"], beam_size=beam)[0]
         assert ANIMAL_WORDS & set(text.split()), text
+
+
+# function words, left out when captions and references are compared word by word
+STOP_WORDS = set("a an the is are in on of with and at to his her their its into while for by from "
+                 "as up down out over near some one two three four five other another".split())
+
+
+def _content_words(text: str) -> set[str]:
+    return set(split_words(text)) - STOP_WORDS
+
+
+@pytest.mark.skipif(not (FLICKR8K / "captions.tsv").is_file(), reason="no Flickr8k data")
+def test_val_photos_captions_name_what_their_own_references_name():
+    """40 real photos of the kind it was trained for (Flickr8k val, never trained on): most
+    captions share content words with the photo's own 5 references, and far more than with the
+    references of another photo (so a caption that fits every photo cannot pass)."""
+    import csv
+
+    refs: dict[str, list[str]] = {}
+    with open(FLICKR8K / "captions.tsv", encoding="utf-8") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            if row["split"] == "val":
+                refs.setdefault(row["image"], []).append(row["caption"])
+    ids = sorted(refs)[:40]
+    captions = load_captioner().caption([FLICKR8K / "images" / i for i in ids], beam_size=3)
+
+    def shared(caption: str, image: str) -> int:
+        return len(_content_words(caption) & set().union(*map(_content_words, refs[image])))
+
+    own = [shared(c, i) for c, i in zip(captions, ids)]
+    other = [shared(c, ids[(k + 7) % len(ids)]) for k, c in enumerate(captions)]
+    assert sum(n > 0 for n in own) >= 30, list(zip(captions, own))  # measured: 37 of 40
+    assert sum(own) > 2.5 * sum(other), (sum(own), sum(other))  # measured: 83 vs 19
 
 
 def test_default_alias_and_several_captions():
