@@ -34,16 +34,19 @@ XE_EPOCHS=${XE_EPOCHS:-7}
 SCST_EPOCHS=${SCST_EPOCHS:-4}
 LOW_LR_EPOCHS=${LOW_LR_EPOCHS:-3}
 TF_SCST_EPOCHS=${TF_SCST_EPOCHS:-4}
-COMMON="--data $DATA --name lite0-flickr8k --images-per-batch 16 --precision bf16 --threads 2
-        --image-tower aligned-flickr8k --tune-image-tail --image-lr 1e-4 --crop-views 4"
+# arrays, so that a data or runs path with spaces stays one argument
+COMMON=(--data "$DATA" --name lite0-flickr8k --images-per-batch 16 --precision bf16 --threads 2
+        --image-tower aligned-flickr8k --tune-image-tail --image-lr 1e-4 --crop-views 4)
 mkdir -p "$RUNS"
-SAT="imagetext train captioner $COMMON --out $RUNS/show-attend-tell --arch show-attend-tell --epochs $XE_EPOCHS"
-$SAT --scst-epochs "$SCST_EPOCHS" --scst-lr 2e-4 2>&1 | tee "$RUNS/show-attend-tell.log"
+SAT=(imagetext train captioner "${COMMON[@]}" --out "$RUNS/show-attend-tell" --arch show-attend-tell
+     --epochs "$XE_EPOCHS")
+"${SAT[@]}" --scst-epochs "$SCST_EPOCHS" --scst-lr 2e-4 2>&1 | tee "$RUNS/show-attend-tell.log"
 if [ "$LOW_LR_EPOCHS" -gt 0 ]; then
-  $SAT --scst-epochs $((SCST_EPOCHS + LOW_LR_EPOCHS)) --scst-lr 5e-5 --resume 2>&1 | tee -a "$RUNS/show-attend-tell.log"
+  "${SAT[@]}" --scst-epochs $((SCST_EPOCHS + LOW_LR_EPOCHS)) --scst-lr 5e-5 --resume 2>&1 \
+      | tee -a "$RUNS/show-attend-tell.log"
 fi
 if [ "${WITH_TRANSFORMER:-0}" = 1 ]; then
-  imagetext train captioner $COMMON --out "$RUNS/transformer" --arch transformer --epochs 4 \
+  imagetext train captioner "${COMMON[@]}" --out "$RUNS/transformer" --arch transformer --epochs 4 \
       --scst-epochs "$TF_SCST_EPOCHS" --scst-lr 5e-5 2>&1 | tee "$RUNS/transformer.log"
 fi
 runs=("$RUNS/show-attend-tell")
