@@ -11,6 +11,7 @@ import skimage.data
 from imagetext.caption import DEFAULT_CAPTIONER, builtin_captioners, load_captioner
 from imagetext.caption.registry import PRETRAINED_DIR
 from imagetext.caption.tokenizer import split_words
+from tests.clip_tiny import needs_flickr
 from tests.conftest import FLICKR8K
 
 PHOTOS = Path(skimage.data.__file__).parent
@@ -62,20 +63,18 @@ def _content_words(text: str) -> set[str]:
     return set(split_words(text)) - STOP_WORDS
 
 
-@pytest.mark.skipif(not (FLICKR8K / "captions.tsv").is_file(), reason="no Flickr8k data")
+@needs_flickr
 def test_val_photos_captions_name_what_their_own_references_name():
     """40 real photos of the kind it was trained for (Flickr8k val, never trained on): most
     captions share content words with the photo's own 5 references, and far more than with the
     references of another photo (so a caption that fits every photo cannot pass)."""
-    import csv
+    from imagetext.train.captioner import load_caption_split
 
-    refs: dict[str, list[str]] = {}
-    with open(FLICKR8K / "captions.tsv", encoding="utf-8") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            if row["split"] == "val":
-                refs.setdefault(row["image"], []).append(row["caption"])
-    ids = sorted(refs)[:40]
-    captions = load_captioner().caption([FLICKR8K / "images" / i for i in ids], beam_size=3)
+    val = load_caption_split(FLICKR8K, "val")
+    first = sorted(range(len(val.ids)), key=lambda i: val.ids[i])[:40]  # the 40 first file names
+    ids = [val.ids[i] for i in first]
+    refs = {val.ids[i]: val.captions[i] for i in first}
+    captions = load_captioner().caption([val.images[i] for i in first], beam_size=3)
 
     def shared(caption: str, image: str) -> int:
         return len(_content_words(caption) & set().union(*map(_content_words, refs[image])))
