@@ -3,15 +3,11 @@ isolated feature cache (PyTorch towers, one thread), so that each test runs in s
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from imagetext.data import PairDataset, read_pairs
-
-FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
-needs_flickr = pytest.mark.skipif(not (FLICKR8K / "captions.tsv").is_file(), reason="Flickr8k not present")
+from tests.conftest import FLICKR8K, needs_flickr  # noqa: F401  (re-exported to the clip tests)
 
 
 def first_images(data: PairDataset, n: int) -> PairDataset:

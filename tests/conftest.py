@@ -11,6 +11,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FLICKR8K = SHARED / "data" / "flickr8k"
+needs_flickr = pytest.mark.skipif(not (FLICKR8K / "captions.tsv").is_file(),
+                                  reason="no Flickr8k data (../shared/data/flickr8k)")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +16,7 @@ from imagetext.caption.efficientnet_captioner import EfficientNetCaptioner
 from imagetext.caption.tokenizer import WordTokenizer, split_words
 from imagetext.train.captioner import _encode_captions
 from imagetext.train.precision import cpu_autocast
-
-FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
-needs_flickr = pytest.mark.skipif(not (FLICKR / "captions.tsv").is_file(), reason="no Flickr8k data")
+from tests.conftest import FLICKR8K, needs_flickr
 
 SMALL = {
     "show-attend-tell": {"embed_dim": 64, "hidden_dim": 128, "attention_dim": 64, "dropout": 0.0},
@@ -33,10 +30,10 @@ def photos():
     import csv
 
     rows = []
-    with open(FLICKR / "captions.tsv", encoding="utf-8") as f:
+    with open(FLICKR8K / "captions.tsv", encoding="utf-8") as f:
         for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
             if row["split"] == "val" and row["caption_index"] == "0":
-                rows.append((str(FLICKR / "images" / row["image"]), row["caption"]))
+                rows.append((str(FLICKR8K / "images" / row["image"]), row["caption"]))
             if len(rows) == 8:
                 break
     tok = WordTokenizer.build([c for _, c in rows], min_count=1)

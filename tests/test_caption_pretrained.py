@@ -11,8 +11,7 @@ import skimage.data
 from imagetext.caption import DEFAULT_CAPTIONER, builtin_captioners, load_captioner
 from imagetext.caption.registry import PRETRAINED_DIR
 from imagetext.caption.tokenizer import split_words
-from tests.clip_tiny import needs_flickr
-from tests.conftest import FLICKR8K
+from tests.conftest import FLICKR8K, needs_flickr
 
 PHOTOS = Path(skimage.data.__file__).parent
 ANIMAL_WORDS = {"cat", "cats", "kitten", "kitty", "animal", "animals", "pet"}

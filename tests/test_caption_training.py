@@ -6,14 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
 from imagetext.train.captioner import CaptionTrainConfig, train_captioner
+from tests.conftest import FLICKR8K, needs_flickr
 
-FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
-pytestmark = pytest.mark.skipif(not (FLICKR / "captions.tsv").is_file(), reason="no Flickr8k data")
+pytestmark = needs_flickr
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +21,7 @@ def tiny_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     (root / "images").mkdir()
     rows, counts = [], {"train": set(), "val": set()}
-    with open(FLICKR / "captions.tsv", encoding="utf-8") as f:
+    with open(FLICKR8K / "captions.tsv", encoding="utf-8") as f:
         for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
             want = {"train": 16, "val": 4}[row["split"]]
             if row["image"] in counts[row["split"]] or len(counts[row["split"]]) < want:
@@ -32,7 +31,7 @@ def tiny_dataset(tmp_path_factory):
         f.write("image\tcaption_index\tcaption\tsplit\n")
         f.writelines(f"{r['image']}\t{r['caption_index']}\t{r['caption']}\t{r['split']}\n" for r in rows)
     for name in counts["train"] | counts["val"]:
-        shutil.copy(FLICKR / "images" / name, root / "images" / name)
+        shutil.copy(FLICKR8K / "images" / name, root / "images" / name)
     return root
 
 

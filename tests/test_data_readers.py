@@ -20,7 +20,7 @@ from imagetext.data import (
 )
 
 SAMPLES = Path(os.path.dirname(skimage.data.__file__))
-FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
+from tests.conftest import FLICKR8K, needs_flickr
 
 
 @pytest.fixture()
@@ -189,7 +189,7 @@ def test_unknown_format_and_missing_source(tmp_path: Path):
         read_pairs(tmp_path)
 
 
-@pytest.mark.skipif(not (FLICKR8K / "captions.tsv").is_file(), reason="Flickr8k not present")
+@needs_flickr
 def test_flickr8k_shared_copy():
     val = read_pairs(FLICKR8K, split="val")
     assert len(val) == 5000 and len(val.images) == 1000 and val.bad_rows == []

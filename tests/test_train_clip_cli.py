@@ -6,14 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
-
-FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
+from tests.conftest import FLICKR8K, needs_flickr
 
 
-@pytest.mark.skipif(not (FLICKR8K / "captions.tsv").is_file(), reason="Flickr8k not present")
+@needs_flickr
 def test_train_clip_command_writes_a_loadable_model(tmp_path):
     lines = (FLICKR8K / "captions.tsv").read_text().splitlines()
     train = [line for line in lines[1:] if line.endswith("\ttrain")][:100]  # 20 images

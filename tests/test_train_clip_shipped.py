@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from imagetext.models.registry import DEFAULT_MODEL, PRETRAINED_DIR, load_encoder
 
 SHIPPED = "aligned-flickr8k"
-FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
+from tests.conftest import FLICKR8K, needs_flickr
 
 
 def test_shipped_model_is_the_default_and_complete():
@@ -26,7 +22,7 @@ def test_shipped_model_is_the_default_and_complete():
     assert load_encoder("conse").backend == "conse"  # the baseline stays available by name
 
 
-@pytest.mark.skipif(not (FLICKR8K / "captions.tsv").is_file(), reason="Flickr8k not present")
+@needs_flickr
 def test_shipped_model_beats_conse_on_a_val_slice():
     from imagetext.data import PairDataset, read_pairs
     from imagetext.eval.retrieval import recall_at_k, recall_from_scores
