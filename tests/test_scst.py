@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 
 from imagetext.caption.decoders import build_decoder, select_rows
 from imagetext.caption.tokenizer import split_words
-from imagetext.train.scst import CiderD, sample_captions, scst_loss
+from imagetext.train.scst import CiderD, sample_captions, sample_tokens, scst_loss
 from tests.hf_tiny import one_torch_thread  # noqa: F401  (autouse fixture)
 from tests.test_caption_model import SMALL, needs_flickr, photos  # noqa: F401  (fixture)
 
@@ -88,3 +89,38 @@ def test_the_end_of_a_caption_is_rewarded_too():
     gap_with_end = cider.score(_reward_words(tok, full), 0) - cider.score(_reward_words(tok, cut), 0)
     gap_without = plain.score("a dog runs on the grass".split(), 0) - plain.score("a dog runs on the".split(), 0)
     assert gap_with_end > gap_without > 0
+
+
+def test_sampled_tokens_follow_the_distribution_and_never_take_a_banned_id():
+    probs = torch.tensor([[0.0, 0.5, 0.2, 0.3, 0.0], [0.1, 0.0, 0.0, 0.0, 0.9]])
+    log_probs = probs.log().repeat_interleave(20000, 0)
+    tokens = sample_tokens(log_probs, torch.Generator().manual_seed(0)).view(2, -1)
+    freq = torch.stack([torch.bincount(t, minlength=5) / t.numel() for t in tokens])
+    assert torch.allclose(freq, probs, atol=0.012), freq  # 4 standard errors at p = 0.5
+    assert freq[0, 0] == freq[0, 4] == freq[1, 1:4].sum() == 0.0
+    # a uniform number at the very top of the range still lands on the last allowed id
+    top = torch.tensor([[0.6, 0.4, 0.0]]).log()
+    assert set(sample_tokens(top.repeat(1000, 1)).tolist()) <= {0, 1}
+
+
+@needs_flickr
+@pytest.mark.parametrize("arch", ["show-attend-tell", "transformer"])
+def test_finished_rows_leave_the_batch_without_changing_the_log_probabilities(photos, arch):  # noqa: F811
+    """Sampling compacts finished rows away; the log-probabilities it returns are those the
+    full-batch teacher-forced pass gives the same tokens."""
+    rows, tok, fmap = photos
+    torch.manual_seed(1)
+    decoder = build_decoder(arch, vocab_size=len(tok), **SMALL[arch]).eval()
+    memory = select_rows(decoder.encode(fmap), torch.arange(len(rows)).repeat_interleave(4))
+    banned = [tok.pad_id, tok.bos_id, tok.unk_id]
+    tokens, log_probs, mask = sample_captions(decoder, memory, tok.bos_id, tok.eos_id, banned, max_length=12,
+                                              generator=torch.Generator().manual_seed(0))
+    lengths = mask.sum(1).long()
+    assert len(set(lengths.tolist())) > 1  # rows did end at different steps
+    order = lengths.argsort(descending=True, stable=True)
+    inputs = torch.cat([torch.full((len(tokens), 1), tok.bos_id), tokens[:, :-1]], 1)[order]
+    logits, _ = decoder(select_rows(memory, order), inputs, lengths[order])
+    logits[..., banned] = float("-inf")
+    expected = logits.log_softmax(-1).gather(2, tokens[order, :, None]).squeeze(2)
+    expected = torch.where(mask[order] > 0, expected, 0.0)  # after <eos>: 0, as sampling returns
+    assert torch.allclose(log_probs[order], expected, atol=1e-5)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from imagetext.caption.decoders import State
+from imagetext.caption.decoders import State, select_rows
 from imagetext.caption.decoding import _apply_constraints
 
 NGRAM = 4
@@ -72,6 +72,28 @@ class CiderD:
         return float(total.mean() / len(self.refs[image]) * 10.0)
 
 
+def sample_tokens(log_probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token id per row, drawn from the distribution exp(`log_probs`) (B, V).
+
+    Inverse-CDF sampling: one uniform number per row, looked up in the cumulative
+    probabilities. Why not `torch.multinomial`: for a single draw it takes one exponential
+    variate per vocabulary entry (argmax of p / q), and on a CPU that random-number call was
+    14% of a whole SCST training step (profiled on the shipped captioner, 80 rows x 2538
+    words, 2 threads). Both draw from the same distribution; a test checks the frequencies.
+    """
+    probs = log_probs.detach().float().exp()
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
+    token = torch.searchsorted(cdf, u, right=True).squeeze(1)
+    # `right=True` lands on the first entry whose cumulative sum exceeds u, which has p > 0;
+    # only a u rounded up to the total falls off the end: take the last entry with p > 0
+    off = token == probs.shape[1]
+    if bool(off.any()):
+        last = probs.shape[1] - 1 - (probs[off] > 0).flip(1).int().argmax(1)
+        token = token.masked_scatter(off, last)
+    return token
+
+
 def sample_captions(decoder, memory: State, bos_id: int, eos_id: int, banned: Sequence[int],
                     max_length: int = 20, generator: torch.Generator | None = None):
     """Sample one caption per memory row from the decoder's distribution.
@@ -79,27 +101,32 @@ def sample_captions(decoder, memory: State, bos_id: int, eos_id: int, banned: Se
     Returns `tokens` (B, T) (each row ends at its <eos>, zeros after), `log_probs` (B, T) of
     the sampled tokens (with gradient, zero after <eos>) and `mask` (B, T), 1 up to and
     including <eos>. The banned ids (pad, bos, unk) are removed from the distribution.
+    A row that has sampled its <eos> leaves the batch: later steps (and their backward
+    pass) only run the rows still going, ~70% of the row-steps for a trained captioner.
     """
     state = decoder.init_state(memory)
     batch = next(iter(memory.values())).shape[0]
     prefix = torch.full((batch, 1), bos_id, dtype=torch.long)
-    done = torch.zeros(batch, dtype=torch.bool)
+    active = torch.arange(batch)  # the rows still going, in the order of `state`'s rows
     tokens, log_probs, masks = [], [], []
     for _ in range(max_length):
         step_lp, state = decoder.step(state, prefix)
         # the same banned ids as in decoding, renormalised over the tokens left
         step_lp = _apply_constraints(step_lp.clone(), prefix[:, 1:], list(banned), 0).log_softmax(-1)
-        token = torch.multinomial(step_lp.detach().exp(), 1, generator=generator).squeeze(1)
-        token = torch.where(done, torch.zeros_like(token), token)
+        token = sample_tokens(step_lp, generator)
         picked = step_lp.gather(1, token[:, None]).squeeze(1)
-        # rows already finished get 0 (their filler token is banned: -inf * 0 would be NaN)
-        log_probs.append(torch.where(done, torch.zeros_like(picked), picked))
-        masks.append((~done).float())
-        tokens.append(token)
-        done = done | (token == eos_id)
+        # finished rows: token 0, log-probability 0, mask 0
+        tokens.append(token.new_zeros(batch).index_copy(0, active, token))
+        log_probs.append(picked.new_zeros(batch).index_copy(0, active, picked))
+        masks.append(torch.zeros(batch).index_fill(0, active, 1.0))
+        going = token != eos_id
+        if not bool(going.all()):
+            keep = going.nonzero().squeeze(1)
+            if len(keep) == 0:
+                break
+            active, token, prefix = active[keep], token[keep], prefix[keep]
+            state = select_rows(state, keep)
         prefix = torch.cat([prefix, token[:, None]], 1)
-        if bool(done.all()):
-            break
     return torch.stack(tokens, 1), torch.stack(log_probs, 1), torch.stack(masks, 1)
 
 
