@@ -10,7 +10,7 @@
 # package, which scripts/train_default_clip.sh makes) and trains that tail further with the
 # decoder (--tune-image-tail, lr 1e-4), on the cached activation entering it for 6 views per
 # image (centre, mirror, 4 random resized crops: the cache train_default_clip.sh made; without
-# it the first run extracts it: 8.5 min, measured). The captioner keeps its own copy of the tail.
+# it the first run extracts it: 8.5-8.7 min, measured). The captioner keeps its own copy of the tail.
 #   1. XE_EPOCHS (default 7) cross-entropy epochs in batches of 16 images (x their 5 captions),
 #   2. SCST_EPOCHS (default 4) epochs of self-critical sequence training (SCST) on CIDEr-D at
 #      lr 2e-4,
@@ -20,12 +20,13 @@
 # cross-entropy epochs, TF_SCST_EPOCHS SCST epochs at lr 5e-5, default 4), for the card's
 # comparison row; the run with the higher val CIDEr ships. A transformer run already in
 # RUNS_DIR/transformer is listed on the card too.
-# Run time on the 2-core machine, measured for the shipped model (the feature cache already made
-# by train_default_clip.sh): 47 min wall clock. Epochs took 150-183 s (cross-entropy) and
-# 150-222 s (SCST); epoch 1 took 281 s while other short jobs shared the machine. The
-# transformer run has not been timed on 2 threads; on 1 thread, next to another run, it took
-# 68 min (epochs ~350 s cross-entropy, 550-650 s SCST). Val, beam 3: BLEU-4 0.222, CIDEr 0.559;
-# the 17-epoch recipe this replaces scored 0.219 and 0.560 and took 77 min.
+# Run time on the 2-core machine, measured for the shipped model from an empty cache
+# (IMAGETEXT_CACHE set to a new folder), as on a fresh machine: 53 min wall clock, of which 8.7 min
+# extract the activation cache; epochs took 175-197 s (cross-entropy) and 154-181 s (SCST), plus
+# ~10 s of validation each. With the cache train_default_clip.sh leaves: ~44 min. The transformer
+# run has not been timed on 2 threads; on 1 thread, next to another run, it took 68 min (epochs
+# ~350 s cross-entropy, 550-650 s SCST). Val, beam 3: BLEU-4 0.221, CIDEr 0.553. The SCST samples
+# move that by ~0.01: the same schedule, sampling through torch.multinomial, scored 0.222 and 0.559.
 set -euo pipefail
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 DATA=${1:-../shared/data/flickr8k}

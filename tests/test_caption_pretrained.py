@@ -41,8 +41,8 @@ def test_default_captioner_card_is_rebuilt_from_its_metrics():
     assert model_card(results, chosen, size_mb) == (folder / "README.md").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped lite0-flickr8k (val CIDEr 0.56) knows Flickr8k's "
-                   "world, where animals are dogs: it calls the cat photo 'a yellow dog is playing in the grass'. Remove "
+@pytest.mark.xfail(strict=True, reason="the shipped lite0-flickr8k (val CIDEr 0.55) knows Flickr8k's "
+                   "world, where animals are dogs: it calls the cat photo 'a brown dog is in the air'. Remove "
                    "this mark once a better captioner ships (strict: passing turns into a failure).")
 def test_cat_photo_caption_mentions_a_cat_or_animal():
     captioner = load_captioner()
@@ -80,8 +80,8 @@ def test_val_photos_captions_name_what_their_own_references_name():
 
     own = [shared(c, i) for c, i in zip(captions, ids)]
     other = [shared(c, ids[(k + 7) % len(ids)]) for k, c in enumerate(captions)]
-    assert sum(n > 0 for n in own) >= 30, list(zip(captions, own))  # measured: 37 of 40
-    assert sum(own) > 2.5 * sum(other), (sum(own), sum(other))  # measured: 83 vs 19
+    assert sum(n > 0 for n in own) >= 30, list(zip(captions, own))  # measured: 36 of 40
+    assert sum(own) > 2.5 * sum(other), (sum(own), sum(other))  # measured: 78 vs 15
 
 
 def test_default_alias_and_several_captions():
