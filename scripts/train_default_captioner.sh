@@ -23,8 +23,8 @@
 # Run time on the 2-core machine, measured for the shipped model from an empty cache
 # (IMAGETEXT_CACHE set to a new folder), as on a fresh machine: 53 min wall clock, of which 8.7 min
 # extract the activation cache; epochs took 175-197 s (cross-entropy) and 154-181 s (SCST), plus
-# ~10 s of validation each. With the cache train_default_clip.sh leaves it skips the extraction:
-# ~44 min (53 minus 8.7, not timed on its own). The transformer
+# ~10 s of validation each. A second run, with the cache in place, took 49 min: its epochs ran 11%
+# slower (the machine's speed varies), and it made the same model bit for bit. The transformer
 # run has not been timed on 2 threads; on 1 thread, next to another run, it took 68 min (epochs
 # ~350 s cross-entropy, 550-650 s SCST). Val, beam 3: BLEU-4 0.221, CIDEr 0.553. The SCST samples
 # move that by ~0.01: the same schedule, sampling through torch.multinomial, scored 0.222 and 0.559.
