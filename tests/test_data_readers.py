@@ -18,9 +18,9 @@ from imagetext.data import (
     read_many,
     read_pairs,
 )
+from tests.conftest import FLICKR8K, needs_flickr
 
 SAMPLES = Path(os.path.dirname(skimage.data.__file__))
-from tests.conftest import FLICKR8K, needs_flickr
 
 
 @pytest.fixture()

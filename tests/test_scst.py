@@ -10,8 +10,9 @@ from pycocoevalcap.cider.cider_scorer import CiderScorer
 from imagetext.caption.decoders import build_decoder, select_rows
 from imagetext.caption.tokenizer import split_words
 from imagetext.train.scst import CiderD, sample_captions, sample_tokens, scst_loss
+from tests.conftest import needs_flickr
 from tests.hf_tiny import one_torch_thread  # noqa: F401  (autouse fixture)
-from tests.test_caption_model import SMALL, needs_flickr, photos  # noqa: F401  (fixture)
+from tests.test_caption_model import SMALL, photos  # noqa: F401  (fixture)
 
 REFS = [
     ["a dog runs on the grass", "a brown dog is running through the grass", "the dog plays in a field"],

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from imagetext.models.registry import DEFAULT_MODEL, PRETRAINED_DIR, load_encoder
+from tests.conftest import FLICKR8K, needs_flickr
 
 SHIPPED = "aligned-flickr8k"
-from tests.conftest import FLICKR8K, needs_flickr
 
 
 def test_shipped_model_is_the_default_and_complete():
