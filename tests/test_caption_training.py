@@ -137,19 +137,21 @@ def test_captioner_on_an_aligned_models_tuned_tower_tail(tiny_dataset, tmp_path)
 
 def test_captioner_trains_the_tower_tail_with_the_decoder(tiny_dataset, tmp_path):
     """`--tune-image-tail`: the frozen tower's last block and head conv train with the decoder
-    (on cached block inputs, over centre, mirror and crop views); the saved captioner carries the
+    (on cached block inputs, over centre, mirror and crop views, reading 3 of each image's
+    captions per cross-entropy epoch, as the shipped recipe does); the saved captioner carries the
     trained tail and captions images through it; resume continues from the trained tail."""
     import numpy as np
     import torch
 
     from imagetext.caption import load_captioner
+    from imagetext.caption.model_card import install
     from imagetext.models.efficientnet_lite import TowerTail, load_efficientnet_lite0
 
     out = tmp_path / "run"
     small = {"embed_dim": 32, "hidden_dim": 64, "attention_dim": 32, "dropout": 0.0}
     cfg = CaptionTrainConfig(arch="sat", epochs=2, images_per_batch=8, lr=3e-3, warmup_steps=2,
                              min_count=1, final_beam=1, decoder=small, tune_image_tail=True,
-                             image_lr=1e-3, crop_views=1, precision="bf16")
+                             image_lr=1e-3, crop_views=1, precision="bf16", captions_per_image=3)
     first = train_captioner(tiny_dataset, out, cfg, log=lambda *_: None)
     tower = load_efficientnet_lite0()
     frozen = TowerTail(tower, 1).state_dict()
@@ -175,6 +177,10 @@ def test_captioner_trains_the_tower_tail_with_the_decoder(tiny_dataset, tmp_path
     assert [h["objective"] for h in second["history"]] == ["xe", "xe", "xe", "scst"]
     assert second["history"][:2] == first["history"]
     assert second["history"][3]["lr"] == cfg.scst_lr
+    install([out], tmp_path / "installed")
+    card = (tmp_path / "installed" / "README.md").read_text()
+    assert ("8 images (x 3 of their 5 captions, drawn afresh each cross-entropy epoch) per batch in "
+            "epochs 1-4") in card
 
     with pytest.raises(ValueError, match="tune_image_tail"):
         cfg.tune_image_tail, cfg.epochs = False, 5

@@ -314,6 +314,9 @@ def train_captioner_cmd(
     epochs: Annotated[int, typer.Option(min=1)] = 10,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default per arch).")] = None,
     images_per_batch: Annotated[int, typer.Option(min=1)] = 64,
+    captions_per_image: Annotated[int | None, typer.Option(
+        min=1, help="Cross-entropy epochs read this many of each image's captions, drawn afresh "
+        "each epoch (default: all).")] = None,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.1,
     flip: Annotated[bool, typer.Option(help="Mirrored images as augmentation.")] = True,
     train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
@@ -360,6 +363,7 @@ def train_captioner_cmd(
 
     config = CaptionTrainConfig(arch=arch, epochs=epochs, lr=lr or default_lr(arch),
                                 images_per_batch=images_per_batch, label_smoothing=label_smoothing,
+                                captions_per_image=captions_per_image,
                                 flip=flip, final_beam=beam, seed=seed, val_images=val_images,
                                 stop_after=stop_after, scst_epochs=scst_epochs, scst_lr=scst_lr,
                                 image_tower=image_tower, tune_image_tail=tune_image_tail,

@@ -105,7 +105,7 @@ def _views_text(cfg: dict) -> str:
     return " + ".join(views)
 
 
-def _batch_text(history: list[dict]) -> str:
+def _batch_text(history: list[dict], captions_per_image: int | None = None) -> str:
     """'64 images (x their 5 captions) per batch in epochs 1-2, 16 in epochs 3-12', from the
     batch size each epoch recorded (runs resumed with another --images-per-batch)."""
     phases: list[list] = []  # [images_per_batch, first epoch, last epoch]
@@ -120,7 +120,9 @@ def _batch_text(history: list[dict]) -> str:
     if not phases:
         return ""
     span = lambda a, b: f"epoch {a}" if a == b else f"epochs {a}-{b}"  # noqa: E731
-    parts = [f"{n} images" + (" (x their 5 captions) per batch" if i == 0 else "") + f" in {span(a, b)}"
+    captions = ("x their 5 captions" if captions_per_image is None else
+                f"x {captions_per_image} of their 5 captions, drawn afresh each cross-entropy epoch")
+    parts = [f"{n} images" + (f" ({captions}) per batch" if i == 0 else "") + f" in {span(a, b)}"
              for i, (n, a, b) in enumerate(phases)]
     text = "Batches: " + ", then ".join(parts) + "."
     if len(phases) > 1:
@@ -191,7 +193,7 @@ Image features (of the frozen layers) cached once ({_views_text(cfg)} as augment
 forcing, label smoothing {cfg['label_smoothing']}, AdamW (peak lr {cfg['lr']}, weight decay
 {cfg['weight_decay']}), {cfg['warmup_steps']} warm-up steps then a cosine schedule, gradient
 clipping 2.0, captions truncated to {cfg['max_words']} words, {cfg['epochs']} cross-entropy
-epochs in all. {_batch_text(chosen['history'])}The shipped run trained on a 2-core machine with
+epochs in all. {_batch_text(chosen['history'], cfg.get('captions_per_image'))}The shipped run trained on a 2-core machine with
 {cfg.get('threads') or 1} PyTorch thread(s) (its epoch times above).{_precision_text(cfg)}
 {_scst_text(cfg, chosen['history'])}
 ## Reproduce

@@ -5,7 +5,8 @@
 vocabulary from the training captions, caches the EfficientNet-Lite0 feature maps of the
 training images (centre view + mirror image, optionally random resized crops, as
 augmentation) and of the validation images, and trains a decoder from `caption.decoders`
-with teacher forcing, label smoothing, AdamW and a warm-up + cosine learning-rate schedule.
+with teacher forcing, label smoothing, AdamW and a warm-up + cosine learning-rate schedule
+(each epoch reads all captions of every image, or `captions_per_image` of them, drawn afresh).
 With `tune_image_tail`, the image tower's last MBConv block and head conv (an aligned
 model's tuned tail, or the frozen tower's) train with the decoder at their own learning
 rate: the cache then holds the 192x7x7 activation entering that block, and each batch runs
@@ -63,6 +64,9 @@ class CaptionTrainConfig:
     scst_lr: float = 5e-5  # constant learning rate of the SCST epochs
     scst_samples: int = 5  # captions sampled per image in SCST (leave-one-out baseline)
     images_per_batch: int = 64  # each image brings all its captions (Flickr8k: 5)
+    # cross-entropy epochs read only this many of each image's captions, drawn afresh each
+    # epoch (None = all): a cheaper epoch that still sees every image
+    captions_per_image: int | None = None
     lr: float | None = None  # peak learning rate; None = DEFAULT_LR of the architecture
     weight_decay: float = 1e-2
     warmup_steps: int = 100
@@ -180,8 +184,10 @@ def _lr_lambda(warmup: int, total: int):
 
 
 def _epoch_batches(arch: str, rows_of_image: list[list[int]], lengths: torch.Tensor,
-                   images_per_batch: int, rows_per_batch: int, rng: random.Random) -> list[list[int]]:
-    """One epoch of batches (lists of caption rows); every caption once.
+                   images_per_batch: int, rows_per_batch: int, rng: random.Random,
+                   captions_per_image: int | None = None) -> list[list[int]]:
+    """One epoch of batches (lists of caption rows); every caption once, or, with
+    `captions_per_image`, that many of each image's captions (drawn with `rng`).
 
     Show-Attend-Tell: all captions of `images_per_batch` images (the image is encoded once
     for its 5 captions, and the decoder skips finished rows step by step). Transformer:
@@ -190,6 +196,8 @@ def _epoch_batches(arch: str, rows_of_image: list[list[int]], lengths: torch.Ten
     """
     images = list(range(len(rows_of_image)))
     rng.shuffle(images)
+    if captions_per_image is not None:
+        rows_of_image = [rng.sample(rows, min(captions_per_image, len(rows))) for rows in rows_of_image]
     if arch == "show-attend-tell":
         return [[r for i in images[b : b + images_per_batch] for r in rows_of_image[i]]
                 for b in range(0, len(images), images_per_batch)]
@@ -291,7 +299,11 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     rows_of_image: list[list[int]] = [[] for _ in train.images]
     for r, i in enumerate(owner.tolist()):
         rows_of_image[i].append(r)
-    rows_per_batch = round(cfg.images_per_batch * len(owner) / len(train.images))
+    if cfg.captions_per_image is not None and cfg.captions_per_image < 1:
+        raise ValueError("captions_per_image must be at least 1")
+    captions_per_image = (len(owner) / len(train.images) if cfg.captions_per_image is None
+                          else min(cfg.captions_per_image, len(owner) / len(train.images)))
+    rows_per_batch = round(cfg.images_per_batch * captions_per_image)
 
     decoder_args = {**DECODER_DEFAULTS[cfg.arch], **cfg.decoder, "vocab_size": len(tokenizer)}
     decoder = build_decoder(cfg.arch, **decoder_args)
@@ -355,8 +367,10 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
                 cider = CiderD([[split_words(c) + [EOS] for c in caps] for caps in train.captions])
             for group in optimizer.param_groups:
                 group["lr"] = cfg.scst_lr * group.get("lr_scale", 1.0)
+        # SCST batches only name images (it samples its own captions): all rows
         batches = _epoch_batches("show-attend-tell" if scst else cfg.arch, rows_of_image, lengths,
-                                 cfg.images_per_batch, rows_per_batch, random)
+                                 cfg.images_per_batch, rows_per_batch, random,
+                                 None if scst else cfg.captions_per_image)
         total_loss, total_tokens, total_reward, n_samples = 0.0, 0, 0.0, 0
         for rows in batches:
             rows_t = torch.tensor(rows)
