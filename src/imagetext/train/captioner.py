@@ -299,11 +299,12 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     rows_of_image: list[list[int]] = [[] for _ in train.images]
     for r, i in enumerate(owner.tolist()):
         rows_of_image[i].append(r)
-    if cfg.captions_per_image is not None and cfg.captions_per_image < 1:
-        raise ValueError("captions_per_image must be at least 1")
-    captions_per_image = (len(owner) / len(train.images) if cfg.captions_per_image is None
-                          else min(cfg.captions_per_image, len(owner) / len(train.images)))
-    rows_per_batch = round(cfg.images_per_batch * captions_per_image)
+    rows_per_image = len(owner) / len(train.images)  # on average (Flickr8k: 5)
+    if cfg.captions_per_image is not None:
+        if cfg.captions_per_image < 1:
+            raise ValueError("captions_per_image must be at least 1")
+        rows_per_image = min(rows_per_image, cfg.captions_per_image)
+    rows_per_batch = round(cfg.images_per_batch * rows_per_image)
 
     decoder_args = {**DECODER_DEFAULTS[cfg.arch], **cfg.decoder, "vocab_size": len(tokenizer)}
     decoder = build_decoder(cfg.arch, **decoder_args)
