@@ -88,6 +88,35 @@ def test_train_select_resume_and_use(tiny_dataset, tmp_path, capsys):
     assert scores["n_images"] == 4 and 0 <= scores["bleu4"] <= 1 and "cider" in scores
 
 
+def test_scst_learning_rate_falls_along_a_cosine_across_a_resume(tiny_dataset, tmp_path):
+    """--scst-lr-end: the SCST epochs' learning rate falls from --scst-lr to it, step by step
+    along a half cosine; a run stopped and resumed mid-way continues the same curve."""
+    from imagetext.caption.model_card import install
+    from imagetext.train.captioner import scst_lr_at
+
+    small = {"embed_dim": 32, "hidden_dim": 64, "attention_dim": 32, "dropout": 0.0}
+    cfg = CaptionTrainConfig(arch="sat", epochs=1, images_per_batch=8, lr=3e-3, warmup_steps=2,
+                             min_count=1, final_beam=1, decoder=small, scst_epochs=3, scst_lr=1e-3,
+                             scst_lr_end=1e-4, stop_after=2)
+    assert scst_lr_at(cfg, 0, 2) == 1e-3 and scst_lr_at(cfg, 6, 2) == 1e-4
+    assert scst_lr_at(cfg, 3, 2) == pytest.approx(5.5e-4)  # half way: the mean
+    out = tmp_path / "run"
+    train_captioner(tiny_dataset, out, cfg, log=lambda *_: None)  # 1 xe + 1 scst epoch
+    cfg.stop_after = None
+    history = train_captioner(tiny_dataset, out, cfg, resume=True, log=lambda *_: None)["history"]
+    assert [h["objective"] for h in history] == ["xe", "scst", "scst", "scst"]
+    # each epoch records the lr of its last step: 16 images in batches of 8 are 2 steps an epoch
+    scst_lrs = [h["lr"] for h in history[1:]]
+    assert scst_lrs == pytest.approx([scst_lr_at(cfg, s, 2) for s in (1, 3, 5)])
+    assert 1e-3 > scst_lrs[0] > scst_lrs[1] > scst_lrs[2] > 1e-4
+    install([out], tmp_path / "installed")
+    assert "AdamW at\nlr 0.001 falling to 0.0001 along a half cosine" in (
+        tmp_path / "installed" / "README.md").read_text()
+
+    cfg.scst_lr_end = None  # constant
+    assert scst_lr_at(cfg, 0, 2) == scst_lr_at(cfg, 5, 2) == 1e-3
+
+
 def test_captioner_on_an_aligned_models_tuned_tower_tail(tiny_dataset, tmp_path):
     """`--image-tower aligned-flickr8k`: the decoder reads the shipped model's tuned tail, the
     captioner folder keeps a copy of it, and captioning images runs that tail (trained with
@@ -137,8 +166,8 @@ def test_captioner_on_an_aligned_models_tuned_tower_tail(tiny_dataset, tmp_path)
 
 def test_captioner_trains_the_tower_tail_with_the_decoder(tiny_dataset, tmp_path):
     """`--tune-image-tail`: the frozen tower's last block and head conv train with the decoder
-    (on cached block inputs, over centre, mirror and crop views, reading 3 of each image's
-    captions per cross-entropy epoch, as the shipped recipe does); the saved captioner carries the
+    (on cached block inputs, over centre, mirror and crop views, as the shipped recipe does, and
+    reading 3 of each image's captions per cross-entropy epoch); the saved captioner carries the
     trained tail and captions images through it; resume continues from the trained tail."""
     import numpy as np
     import torch

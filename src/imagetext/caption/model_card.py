@@ -45,7 +45,10 @@ def _row(result: dict, chosen: bool) -> str:
 
 def _scst_lr_text(cfg: dict, history: list[dict]) -> str:
     """'constant lr 0.0002', or 'lr 0.0002 in epochs 9-14, then 5e-05 in epochs 15-17' for a
-    run resumed with another --scst-lr (the per-epoch history records each epoch's lr)."""
+    run resumed with another --scst-lr (the per-epoch history records each epoch's lr), or
+    'lr 0.0002 falling to 2e-05 along a half cosine' for a run with --scst-lr-end."""
+    if cfg.get("scst_lr_end") is not None:
+        return f"lr {cfg['scst_lr']:g} falling to {cfg['scst_lr_end']:g} along a half cosine"
     scst = [h for h in history if h.get("objective") == "scst"]
     spans: list[list] = []
     for h in scst:

@@ -61,7 +61,9 @@ class CaptionTrainConfig:
     epochs: int = 10  # cross-entropy epochs: the length of the LR schedule (warm-up + cosine)
     stop_after: int | None = None  # end training after this epoch (schedule still for `epochs`)
     scst_epochs: int = 0  # then self-critical training on CIDEr-D (train/scst.py) for this many
-    scst_lr: float = 5e-5  # constant learning rate of the SCST epochs
+    scst_lr: float = 5e-5  # learning rate of the SCST epochs (constant unless scst_lr_end is set)
+    # SCST lr falls from scst_lr to this along a half cosine over the scst_epochs (None: constant)
+    scst_lr_end: float | None = None
     scst_samples: int = 5  # captions sampled per image in SCST (leave-one-out baseline)
     images_per_batch: int = 64  # each image brings all its captions (Flickr8k: 5)
     # cross-entropy epochs read only this many of each image's captions, drawn afresh each
@@ -181,6 +183,16 @@ def _lr_lambda(warmup: int, total: int):
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
+
+
+def scst_lr_at(cfg: CaptionTrainConfig, scst_step: int, steps_per_epoch: int) -> float:
+    """The SCST learning rate at step `scst_step` (0-based, counted from the first SCST step):
+    `scst_lr`, or with `scst_lr_end` a half cosine from `scst_lr` down to it over the SCST
+    epochs. A function of the step alone, so that a resumed run continues the same curve."""
+    if cfg.scst_lr_end is None:
+        return cfg.scst_lr
+    progress = min(1.0, scst_step / max(1, cfg.scst_epochs * steps_per_epoch))
+    return cfg.scst_lr_end + (cfg.scst_lr - cfg.scst_lr_end) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _epoch_batches(arch: str, rows_of_image: list[list[int]], lengths: torch.Tensor,
@@ -366,14 +378,16 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
                 from imagetext.train.scst import CiderD
 
                 cider = CiderD([[split_words(c) + [EOS] for c in caps] for caps in train.captions])
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.scst_lr * group.get("lr_scale", 1.0)
         # SCST batches only name images (it samples its own captions): all rows
         batches = _epoch_batches("show-attend-tell" if scst else cfg.arch, rows_of_image, lengths,
                                  cfg.images_per_batch, rows_per_batch, random,
                                  None if scst else cfg.captions_per_image)
         total_loss, total_tokens, total_reward, n_samples = 0.0, 0, 0.0, 0
-        for rows in batches:
+        for step, rows in enumerate(batches):
+            if scst:
+                lr = scst_lr_at(cfg, (epoch - cfg.epochs) * steps_per_epoch + step, steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
             rows_t = torch.tensor(rows)
             rows_t = rows_t[lengths[rows_t].argsort(descending=True, stable=True)]
             images, inverse = torch.unique(owner[rows_t], return_inverse=True)
