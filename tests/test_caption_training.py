@@ -90,7 +90,8 @@ def test_train_select_resume_and_use(tiny_dataset, tmp_path, capsys):
 
 def test_scst_learning_rate_falls_along_a_cosine_across_a_resume(tiny_dataset, tmp_path):
     """--scst-lr-end: the SCST epochs' learning rate falls from --scst-lr to it, step by step
-    along a half cosine; a run stopped and resumed mid-way continues the same curve."""
+    along a half cosine; a run stopped and resumed mid-way continues the same curve. (On 3 of
+    each image's captions: the model card counts them instead of assuming Flickr8k's 5.)"""
     from imagetext.caption.model_card import install
     from imagetext.train.captioner import scst_lr_at
 
@@ -100,18 +101,25 @@ def test_scst_learning_rate_falls_along_a_cosine_across_a_resume(tiny_dataset, t
                              scst_lr_end=1e-4, stop_after=2)
     assert scst_lr_at(cfg, 0, 2) == 1e-3 and scst_lr_at(cfg, 6, 2) == 1e-4
     assert scst_lr_at(cfg, 3, 2) == pytest.approx(5.5e-4)  # half way: the mean
+    data = tmp_path / "three-captions"
+    data.mkdir()
+    (data / "images").symlink_to(tiny_dataset / "images")
+    lines = (tiny_dataset / "captions.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (data / "captions.tsv").write_text(lines[0] + "".join(r for r in lines[1:] if r.split("\t")[1] in ("0", "1", "2")),
+                                       encoding="utf-8")
     out = tmp_path / "run"
-    train_captioner(tiny_dataset, out, cfg, log=lambda *_: None)  # 1 xe + 1 scst epoch
+    train_captioner(data, out, cfg, log=lambda *_: None)  # 1 xe + 1 scst epoch
     cfg.stop_after = None
-    history = train_captioner(tiny_dataset, out, cfg, resume=True, log=lambda *_: None)["history"]
+    history = train_captioner(data, out, cfg, resume=True, log=lambda *_: None)["history"]
     assert [h["objective"] for h in history] == ["xe", "scst", "scst", "scst"]
     # each epoch records the lr of its last step: 16 images in batches of 8 are 2 steps an epoch
     scst_lrs = [h["lr"] for h in history[1:]]
     assert scst_lrs == pytest.approx([scst_lr_at(cfg, s, 2) for s in (1, 3, 5)])
     assert 1e-3 > scst_lrs[0] > scst_lrs[1] > scst_lrs[2] > 1e-4
     install([out], tmp_path / "installed")
-    assert "AdamW at\nlr 0.001 falling to 0.0001 along a half cosine" in (
-        tmp_path / "installed" / "README.md").read_text()
+    card = (tmp_path / "installed" / "README.md").read_text()
+    assert "AdamW at\nlr 0.001 falling to 0.0001 along a half cosine" in card
+    assert "8 images (x their 3 captions) per batch" in card
 
     cfg.scst_lr_end = None  # constant
     assert scst_lr_at(cfg, 0, 2) == scst_lr_at(cfg, 5, 2) == 1e-3

@@ -108,9 +108,11 @@ def _views_text(cfg: dict) -> str:
     return " + ".join(views)
 
 
-def _batch_text(history: list[dict], captions_per_image: int | None = None) -> str:
+def _batch_text(history: list[dict], captions_per_image: int | None = None,
+                captions_in_data: int = 5) -> str:
     """'64 images (x their 5 captions) per batch in epochs 1-2, 16 in epochs 3-12', from the
-    batch size each epoch recorded (runs resumed with another --images-per-batch)."""
+    batch size each epoch recorded (runs resumed with another --images-per-batch);
+    `captions_in_data`: captions per training image (Flickr8k: 5)."""
     phases: list[list] = []  # [images_per_batch, first epoch, last epoch]
     for h in history:
         n = h.get("images_per_batch")
@@ -123,14 +125,22 @@ def _batch_text(history: list[dict], captions_per_image: int | None = None) -> s
     if not phases:
         return ""
     span = lambda a, b: f"epoch {a}" if a == b else f"epochs {a}-{b}"  # noqa: E731
-    captions = ("x their 5 captions" if captions_per_image is None else
-                f"x {captions_per_image} of their 5 captions, drawn afresh each cross-entropy epoch")
+    captions = (f"x their {captions_in_data} captions" if captions_per_image is None else
+                f"x {captions_per_image} of their {captions_in_data} captions, drawn afresh each "
+                "cross-entropy epoch")
     parts = [f"{n} images" + (f" ({captions}) per batch" if i == 0 else "") + f" in {span(a, b)}"
              for i, (n, a, b) in enumerate(phases)]
     text = "Batches: " + ", then ".join(parts) + "."
     if len(phases) > 1:
         text += " (Resumed with smaller batches: more updates per epoch, which learned faster on this small dataset.)"
     return text + " "
+
+
+def _captions_in_data(result: dict) -> int:
+    """Captions per training image, on average (runs from before it was recorded: Flickr8k's 5)."""
+    if not result.get("train_images"):
+        return 5
+    return round(result["train_captions"] / result["train_images"])
 
 
 def _run_minutes(history: list[dict]) -> str:
@@ -196,7 +206,7 @@ Image features (of the frozen layers) cached once ({_views_text(cfg)} as augment
 forcing, label smoothing {cfg['label_smoothing']}, AdamW (peak lr {cfg['lr']}, weight decay
 {cfg['weight_decay']}), {cfg['warmup_steps']} warm-up steps then a cosine schedule, gradient
 clipping 2.0, captions truncated to {cfg['max_words']} words, {cfg['epochs']} cross-entropy
-epochs in all. {_batch_text(chosen['history'], cfg.get('captions_per_image'))}The shipped run trained on a 2-core machine with
+epochs in all. {_batch_text(chosen['history'], cfg.get('captions_per_image'), _captions_in_data(chosen))}The shipped run trained on a 2-core machine with
 {cfg.get('threads') or 1} PyTorch thread(s) (its epoch times above).{_precision_text(cfg)}
 {_scst_text(cfg, chosen['history'])}
 ## Reproduce

@@ -446,6 +446,7 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     t_eval = time.time()
     final = validate(best, val_fmap, val, beam_size=cfg.final_beam, full=True)
     result = {"model": best.name, "arch": cfg.arch, "split": val_split, "n_images": len(val.images),
+              "train_images": len(train.images), "train_captions": len(owner),
               "beam_size": cfg.final_beam, **final,
               "best_epoch": max(history, key=lambda r: r["cider"])["epoch"],
               "decoder_parameters": n_params, "config": asdict(cfg), "history": history}
