@@ -33,19 +33,22 @@ def photos() -> dict[str, Path]:
     return {n.split(".")[0]: skimage_photo(n) for n in SAMPLE_PHOTOS}
 
 
-def flickr_images(n: int, split: str = "val") -> list[Path]:
-    if not FLICKR8K.is_dir():
+def flickr_captions(split: str = "val", n: int | None = None) -> dict[str, list[str]]:
+    """Image file name -> its captions, for the first `n` images of a Flickr8k split (file order)."""
+    import csv
+
+    if not (FLICKR8K / "captions.tsv").is_file():
         pytest.skip("Flickr8k data (../shared/data/flickr8k) not present")
-    names = []
+    captions: dict[str, list[str]] = {}
     with open(FLICKR8K / "captions.tsv", encoding="utf-8") as f:
-        next(f)
-        for line in f:
-            image, idx, _, sp = line.rstrip("\n").split("\t")
-            if sp == split and idx == "0":
-                names.append(image)
-                if len(names) == n:
-                    break
-    return [FLICKR8K / "images" / name for name in names]
+        for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            if row["split"] == split:
+                captions.setdefault(row["image"], []).append(row["caption"])
+    return dict(list(captions.items())[:n])
+
+
+def flickr_images(n: int, split: str = "val") -> list[Path]:
+    return [FLICKR8K / "images" / name for name in flickr_captions(split, n)]
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +63,7 @@ def gallery(tmp_path, photos) -> Path:
     """A small photo folder: the sample photos plus 24 Flickr8k photos in a subfolder."""
     root = tmp_path / "gallery"
     (root / "flickr").mkdir(parents=True)
-    for name, path in photos.items():
+    for path in photos.values():
         shutil.copy(path, root / path.name)
     for path in flickr_images(24):
         shutil.copy(path, root / "flickr" / path.name)

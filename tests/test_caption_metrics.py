@@ -7,19 +7,7 @@ import shutil
 import pytest
 
 from imagetext.eval.caption_metrics import caption_scores
-from tests.conftest import FLICKR8K
-
-
-def _flickr_val(n: int):
-    import csv
-
-    refs: dict[str, list[str]] = {}
-    with open(FLICKR8K / "captions.tsv", encoding="utf-8") as f:
-        for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            if row["split"] == "val":
-                refs.setdefault(row["image"], []).append(row["caption"])
-    return dict(list(refs.items())[:n])
-
+from tests.conftest import FLICKR8K, flickr_captions
 
 REFS = {
     "a": ["a dog runs across the green grass", "a brown dog is running on grass",
@@ -48,7 +36,7 @@ def test_perfect_hypothesis_scores_one():
 
 def test_bleu_matches_sacrebleu():
     sacrebleu = pytest.importorskip("sacrebleu")
-    refs = _flickr_val(200) if (FLICKR8K / "captions.tsv").is_file() else REFS
+    refs = flickr_captions("val", 200) if (FLICKR8K / "captions.tsv").is_file() else REFS
     # hypothesis: another human caption of the same image, scored against the other four
     hyps = {k: v[0] for k, v in refs.items()}
     others = {k: v[1:] for k, v in refs.items()}
@@ -67,7 +55,7 @@ def test_bleu_matches_sacrebleu():
 
 def test_rouge_l_matches_rouge_score():
     rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
-    refs = _flickr_val(200) if (FLICKR8K / "captions.tsv").is_file() else REFS
+    refs = flickr_captions("val", 200) if (FLICKR8K / "captions.tsv").is_file() else REFS
     hyps = {k: v[0] for k, v in refs.items()}
     others = {k: v[1:] for k, v in refs.items()}
     ours = caption_scores(others, hyps, tokenize="simple", meteor=False, metrics=("rouge_l",))

@@ -16,7 +16,7 @@ from imagetext.caption.efficientnet_captioner import EfficientNetCaptioner
 from imagetext.caption.tokenizer import WordTokenizer, split_words
 from imagetext.train.captioner import _encode_captions
 from imagetext.train.precision import cpu_autocast
-from tests.conftest import FLICKR8K, needs_flickr
+from tests.conftest import FLICKR8K, flickr_captions, needs_flickr
 
 SMALL = {
     "show-attend-tell": {"embed_dim": 64, "hidden_dim": 128, "attention_dim": 64, "dropout": 0.0},
@@ -27,15 +27,8 @@ SMALL = {
 @pytest.fixture(scope="module")
 def photos():
     """8 Flickr8k val photos with their first caption, and their tower feature maps."""
-    import csv
-
-    rows = []
-    with open(FLICKR8K / "captions.tsv", encoding="utf-8") as f:
-        for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            if row["split"] == "val" and row["caption_index"] == "0":
-                rows.append((str(FLICKR8K / "images" / row["image"]), row["caption"]))
-            if len(rows) == 8:
-                break
+    rows = [(str(FLICKR8K / "images" / image), captions[0])
+            for image, captions in flickr_captions("val", 8).items()]
     tok = WordTokenizer.build([c for _, c in rows], min_count=1)
     captioner = EfficientNetCaptioner(build_decoder("transformer", vocab_size=len(tok), **SMALL["transformer"]), tok)
     pixels = np.stack([captioner.preprocess.load(p) for p, _ in rows])
