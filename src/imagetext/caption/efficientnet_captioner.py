@@ -73,9 +73,11 @@ class EfficientNetCaptioner(Captioner):
             # the ONNX cache key hashes the module's weights, a tuned tail's included
             tail = self.image_tail
             tower = self._image_tower or load_efficientnet_lite0()
+            # no spin-waiting ORT threads: the PyTorch decoder runs right after the tower
             runner = tower_runner(_FeatureMap(tower, tail), 224, ["fmap"],
-                                  tag="lite0-fmap" + (f"-tail{len(tail._blocks)}" if tail else ""))
-            self._features = lambda px: runner(px)["fmap"]
+                                  tag="lite0-fmap" + (f"-tail{len(tail._blocks)}" if tail else ""),
+                                  spin=False)
+            self._features = runner
         return self._features
 
     def feature_map(self, pixels: np.ndarray) -> np.ndarray:
@@ -83,7 +85,7 @@ class EfficientNetCaptioner(Captioner):
         pixels = np.asarray(pixels, dtype=np.float32)
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) pixel batch, got shape {pixels.shape}")
-        return self._feature_runner()(pixels)
+        return self._feature_runner()(pixels)["fmap"]
 
     # -- decoding ----------------------------------------------------------------------
     def generate(self, pixels: np.ndarray, beam_size: int | None = None,

@@ -61,14 +61,9 @@ def _preprocess_from_config(config: dict) -> Preprocess:
 
 
 def _session(path: Path, threads: int | None):
-    import onnxruntime as ort
+    from imagetext.models.onnx_runtime import cpu_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or 0  # 0: one thread per physical core
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return cpu_session(path, threads or 0)  # 0: one thread per physical core
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
