@@ -125,6 +125,27 @@ def test_scst_learning_rate_falls_along_a_cosine_across_a_resume(tiny_dataset, t
     assert scst_lr_at(cfg, 0, 2) == scst_lr_at(cfg, 5, 2) == 1e-3
 
 
+def test_train_captioner_command_passes_the_scst_options(tiny_dataset, tmp_path):
+    """`imagetext train captioner` with the default decoder, one cross-entropy and one SCST
+    epoch: --scst-samples and --scst-lr-end reach the run's config and its model card."""
+    from typer.testing import CliRunner
+
+    from imagetext.caption.model_card import install
+    from imagetext.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "train", "captioner", "--data", str(tiny_dataset), "--out", str(out), "--epochs", "1",
+        "--images-per-batch", "8", "--scst-epochs", "1", "--scst-samples", "3",
+        "--scst-lr", "1e-4", "--scst-lr-end", "1e-5", "--beam", "1"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    assert (config["scst_samples"], config["scst_lr"], config["scst_lr_end"]) == (3, 1e-4, 1e-5)
+    install([out], tmp_path / "installed")
+    card = (tmp_path / "installed" / "README.md").read_text()
+    assert "3 captions\nsampled per image" in card and "lr 0.0001 falling to 1e-05" in card
+
+
 def test_captioner_on_an_aligned_models_tuned_tower_tail(tiny_dataset, tmp_path):
     """`--image-tower aligned-flickr8k`: the decoder reads the shipped model's tuned tail, the
     captioner folder keeps a copy of it, and captioning images runs that tail (trained with

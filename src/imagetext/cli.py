@@ -331,11 +331,14 @@ def train_captioner_cmd(
         min=1, help="Stop after this epoch (the LR schedule still spans --epochs).")] = None,
     scst_epochs: Annotated[int, typer.Option(
         min=0, help="After the --epochs of cross-entropy, this many epochs of self-critical "
-        "training on the CIDEr-D reward (5 sampled captions per image).")] = 0,
+        "training on the CIDEr-D reward (--scst-samples sampled captions per image).")] = 0,
     scst_lr: Annotated[float, typer.Option(help="Learning rate of the SCST epochs.")] = 5e-5,
     scst_lr_end: Annotated[float | None, typer.Option(
         help="Let the SCST learning rate fall from --scst-lr to this along a half cosine over "
         "the --scst-epochs (default: constant).")] = None,
+    scst_samples: Annotated[int, typer.Option(
+        min=2, help="Captions sampled per image in SCST, each rewarded against the mean of the "
+        "others.")] = 5,
     image_tower: Annotated[str | None, typer.Option(
         help="Read the feature map of this aligned model's tuned tower tail (e.g. aligned-flickr8k, "
         "trained with `train clip --tune-image-blocks`) instead of the frozen tower's; the "
@@ -369,7 +372,7 @@ def train_captioner_cmd(
                                 captions_per_image=captions_per_image,
                                 flip=flip, final_beam=beam, seed=seed, val_images=val_images,
                                 stop_after=stop_after, scst_epochs=scst_epochs, scst_lr=scst_lr,
-                                scst_lr_end=scst_lr_end,
+                                scst_lr_end=scst_lr_end, scst_samples=scst_samples,
                                 image_tower=image_tower, tune_image_tail=tune_image_tail,
                                 image_lr=image_lr, crop_views=crop_views, precision=precision,
                                 threads=threads)
