@@ -188,7 +188,8 @@ def _lr_lambda(warmup: int, total: int):
 def scst_lr_at(cfg: CaptionTrainConfig, scst_step: int, steps_per_epoch: int) -> float:
     """The SCST learning rate at step `scst_step` (0-based, counted from the first SCST step):
     `scst_lr`, or with `scst_lr_end` a half cosine from `scst_lr` down to it over the SCST
-    epochs. A function of the step alone, so that a resumed run continues the same curve."""
+    epochs. A function of the step alone, so that a run resumed with the same `scst_epochs`
+    continues the same curve."""
     if cfg.scst_lr_end is None:
         return cfg.scst_lr
     progress = min(1.0, scst_step / max(1, cfg.scst_epochs * steps_per_epoch))
