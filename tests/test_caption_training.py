@@ -3,16 +3,29 @@ selection, checkpoint + resume, an SCST epoch, final metrics, and the CLI on the
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 
 import pytest
 
 from imagetext.train.captioner import CaptionTrainConfig, train_captioner
-from tests.conftest import FLICKR8K, needs_flickr
+from tests.conftest import FLICKR8K, flickr_captions, needs_flickr
 
 pytestmark = needs_flickr
+
+
+TINY = {"train": 16, "val": 4}  # images per split
+
+
+def write_captions_tsv(root, captions_per_image: int | None = None) -> None:
+    """`root`/captions.tsv for the TINY Flickr8k images, with all their captions or the first
+    `captions_per_image` of them."""
+    with open(root / "captions.tsv", "w", encoding="utf-8") as f:
+        f.write("image\tcaption_index\tcaption\tsplit\n")
+        for split, n in TINY.items():
+            for image, captions in flickr_captions(split, n).items():
+                f.writelines(f"{image}\t{k}\t{c}\t{split}\n"
+                             for k, c in enumerate(captions[:captions_per_image]))
 
 
 @pytest.fixture(scope="module")
@@ -20,18 +33,10 @@ def tiny_dataset(tmp_path_factory):
     """16 train + 4 val Flickr8k images with all their captions, as a captions.tsv folder."""
     root = tmp_path_factory.mktemp("tiny")
     (root / "images").mkdir()
-    rows, counts = [], {"train": set(), "val": set()}
-    with open(FLICKR8K / "captions.tsv", encoding="utf-8") as f:
-        for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            want = {"train": 16, "val": 4}[row["split"]]
-            if row["image"] in counts[row["split"]] or len(counts[row["split"]]) < want:
-                counts[row["split"]].add(row["image"])
-                rows.append(row)
-    with open(root / "captions.tsv", "w", encoding="utf-8") as f:
-        f.write("image\tcaption_index\tcaption\tsplit\n")
-        f.writelines(f"{r['image']}\t{r['caption_index']}\t{r['caption']}\t{r['split']}\n" for r in rows)
-    for name in counts["train"] | counts["val"]:
-        shutil.copy(FLICKR8K / "images" / name, root / "images" / name)
+    write_captions_tsv(root)
+    for split, n in TINY.items():
+        for name in flickr_captions(split, n):
+            shutil.copy(FLICKR8K / "images" / name, root / "images" / name)
     return root
 
 
@@ -104,9 +109,7 @@ def test_scst_learning_rate_falls_along_a_cosine_across_a_resume(tiny_dataset, t
     data = tmp_path / "three-captions"
     data.mkdir()
     (data / "images").symlink_to(tiny_dataset / "images")
-    lines = (tiny_dataset / "captions.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
-    (data / "captions.tsv").write_text(lines[0] + "".join(r for r in lines[1:] if r.split("\t")[1] in ("0", "1", "2")),
-                                       encoding="utf-8")
+    write_captions_tsv(data, captions_per_image=3)
     out = tmp_path / "run"
     train_captioner(data, out, cfg, log=lambda *_: None)  # 1 xe + 1 scst epoch
     cfg.stop_after = None
