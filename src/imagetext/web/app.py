@@ -102,6 +102,7 @@ def create_app(
     index_dir: str | os.PathLike | None = None,
     captioner: Any = "auto",
     max_upload_mb: float = 20.0,
+    example_queries: tuple[str, ...] = (),
     max_k: int = 200,
     thumbnail_dir: str | os.PathLike | None = None,
 ) -> FastAPI:
@@ -113,6 +114,8 @@ def create_app(
     captioner: "auto" (the installed default captioner, if any), a captioner name or
         folder, a loaded captioner, or None to switch captioning off.
     max_upload_mb: upload limit per request; max_k: the most results one query may ask for.
+    example_queries: searches the Search page suggests as links (`imagetext serve` gives
+        the demo gallery's, which it answers well).
     thumbnail_dir: thumbnail cache (default `<index_dir>/thumbnails`).
     The collection is opened (not re-indexed) here; `imagetext serve` indexes first.
     """
@@ -216,7 +219,8 @@ def create_app(
 
     @app.get("/search", response_class=HTMLResponse, include_in_schema=False)
     async def search_page(request: Request, q: str | None = None, k: str | None = None):
-        context: dict = {"q": q or "", "k": k or DEFAULT_K, "results": None}
+        context: dict = {"q": q or "", "k": k or DEFAULT_K, "results": None,
+                         "examples": example_queries}
         status = 200
         if q is not None:
             try:
