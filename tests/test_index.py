@@ -292,7 +292,7 @@ def test_index_notices_new_weights_under_the_same_model_name(gallery, tmp_path):
 def test_serve_rebuilds_a_stale_demo_index(tmp_path, capsys):
     """The demo gallery is imagetext's own: an index of it built with other weights is
     rebuilt when the web app starts, instead of refusing to serve."""
-    from imagetext.demo import prepare_demo_gallery
+    from imagetext.demo import EXAMPLE_QUERIES, prepare_demo_gallery
     from imagetext.models import registry
     from imagetext.web.serve import index_collection
 
@@ -302,10 +302,11 @@ def test_serve_rebuilds_a_stale_demo_index(tmp_path, capsys):
         col.index(progress=False)
         col.store.set_meta("model_ref", registry.DEFAULT_MODEL)  # as if an older default built it
     registry._CACHE.clear()
+    query, expected = EXAMPLE_QUERIES[0]
     with pytest.raises(ModelMismatchError), Collection.open(root) as col:
-        col.search("a cup of coffee", k=1)  # a user's own folder: refused, nothing lost
+        col.search(query, k=1)  # a user's own folder: refused, nothing lost
     index_collection(root, rebuild_if_stale=True)
     assert "Rebuilding the demo gallery's index" in capsys.readouterr().err
     with Collection.open(root) as col:
         assert col.store.get_meta("model_fingerprint") == col.encoder.fingerprint
-        assert Path(col.search("a cup of coffee", k=1)[0].path).name == "coffee.png"
+        assert Path(col.search(query, k=1)[0].path).name == expected

@@ -382,14 +382,16 @@ def test_openapi_docs_are_served_offline(client):
 
 
 # -- the command ----------------------------------------------------------------------------
-def test_imagetext_serve_demo_indexes_the_sample_photos_and_serves_them(tmp_path):
+def test_imagetext_serve_demo_indexes_the_demo_photos_and_suggests_searches(tmp_path):
     import os
+    import re
     import socket
     import subprocess
     import sys
     import time
+    from urllib.parse import parse_qs, urlparse
 
-    from imagetext.demo import DEMO_PHOTOS
+    from imagetext.demo import EXAMPLE_QUERIES, demo_photos
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -411,12 +413,18 @@ def test_imagetext_serve_demo_indexes_the_sample_photos_and_serves_them(tmp_path
                 assert time.time() < deadline, log.read_text()
                 time.sleep(0.5)
         gallery = tmp_path / "cache" / "demo-gallery"
+        n_photos = len(demo_photos())
         assert status["root"] == str(gallery)
-        assert status["n_images"] == len(DEMO_PHOTOS)
-        assert (gallery / "CREDITS.txt").is_file()
-        top = httpx.get(url + "/api/search", params={"q": "a cat", "k": 1}).json()["results"][0]
-        assert top["relative_path"] == "chelsea.png"
-        assert "18 added" in log.read_text()
+        assert status["n_images"] == n_photos
+        assert (gallery / "CREDITS.md").is_file()
+        assert f"{n_photos} added" in log.read_text()
+        # the search page suggests the example searches as links, and the first finds its photo
+        links = re.findall(r'<a href="(/search\?q=[^"]+)">', httpx.get(url + "/").text)
+        suggested = [parse_qs(urlparse(link).query)["q"][0] for link in links]
+        assert suggested == [query for query, _ in EXAMPLE_QUERIES]
+        query, expected = EXAMPLE_QUERIES[0]
+        top = httpx.get(url + "/api/search", params={"q": query, "k": 1}).json()["results"][0]
+        assert top["relative_path"] == expected
     finally:
         proc.terminate()
         proc.wait(timeout=20)

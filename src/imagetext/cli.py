@@ -504,8 +504,8 @@ def serve(
     = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     demo: Annotated[bool, typer.Option(
-        "--demo", help="Serve the demo gallery (scikit-image's sample photos, indexed on first "
-        "start).")] = False,
+        "--demo", help="Serve the demo gallery (real photos of people, animals, food, cities "
+        "and landscapes shipped with imagetext, indexed on first start).")] = False,
     model: ModelOpt = None,
     index_dir: IndexDirOpt = None,
     index: Annotated[bool, typer.Option(

@@ -47,11 +47,14 @@ def serve(
 
     if demo and collection:
         raise ValueError("give either --collection or --demo, not both")
+    examples: tuple[str, ...] = ()
     if not collection:
-        from imagetext.demo import prepare_demo_gallery
+        from imagetext.demo import EXAMPLE_QUERIES, prepare_demo_gallery
 
         root = prepare_demo_gallery()
-        print(f"Serving the demo gallery of sample photos in {root}", file=sys.stderr)
+        examples = tuple(query for query, _ in EXAMPLE_QUERIES)
+        print(f"Serving the demo gallery of real photos in {root} (credits: CREDITS.md)",
+              file=sys.stderr)
     else:
         root = Path(collection).expanduser().resolve()
         if not root.is_dir():
@@ -60,7 +63,7 @@ def serve(
     if index:
         index_collection(root, model=model, index_dir=index_path, rebuild_if_stale=not collection)
     app = create_app(root, model=model, index_dir=index_path, captioner=captioner,
-                     max_upload_mb=max_upload_mb)
+                     max_upload_mb=max_upload_mb, example_queries=examples)
     print(f"imagetext is running at http://{host}:{port}/  (API docs: /docs; Ctrl+C stops)",
           file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="warning")
