@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import io
+import re
 
 import httpx
 import pytest
@@ -337,6 +339,147 @@ def test_caption_with_the_installed_captioner(client, server):
     assert response.status_code == 200, body
     assert isinstance(body["caption"], str) and len(body["caption"].split()) >= 2
     assert 1 <= len(body["captions"]) <= 2 and body["captions"][0]["text"] == body["caption"]
+
+
+# -- k from the address or the form, on every route that takes k -----------------------------
+def cat_upload(server) -> dict:
+    return {"file": ("cat.png", png_bytes(server.root / "chelsea.png"), "image/png")}
+
+
+def count_results(response) -> int:
+    assert response.status_code == 200, response.text
+    if response.headers["content-type"].startswith("application/json"):
+        return len(response.json()["results"])
+    return response.text.count('class="tile"')
+
+
+@pytest.mark.parametrize("method, url, query, where", [
+    ("GET", "/api/search", {"q": "a cat"}, "address"),
+    ("GET", "/api/similar", {"id": "cat"}, "address"),
+    ("POST", "/api/similar", {}, "address"),
+    ("POST", "/api/similar", {}, "form"),
+    ("GET", "/search", {"q": "a cat"}, "address"),
+    ("GET", "/similar", {"id": "cat"}, "address"),
+    ("POST", "/similar", {}, "address"),
+    ("POST", "/similar", {}, "form"),
+])
+def test_every_route_that_takes_k_honours_it(client, server, method, url, query, where):
+    if query.get("id") == "cat":
+        (cat,) = client.get("/api/search", params={"q": "a cat", "k": 1}).json()["results"]
+        query = {"id": cat["id"]}
+    for k in (2, 5):
+        params = {**query, "k": k} if where == "address" else query
+        data = {"k": str(k)} if where == "form" else {}
+        files = cat_upload(server) if method == "POST" else None
+        response = client.request(method, url, params=params, data=data, files=files)
+        assert count_results(response) == k, (url, where, k)
+        if url.startswith("/api/"):
+            assert response.json()["k"] == k
+
+
+def test_k_in_both_the_address_and_the_form(client, server):
+    both = {"params": {"k": 3}, "data": {"k": "3"}, "files": cat_upload(server)}
+    assert count_results(client.post("/api/similar", **both)) == 3
+    assert count_results(client.post("/similar", **both)) == 3
+    differ = {"params": {"k": 2}, "data": {"k": "5"}, "files": cat_upload(server)}
+    assert_clear_error(client.post("/api/similar", **differ), 400, "twice", "'2'", "'5'")
+    page = client.post("/similar", **differ)
+    assert page.status_code == 400 and "given twice" in page.text
+
+
+@pytest.mark.parametrize("k", ["0", "abc", "100000"])
+def test_a_bad_k_in_the_address_of_an_upload_is_refused(client, server, k):
+    assert_clear_error(client.post("/api/similar", params={"k": k}, files=cat_upload(server)),
+                       422, "k")
+    page = client.post("/similar", params={"k": k}, files=cat_upload(server))
+    assert page.status_code == 400 and 'role="alert"' in page.text
+
+
+# -- the upload forms keep their upload -----------------------------------------------------
+def kept_token(page) -> str:
+    match = re.search(r'name="upload_token" value="([^"]+)"', page.text)
+    assert match, "the page does not carry the upload"
+    return match.group(1)
+
+
+def test_upload_pages_keep_the_upload_across_errors_and_resubmission(client, server):
+    first = client.post("/classify", files=cat_upload(server), data={"labels": "cat"})
+    assert first.status_code == 400 and "two labels" in first.text
+    token = kept_token(first)
+    assert "cat.png" in first.text and "data:image/jpeg;base64," in first.text
+
+    fixed = client.post("/classify", data={"upload_token": token, "labels": "cat, dog, car"})
+    assert fixed.status_code == 200 and 'id="classify-result"' in fixed.text
+    assert re.search(r'class="bar-label" title="cat"', fixed.text)
+    assert kept_token(fixed) == token
+
+    # the same upload serves the other upload forms too, with their own options
+    similar = client.post("/similar", data={"upload_token": token, "k": "2"})
+    assert count_results(similar) == 2
+    assert re.search(r'class="tile-name" title="chelsea.png"', similar.text)
+
+    # a new file replaces the kept one
+    coffee = {"file": ("coffee.png", png_bytes(server.root / "coffee.png"), "image/png")}
+    replaced = client.post("/similar", files=coffee, data={"upload_token": token, "k": "1"})
+    assert re.search(r'class="tile-name" title="coffee.png"', replaced.text)
+    assert kept_token(replaced) != token
+
+
+@pytest.mark.parametrize("data, word", [
+    ({"labels": "cat, dog"}, "No image was uploaded"),
+    ({"labels": "cat, dog", "upload_token": "A" * 24}, "no longer kept"),
+    ({"labels": "cat, dog", "upload_token": "../../etc/passwd"}, "no longer kept"),
+])
+def test_upload_pages_without_an_upload_say_so(client, data, word):
+    page = client.post("/classify", data=data)
+    assert page.status_code == 400 and word in page.text
+    assert 'name="upload_token"' not in page.text
+
+
+# -- readable HTML error pages; JSON for /api ------------------------------------------------
+def page_error(response) -> str:
+    """The message of an HTML error page, unescaped, after checking it is a page for people."""
+    assert response.headers["content-type"].startswith("text/html"), response.text
+    assert "<h1" in response.text
+    match = re.search(r'role="alert"[^>]*>(.*?)</div>', response.text, re.DOTALL)
+    assert match, response.text
+    message = html.unescape(match.group(1)).strip()
+    for raw in ("Input should be", "Traceback", '"detail"', "{'", "loc"):
+        assert raw not in message, message
+    return message
+
+
+@pytest.mark.parametrize("url, status, words", [
+    ("/images/abc", 404, "no image 'abc'"),
+    ("/images/-1", 404, "no image '-1'"),
+    ("/images/999999", 404, "no image with id 999999"),
+    ("/images/99999999999999999999999", 404, "no image with id"),
+    ("/similar?id=abc", 400, "whole number"),
+    ("/similar?id=999999", 404, "no image with id 999999"),
+    ("/similar?id=1&k=0", 400, "between 1 and"),
+    ("/search?q=a+cat&k=abc", 400, "whole number"),
+    ("/no/such/page", 404, "no page at /no/such/page"),
+])
+def test_html_routes_answer_bad_input_with_a_readable_page(client, url, status, words):
+    response = client.get(url)
+    assert response.status_code == status, response.text
+    assert words.lower() in page_error(response).lower()
+
+
+def test_html_forms_answer_malformed_posts_with_a_readable_page(client):
+    response = client.post("/classify", data={"file": "not a file", "labels": "cat, dog"})
+    assert response.status_code == 422
+    assert "must be an uploaded file" in page_error(response)
+    response = client.delete("/search")
+    assert response.status_code == 405
+    assert "does not take DELETE" in page_error(response)
+
+
+def test_api_routes_keep_json_errors(client):
+    assert_clear_error(client.get("/api/images/abc"), 422, "image_id", "whole number")
+    assert_clear_error(client.get("/api/images/999999"), 404, "no image")
+    assert_clear_error(client.get("/api/search", params={"q": "a cat", "k": 0}), 422,
+                       "k must be at least 1")
 
 
 # -- pages and docs -------------------------------------------------------------------------

@@ -24,11 +24,13 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imagetext.io.images import ImageLoadError
 from imagetext.web.service import CLASSIFY_TEMPLATE, WebService, decode_upload, preview_data_url
 from imagetext.web.thumbnails import THUMBNAIL_SIZES, ThumbnailCache
+from imagetext.web.uploads import KeptUpload, UploadStore
 from imagetext.web.validation import (
     UserError,
     check_int,
@@ -36,8 +38,10 @@ from imagetext.web.validation import (
     check_query,
     check_template,
     check_threshold,
+    given_once,
     parse_labels,
     read_upload,
+    readable_problem,
 )
 
 log = logging.getLogger("imagetext.web")
@@ -105,6 +109,7 @@ def create_app(
     example_queries: tuple[str, ...] = (),
     max_k: int = 200,
     thumbnail_dir: str | os.PathLike | None = None,
+    kept_uploads_mb: float = 64.0,
 ) -> FastAPI:
     """Build the web app for the collection at `collection_root`.
 
@@ -117,6 +122,8 @@ def create_app(
     example_queries: searches the Search page suggests as links (`imagetext serve` gives
         the demo gallery's, which it answers well).
     thumbnail_dir: thumbnail cache (default `<index_dir>/thumbnails`).
+    kept_uploads_mb: memory for the uploads the pages keep so that a form can be sent
+        again without choosing the file again (see `imagetext.web.uploads`).
     The collection is opened (not re-indexed) here; `imagetext serve` indexes first.
     """
     service = WebService(collection_root, model=model, index_dir=index_dir, captioner=captioner)
@@ -124,6 +131,7 @@ def create_app(
                         or index_dir or service.root / ".imagetext")
     thumbnails = ThumbnailCache(thumbnail_dir or index_folder / "thumbnails")
     max_upload_bytes = int(max_upload_mb * 1_000_000)
+    uploads = UploadStore(max_bytes=max(1, int(kept_uploads_mb * 1_000_000)))
     templates = Jinja2Templates(directory=str(HERE / "templates"))
 
     @asynccontextmanager
@@ -170,14 +178,10 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError):
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "body", "path"))
-            got = err.get("input")
-            shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and got != "" else ""
-            problems.append(f"{where or 'request'}: {err.get('msg', 'invalid value')}{shown}")
+        problems = "; ".join(readable_problem(err) for err in exc.errors())
+        message = problems + "."
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
-        return await error_response(request, 422, "; ".join(problems), {"errors": errors})
+        return await error_response(request, 422, message, {"errors": errors})
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException):
@@ -185,6 +189,8 @@ def create_app(
         if exc.status_code == 404 and message == "Not Found":
             message = (f"No API endpoint at {request.url.path}; see /docs."
                        if wants_json(request) else f"There is no page at {request.url.path}.")
+        elif exc.status_code == 405 and message == "Method Not Allowed":
+            message = f"{request.url.path} does not take {request.method} requests."
         return await error_response(request, exc.status_code, message)
 
     @app.exception_handler(Exception)
@@ -210,6 +216,47 @@ def create_app(
         data = await read_upload(file, max_upload_bytes)
         return await run_in_threadpool(decode_upload, data)
 
+    async def form_upload(file: UploadFile | None, token: str | None, context: dict):
+        """The image of an upload form (Caption, Similar, Classify): the file just chosen,
+        else the one the page kept under `token` (see `imagetext.web.uploads` for why).
+
+        Called before the form's other fields are checked, so that a bad label or k keeps
+        the upload too; puts the preview, name and token in `context` for the page. Returns
+        (upload, image), or None when no file was chosen and no upload is kept.
+        """
+        # (Starlette's UploadFile: FastAPI's is a subclass that the parser never makes)
+        chosen = isinstance(file, StarletteUploadFile) and bool(file.filename or file.size)
+        if chosen:
+            data = await read_upload(file, max_upload_bytes)
+            image = await run_in_threadpool(decode_upload, data)
+            preview = await run_in_threadpool(preview_data_url, image)
+            kept = uploads.put(file.filename or "upload", data, preview) or KeptUpload(
+                "", file.filename or "upload", b"", preview)  # too big to keep: show it once
+        elif token:
+            kept = uploads.get(token.strip())
+            if kept is None:
+                raise UserError("The photo uploaded earlier is no longer kept on the server "
+                                f"(uploads are kept for {uploads.ttl_s / 60:g} minutes); "
+                                "choose it again.")
+            image = await run_in_threadpool(decode_upload, kept.data)
+        else:
+            return None
+        context.update(upload_preview=kept.preview, upload_name=kept.name,
+                       upload_token=kept.token)
+        return kept, image
+
+    def uploaded_image(upload) -> Any:
+        if upload is None:
+            raise UserError("No image was uploaded: choose an image file (JPEG, PNG, WebP, ...).")
+        return upload[1]
+
+    def no_good_match(results: list[dict]) -> dict:
+        """Strong and weak matches of a search, when the model's scores are calibrated."""
+        calibrated = any(r.get("match") is not None for r in results)
+        return {"calibrated": calibrated,
+                "strong": [r for r in results if r.get("match") != "weak"],
+                "weak": [r for r in results if r.get("match") == "weak"]}
+
     # ======================================================================================
     # Pages
     # ======================================================================================
@@ -227,6 +274,7 @@ def create_app(
                 query = check_query(q)
                 context["k"] = check_k(k, max_k, DEFAULT_K)
                 context["results"] = await service.call(service.search, query, context["k"])
+                context.update(no_good_match(context["results"]))
             except UserError as exc:
                 context["error"], status = exc.message, exc.status
         return await render(request, "search.html", context, status, tab="search")
@@ -247,14 +295,15 @@ def create_app(
 
     @app.post("/similar", response_class=HTMLResponse, include_in_schema=False)
     async def similar_upload_page(request: Request, file: Annotated[UploadFile | None, File()] = None,
-                                  k: Annotated[str | None, Form()] = None):
-        context: dict = {"k": k or DEFAULT_K, "results": None, "query_image": None}
+                                  upload_token: Annotated[str | None, Form()] = None,
+                                  k: Annotated[str | None, Form()] = None,
+                                  k_in_address: Annotated[str | None, Query(alias="k")] = None):
+        context: dict = {"k": k or k_in_address or DEFAULT_K, "results": None, "query_image": None}
         status = 200
         try:
-            context["k"] = check_k(k, max_k, DEFAULT_K)
-            image = await upload_image(file)
-            context["upload_preview"] = await run_in_threadpool(preview_data_url, image)
-            context["upload_name"] = file.filename
+            upload = await form_upload(file, upload_token, context)
+            context["k"] = check_k(given_once("k", k_in_address, k), max_k, DEFAULT_K)
+            image = uploaded_image(upload)
             context["results"] = await service.call(service.similar, image, context["k"])
         except UserError as exc:
             context["error"], status = exc.message, exc.status
@@ -268,17 +317,17 @@ def create_app(
 
     @app.post("/caption", response_class=HTMLResponse, include_in_schema=False)
     async def caption_upload_page(request: Request, file: Annotated[UploadFile | None, File()] = None,
+                                  upload_token: Annotated[str | None, Form()] = None,
                                   beam_size: Annotated[str | None, Form()] = None,
                                   num_return: Annotated[str | None, Form()] = None):
         context: dict = {"beam_size": beam_size or 3, "num_return": num_return or 3}
         status = 200
         try:
+            upload = await form_upload(file, upload_token, context)
             beams = check_int(beam_size, "beam size", 1, MAX_BEAM, 3)
             n = check_int(num_return, "number of captions", 1, MAX_BEAM, 3)
             context.update(beam_size=beams, num_return=n)
-            image = await upload_image(file)
-            context["upload_preview"] = await run_in_threadpool(preview_data_url, image)
-            context["upload_name"] = file.filename
+            image = uploaded_image(upload)
             context["result"] = await service.call(service.caption, image, beams, n)
         except UserError as exc:
             context["error"], status = exc.message, exc.status
@@ -297,6 +346,7 @@ def create_app(
 
     @app.post("/classify", response_class=HTMLResponse, include_in_schema=False)
     async def classify_upload_page(request: Request, file: Annotated[UploadFile | None, File()] = None,
+                                   upload_token: Annotated[str | None, Form()] = None,
                                    labels: Annotated[str | None, Form()] = None,
                                    preset: Annotated[str | None, Form()] = None,
                                    threshold: Annotated[str | None, Form()] = None,
@@ -306,11 +356,10 @@ def create_app(
                        template=template or CLASSIFY_TEMPLATE)
         status = 200
         try:
+            upload = await form_upload(file, upload_token, context)
             label_list, limit = classify_inputs(labels, preset, threshold)
             prompt = check_template(template, CLASSIFY_TEMPLATE)
-            image = await upload_image(file)
-            context["upload_preview"] = await run_in_threadpool(preview_data_url, image)
-            context["upload_name"] = file.filename
+            image = uploaded_image(upload)
             context["result"] = await service.call(service.classify, image, label_list, prompt,
                                                    limit)
         except UserError as exc:
@@ -318,8 +367,12 @@ def create_app(
         return await render(request, "classify.html", context, status, tab="classify")
 
     @app.get("/images/{image_id}", response_class=HTMLResponse, include_in_schema=False)
-    async def image_page(request: Request, image_id: int):
-        record = await service.call(service.record, image_id)
+    async def image_page(request: Request, image_id: str):
+        # a str, not an int: /images/abc is a page that does not exist, said in words
+        if not image_id.isdigit():
+            raise UserError(f"There is no image {image_id!r}: image pages are /images/ and a "
+                            "number, as in the links of the search results.", 404)
+        record = await service.call(service.record, int(image_id))
         return await render(request, "image.html", {"image": record}, tab=None)
 
     # ======================================================================================
@@ -355,7 +408,7 @@ def create_app(
                       ] = None,
         path: Annotated[str | None, Query(
             description="A file inside the collection (relative to its root).")] = None,
-        k: Annotated[int, Query(ge=1, le=max_k)] = DEFAULT_K,
+        k: Annotated[int, Query(ge=1, le=max_k, description="How many results.")] = DEFAULT_K,
     ) -> dict:
         """"More like this": images similar to an indexed image (by id) or a collection file."""
         if (id is None) == (path is None):
@@ -372,9 +425,14 @@ def create_app(
     @app.post("/api/similar", tags=["search"])
     async def api_similar_upload(
         file: Annotated[UploadFile, File(description="The query image.")],
-        k: Annotated[int, Form(ge=1, le=max_k)] = DEFAULT_K,
+        k: Annotated[int | None, Form(ge=1, le=max_k, description=(
+            f"How many results (default {DEFAULT_K}); in the form or in the address."))] = None,
+        k_in_address: Annotated[int | None, Query(alias="k", ge=1, le=max_k, description=(
+            "How many results, in the address (`?k=5`); equal to the form's k if both are given."
+        ))] = None,
     ) -> dict:
         """Reverse image search: the images of the collection most similar to an upload."""
+        k = given_once("k", k_in_address, k) or DEFAULT_K
         image = await upload_image(file)
         results = await service.call(service.similar, image, k)
         return {"k": k, "results": results}

@@ -50,6 +50,25 @@ def check_k(k: int | str | None, max_k: int, default: int = 12) -> int:
     return value
 
 
+def given_once(name: str, in_address, in_form):
+    """A parameter that may come in the query string or in the form body (or both, if equal).
+
+    A client may put `k` in the address (`POST /api/similar?k=2`) or in the form; both are
+    honoured, and the two disagreeing is an error rather than one silently winning.
+    """
+    def blank(value) -> bool:
+        return value is None or (isinstance(value, str) and not value.strip())
+
+    if blank(in_address):
+        return None if blank(in_form) else in_form
+    if not blank(in_form) and str(in_address).strip() != str(in_form).strip():
+        raise UserError(
+            f"{name} is given twice with different values ({str(in_address).strip()!r} in the "
+            f"address, {str(in_form).strip()!r} in the form); give it once."
+        )
+    return in_address
+
+
 def check_int(value: int | str | None, name: str, low: int, high: int, default: int) -> int:
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
@@ -128,3 +147,31 @@ async def read_upload(upload: UploadFile | None, max_bytes: int, what: str = "im
             raise UserError(f"No {what} was uploaded: choose an image file (JPEG, PNG, WebP, ...).")
         raise UserError(f"The uploaded file {upload.filename!r} is empty.")
     return data
+
+
+_LOCATIONS = ("query", "body", "path", "header", "cookie")
+
+
+def readable_problem(error: dict) -> str:
+    """One of FastAPI's validation errors as a sentence: 'k must be at most 200 (got 5000)'."""
+    where = ".".join(str(p) for p in error.get("loc", ()) if p not in _LOCATIONS) or "the request"
+    kind = error.get("type", "")
+    ctx = error.get("ctx") or {}
+    got = error.get("input")
+    shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and got != "" else ""
+    if kind == "missing":
+        return f"{where} is missing"
+    if kind in ("int_parsing", "int_from_float", "int_type"):
+        return f"{where} must be a whole number{shown}"
+    if kind in ("float_parsing", "float_type", "finite_number"):
+        return f"{where} must be a number{shown}"
+    bounds = {"greater_than_equal": ("at least", "ge"), "greater_than": ("more than", "gt"),
+              "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}
+    if kind in bounds and bounds[kind][1] in ctx:
+        words, key = bounds[kind]
+        return f"{where} must be {words} {ctx[key]}{shown}"
+    if "UploadFile" in str(error.get("msg", "")):
+        return f"{where} must be an uploaded file (a multipart/form-data upload), not text"
+    if kind == "string_too_long" and "max_length" in ctx:
+        return f"{where} is too long: at most {ctx['max_length']} characters"
+    return f"{where}: {error.get('msg', 'invalid value')}{shown}"

@@ -35,8 +35,6 @@
         show(input.files[0]);
       }
     });
-    // a result page already shows the uploaded image; the browser cannot refill the input
-    if (zone.classList.contains("has-preview")) input.required = false;
   });
 
   // Forms that run a model: show that the server is working.
@@ -85,6 +83,7 @@
       document.getElementById("lightbox-caption").textContent = d.caption || "No caption stored.";
       document.getElementById("lightbox-score").textContent = d.score;
       document.getElementById("lightbox-score").hidden = !d.score;
+      document.getElementById("lightbox-score-label").textContent = d.scoreLabel || "Score";
       document.getElementById("lightbox-score-label").hidden = !d.score;
       document.getElementById("lightbox-similar").href = d.similar;
       document.getElementById("lightbox-original").href = d.original;
