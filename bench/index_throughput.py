@@ -6,7 +6,7 @@ image at a time through the model's PyTorch modules (default NCHW memory format)
 a FAISS index one by one. The
 pipeline is `Collection.index()`: decoding in threads, batches, ONNX Runtime, SQLite+FAISS.
 
-    python bench/index_throughput.py [--images DIR] [--n 320] [--naive-n 64]
+    python bench/index_throughput.py [--images DIR] [--n 320] [--naive-n 64] [--json]
 
 Targets (2-core machine): >= 60 images/s and >= 2x the naive loop.
 """
@@ -14,6 +14,7 @@ Targets (2-core machine): >= 60 images/s and >= 2x the naive loop.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -59,7 +60,7 @@ def naive_loop(files: list[Path], model_name: str) -> float:
 
     from imagetext.models.registry import load_encoder
 
-    enc = load_encoder(model_name, cache=False)
+    enc = load_encoder(model_name, cache=False, runtime="torch")
     enc._runner = plain_pytorch_runner(enc)
     pre = enc.preprocess
     index_sem, index_vis = faiss.IndexFlatIP(enc.dim), faiss.IndexFlatIP(enc.visual_dim)
@@ -102,15 +103,22 @@ def main() -> None:
     ap.add_argument("--naive-n", type=int, default=64, help="images for the naive loop")
     ap.add_argument("--model", default="default")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args()
     files = image_files(args.images, max(args.n, args.naive_n))
-    print(f"{torch.get_num_threads()} threads, model {args.model}, images from {args.images}")
     naive = naive_loop(files[: args.naive_n], args.model)
-    print(f"naive one-at-a-time PyTorch loop: {naive:6.1f} images/s  ({args.naive_n} images)")
     fast, noop = pipeline(files[: args.n], args.model, args.batch_size)
+    ratio = fast / naive
+    if args.json:
+        print(json.dumps({"threads": torch.get_num_threads(), "model": args.model,
+                          "naive_images_per_s": round(naive, 1), "naive_n": args.naive_n,
+                          "pipeline_images_per_s": round(fast, 1), "pipeline_n": args.n,
+                          "noop_reindex_ms": round(noop * 1000), "ratio": round(ratio, 2)}, indent=2))
+        return
+    print(f"{torch.get_num_threads()} threads, model {args.model}, images from {args.images}")
+    print(f"naive one-at-a-time PyTorch loop: {naive:6.1f} images/s  ({args.naive_n} images)")
     print(f"imagetext index pipeline:         {fast:6.1f} images/s  ({args.n} images)")
     print(f"re-index with nothing changed:    {noop * 1000:6.0f} ms")
-    ratio = fast / naive
     print(f"ratio pipeline / naive: {ratio:.2f}x   "
           f"[target >= 60 images/s: {'met' if fast >= 60 else 'NOT met'}; "
           f">= 2x naive: {'met' if ratio >= 2 else 'NOT met'}]")

@@ -55,7 +55,7 @@ def flickr_images(n: int, split: str = "val") -> list[Path]:
 def encoder():
     from imagetext.models.registry import load_encoder
 
-    return load_encoder("conse")
+    return load_encoder("conse", runtime="torch")
 
 
 @pytest.fixture()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,24 @@ def test_index_search_similar_info_json(gallery):
 
     again = run("index", str(gallery)).stdout
     assert "0 added" in again and "30 unchanged" in again
+
+
+def test_queries_run_on_onnx_runtime_without_importing_torch(gallery):
+    run("index", str(gallery), "-q")
+    # the whole `search` command in one process, then: which heavy modules did it import?
+    code = ("import sys; from imagetext.cli import app; "
+            f"app(['search', 'a cat', '-k', '1', '-c', {str(gallery)!r}], standalone_mode=False); "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    first, imported = out.stdout.strip().splitlines()
+    assert first.endswith("chelsea.png") and imported == "[]"
+    info = json.loads(run("info", "--json", "-c", str(gallery)).stdout)["collection"]
+    assert info["runtime"] == {"image": "onnxruntime", "text": "onnxruntime"}
+    slow = subprocess.run([sys.executable, "-m", "imagetext.cli", "info", "-c", str(gallery)],
+                          capture_output=True, text=True, check=True,
+                          env={**os.environ, "IMAGETEXT_NO_ONNX": "1"})
+    assert "runtime: image tower pytorch, text tower pytorch" in slow.stdout
+    assert slow.stderr.startswith("warning: ") and "IMAGETEXT_NO_ONNX" in slow.stderr
 
 
 def test_classify_and_rank(photos):

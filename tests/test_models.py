@@ -30,16 +30,40 @@ def test_tower_exposes_pooled_feature_and_maps(photos):
     assert torch.allclose(f.feature_map.mean((2, 3)), f.pooled)
 
 
-def test_onnx_runtime_gives_the_pytorch_vectors(encoder, photos, monkeypatch):
-    from imagetext.models.conse import ConSEEncoder
+@pytest.mark.parametrize("model", ["conse", "aligned-flickr8k"])
+def test_the_compiled_model_gives_the_pytorch_vectors(model, photos, monkeypatch):
+    """The built-in models run compiled to ONNX Runtime, image and text tower alike. This
+    fails, as it should, when ONNX Runtime is missing (runtime="onnx" does not fall back)."""
+    from imagetext.models.onnx_backend import OnnxEncoder
 
+    compiled = load_encoder(model, runtime="onnx", cache=False)
+    assert isinstance(compiled, OnnxEncoder)
+    assert compiled.runtime == {"image": "onnxruntime", "text": "onnxruntime"}
+    monkeypatch.setenv("IMAGETEXT_NO_ONNX", "1")  # the reference: PyTorch end to end
+    reference = load_encoder(model, runtime="torch", cache=False)
+    assert reference.runtime == {"image": "pytorch", "text": "pytorch"}
+    assert (compiled.name, compiled.fingerprint, compiled.dim, compiled.visual_dim) == (
+        reference.name, reference.fingerprint, reference.dim, reference.visual_dim)
     paths = [photos[n] for n in ("chelsea", "coffee", "astronaut")]
-    fast = encoder.encode_images(paths)
+    fast, slow = compiled.encode_images(paths), reference.encode_images(paths)
+    assert np.abs(fast.semantic - slow.semantic).max() < 1e-4
+    assert np.abs(fast.visual - slow.visual).max() < 1e-4
+    texts = ["a cat on a sofa", "two children play in the snow near a tall pine tree", ""]
+    assert np.abs(compiled.encode_texts(texts) - reference.encode_texts(texts)).max() < 1e-4
+    assert compiled.offsets_key == reference.offsets_key
+    assert np.abs(compiled.similarity(fast.semantic, compiled.encode_texts(texts))
+                  - reference.similarity(slow.semantic, reference.encode_texts(texts))).max() < 1e-4
+
+
+def test_without_onnx_runtime_the_model_falls_back_to_pytorch_and_says_why(monkeypatch):
     monkeypatch.setenv("IMAGETEXT_NO_ONNX", "1")
-    reference = ConSEEncoder(text_tower=encoder.text_tower,
-                             class_embeddings=encoder.class_embeddings).encode_images(paths)
-    assert np.abs(fast.semantic - reference.semantic).max() < 1e-4
-    assert np.abs(fast.visual - reference.visual).max() < 1e-4
+    with pytest.warns(RuntimeWarning, match="runs in PyTorch.*IMAGETEXT_NO_ONNX"):
+        encoder = load_encoder("conse", cache=False)
+    assert encoder.runtime["text"] == "pytorch" and "IMAGETEXT_NO_ONNX" in encoder.runtime_fallback
+    from imagetext.models.onnx_backend import CompileError
+
+    with pytest.raises(CompileError, match="IMAGETEXT_NO_ONNX"):
+        load_encoder("conse", runtime="onnx", cache=False)
 
 
 def test_minilm_sentence_vectors(encoder):
@@ -61,7 +85,7 @@ def test_conse_ranks_the_right_photo_first(encoder, photos):
 
 def test_conse_round_trips_through_a_model_folder(encoder, tmp_path, photos):
     encoder.save_pretrained(tmp_path / "m")
-    loaded = load_encoder(tmp_path / "m", cache=False)
+    loaded = load_encoder(tmp_path / "m", cache=False, runtime="torch")
     assert loaded.name == encoder.name and loaded.top_k == encoder.top_k
     assert torch.equal(loaded.class_embeddings, encoder.class_embeddings)
 

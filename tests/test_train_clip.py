@@ -88,7 +88,7 @@ def test_trained_heads_save_and_load_as_a_model(tiny, tmp_path):
     task.model.eval()
     encoder = task.to_encoder("tiny-aligned")
     encoder.save_pretrained(tmp_path / "m")
-    loaded = load_encoder(tmp_path / "m", cache=False)
+    loaded = load_encoder(tmp_path / "m", cache=False, runtime="torch")
     assert loaded.backend == "aligned" and loaded.dim == 64 and loaded.visual_dim == 1280
     image_vecs, text_vecs = task.encode_val()
     emb = loaded.encode_images(val.images)
@@ -101,8 +101,8 @@ def test_trained_heads_save_and_load_as_a_model(tiny, tmp_path):
 
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "conse_weight": 0.5}))
-    mixed = load_encoder(tmp_path / "m", cache=False)
-    conse = load_encoder("conse", cache=False)
+    mixed = load_encoder(tmp_path / "m", cache=False, runtime="torch")
+    conse = load_encoder("conse", cache=False, runtime="torch")
     assert mixed.dim == 64 + 384
     m_img, m_txt = mixed.encode_images(val.images[:3]).semantic, mixed.encode_texts(val.captions[:4])
     c_img, c_txt = conse.encode_images(val.images[:3]).semantic, conse.encode_texts(val.captions[:4])
@@ -135,7 +135,7 @@ def test_finetune_with_wise_ft_interpolates_weights(tiny, tmp_path):
     encoder.save_pretrained(tmp_path / "ft")
     from imagetext.models.registry import load_encoder
 
-    loaded = load_encoder(tmp_path / "ft", cache=False)
+    loaded = load_encoder(tmp_path / "ft", cache=False, runtime="torch")
     assert loaded.image_tower_tuned
     np.testing.assert_allclose(loaded.encode_texts(["a dog"]), encoder.encode_texts(["a dog"]), atol=1e-5)
 
@@ -154,8 +154,14 @@ def test_small_clip_from_scratch_learns_and_round_trips(tiny, tmp_path):
     encoder = task.to_encoder("scratch")
     encoder.save_pretrained(tmp_path / "s")
     assert (tmp_path / "s" / "tokenizer.json").is_file()
-    loaded = load_encoder(tmp_path / "s", cache=False)
+    loaded = load_encoder(tmp_path / "s", cache=False, runtime="torch")
     texts = ["a dog runs", "two children play in the water"]
     np.testing.assert_allclose(loaded.encode_texts(texts), encoder.encode_texts(texts), atol=1e-5)
     emb = loaded.encode_images(tiny.images[:3])
     assert emb.semantic.shape == (3, 64)
+    # it has no exportable graphs (onnx_graphs): export refuses before writing anything
+    from imagetext.models.onnx_backend import export_onnx
+
+    with pytest.raises(ValueError, match="cannot be exported to ONNX"):
+        export_onnx(loaded, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -73,7 +73,7 @@ def test_tuned_blocks_learn_and_round_trip_through_the_model_folder(tiny, tmp_pa
 
     encoder = task.to_encoder("tiny-tail", conse_weight=0.0)
     encoder.save_pretrained(tmp_path / "m")
-    loaded = load_encoder(tmp_path / "m", cache=False)
+    loaded = load_encoder(tmp_path / "m", cache=False, runtime="torch")
     assert loaded.tuned_image_blocks == 1 and loaded.image_tail.first == 15
     image_vecs, text_vecs = task.encode_val()
     emb = loaded.encode_images(val.images)
@@ -81,13 +81,13 @@ def test_tuned_blocks_learn_and_round_trip_through_the_model_folder(tiny, tmp_pa
     np.testing.assert_allclose(loaded.encode_texts(val.captions), text_vecs, atol=1e-4)
     assert recall_at_k(emb.semantic, text_vecs, val.image_index)["t2i_r10"] >= 50
     # the visual vector and the ImageNet logits (ConSE) stay the frozen tower's
-    conse = load_encoder("conse", cache=False)
+    conse = load_encoder("conse", cache=False, runtime="torch")
     np.testing.assert_allclose(emb.visual, conse.encode_images(val.images).visual, atol=1e-4)
 
     # ONNX Runtime runs the same branching graph, exported under a key of these weights
     pytest.importorskip("onnxruntime")
     monkeypatch.delenv("IMAGETEXT_NO_ONNX")
-    onnx = load_encoder(tmp_path / "m", cache=False)
+    onnx = load_encoder(tmp_path / "m", cache=False, runtime="torch")
     np.testing.assert_allclose(onnx.encode_images(val.images).semantic, emb.semantic, atol=1e-4)
     first_graph = onnx._runner.path
     with torch.no_grad():
@@ -128,4 +128,4 @@ def test_mismatched_tail_weights_are_refused(tiny, tmp_path):
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "tuned_image_blocks": 2}))
     with pytest.raises(ValueError, match="tuned_image_blocks"):
-        load_encoder(tmp_path / "m", cache=False)
+        load_encoder(tmp_path / "m", cache=False, runtime="torch")

@@ -15,11 +15,11 @@ def test_shipped_model_is_the_default_and_complete():
         assert (folder / name).is_file(), name
     card = (folder / "README.md").read_text()
     assert "research use only" in card and "conse" in card and "scripts/train_default_clip.sh" in card
-    encoder = load_encoder(SHIPPED)
+    encoder = load_encoder(SHIPPED, runtime="torch")
     assert encoder.backend == "aligned" and encoder.visual_dim == 1280 and encoder.hubness is not None
     vecs = encoder.encode_texts(["a dog runs on the grass", "two children swim in a lake"])
     assert vecs.shape == (2, encoder.dim)
-    assert load_encoder("conse").backend == "conse"  # the baseline stays available by name
+    assert load_encoder("conse", runtime="torch").backend == "conse"  # the baseline stays available by name
 
 
 @needs_flickr

@@ -237,6 +237,13 @@ def info(
     if root:
         with Collection.open(root, index_dir=index_dir) as col:
             out["collection"] = col.status()
+    else:
+        from imagetext.models.registry import load_encoder
+
+        encoder = load_encoder(DEFAULT_MODEL)
+        out["runtime"] = dict(encoder.runtime)
+        if encoder.runtime_fallback:
+            out["runtime_fallback"] = encoder.runtime_fallback
     if as_json:
         _print_json(out)
         return
@@ -251,6 +258,12 @@ def info(
               f"({c['n_captioned']} captioned, {c['n_failed']} unreadable files skipped)")
     else:
         print("no index here (run `imagetext index FOLDER`)")
+    runtime = out.get("collection", out)
+    if "runtime" in runtime:
+        print(f"runtime: image tower {runtime['runtime']['image']}, text tower "
+              f"{runtime['runtime']['text']}"
+              + (f" (not ONNX Runtime: {runtime['runtime_fallback']})"
+                 if runtime.get("runtime_fallback") else ""))
 
 
 @eval_app.command("retrieval")
@@ -547,7 +560,15 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # one readable line instead of Python's "file:line: Category: message" and source line
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main() -> None:
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         app()
     except KeyboardInterrupt:

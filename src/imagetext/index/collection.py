@@ -588,7 +588,19 @@ class Collection:
             "n_captioned": n - len(self.store.ids_without_caption()),
             "index_type": choose_kind(self.store.get_meta("index_type") or "auto", n),
             "index_bytes": index_bytes,
+            **self.runtime_status(),
         }
+
+    def runtime_status(self) -> dict:
+        """Which engine runs the model's towers here, and why not ONNX Runtime if it does not."""
+        try:
+            encoder = self.encoder
+        except ModelMismatchError:  # the index names a model that is not here as it was
+            return {}
+        out: dict = {"runtime": dict(encoder.runtime)}
+        if encoder.runtime_fallback:
+            out["runtime_fallback"] = encoder.runtime_fallback
+        return out
 
 
 class _progress_bar:

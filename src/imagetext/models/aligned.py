@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from imagetext.models.base import (
     read_config,
     write_config,
 )
+from imagetext.models.conse import conse_vectors
 from imagetext.models.efficientnet_lite import (
     EfficientNetLite,
     TowerTail,
@@ -67,6 +69,51 @@ class TowerWithHead(nn.Module):
         f = self.tower.forward_tail(x, self.tail.first)
         t = self.tail(x)
         return self.head(pooled=t.pooled, fmap=t.feature_map, logits=f.logits), f.pooled, f.logits
+
+
+class AlignedImageGraph(nn.Module):
+    """pixels -> (semantic vectors as encode_pixels mixes them, L2-normalised visual vectors):
+    the whole image path of an AlignedEncoder, ConSE ensemble included, for export."""
+
+    def __init__(self, encoder: AlignedEncoder):
+        super().__init__()
+        self.path = encoder.image_module()
+        self.weight = encoder.conse_weight
+        if self.weight:
+            self.register_buffer("class_embeddings", encoder._conse.class_embeddings)
+            self.top_k = encoder._conse.top_k
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        semantic, pooled, logits = self.path(x)
+        semantic = nn.functional.normalize(semantic, dim=-1)
+        if self.weight:
+            conse = conse_vectors(logits, self.class_embeddings, self.top_k)
+            semantic = mix_conse(semantic, conse, self.weight)
+        return semantic, nn.functional.normalize(pooled, dim=-1)
+
+
+class AlignedTextGraph(nn.Module):
+    """(input_ids, attention_mask) -> text vectors as encode_texts mixes them, for export."""
+
+    def __init__(self, encoder: AlignedEncoder):
+        super().__init__()
+        self.tower, self.head, self.weight = encoder.text_tower, encoder.text_head, encoder.conse_weight
+        # with tuned MiniLM layers, the ConSE part reads a frozen MiniLM of its own
+        self.frozen = encoder._conse.text_tower if self.weight and encoder.tuned_text_layers else None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        base = nn.functional.normalize(self.tower(input_ids, attention_mask), dim=-1)
+        trained = nn.functional.normalize(self.head(base), dim=-1)
+        if not self.weight:
+            return trained
+        frozen = base if self.frozen is None else nn.functional.normalize(
+            self.frozen(input_ids, attention_mask), dim=-1)
+        return mix_conse(trained, frozen, self.weight)
+
+
+def mix_conse(trained: torch.Tensor, conse: torch.Tensor, weight: float) -> torch.Tensor:
+    """`AlignedEncoder._mix` in torch: [trained, w * conse] / sqrt(1 + w^2)."""
+    return torch.cat([trained, weight * conse], dim=1) / math.sqrt(1.0 + weight * weight)
 
 
 def tuned_layer_prefix(n_layers: int, tuned: int) -> list[int]:
@@ -175,6 +222,21 @@ class AlignedEncoder(ImageTextEncoder):
         if len(texts) == 0:
             return np.zeros((0, self.dim), np.float32)
         return self._mix(*self._text_parts(texts))
+
+    @property
+    def runtime(self) -> dict[str, str]:
+        from imagetext.models.onnx_runtime import onnx_available
+
+        return {"image": "onnxruntime" if onnx_available() else "pytorch", "text": "pytorch"}
+
+    def onnx_graphs(self):
+        """This model's inference path for export (models/onnx_backend.py)."""
+        from imagetext.models.onnx_backend import OnnxGraphs
+
+        return OnnxGraphs(image=AlignedImageGraph(self), image_outputs=["semantic", "visual"],
+                          text=AlignedTextGraph(self), text_inputs=["input_ids", "attention_mask"],
+                          tokenizer=self.text_tower.tokenizer, padding="longest",
+                          max_length=self.text_tower.max_tokens)
 
     # -- hubness correction ----------------------------------------------------------------
     @property

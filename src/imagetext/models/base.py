@@ -50,6 +50,8 @@ class ImageTextEncoder(ABC):
     # identifies the weights (set by registry.load_encoder from the model folder), so that an
     # index notices when a model keeps its name but ships new weights
     fingerprint: str | None = None
+    # why registry.load_encoder ran this model in PyTorch instead of ONNX Runtime, if it did
+    runtime_fallback: str | None = None
 
     @abstractmethod
     def encode_pixels(self, pixels: np.ndarray) -> ImageEmbeddings:
@@ -121,9 +123,15 @@ class ImageTextEncoder(ABC):
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write config.json (+ weights) so that `from_pretrained(folder)` restores this model."""
 
+    @property
+    def runtime(self) -> dict[str, str]:
+        """Which engine runs each tower: "onnxruntime" or "pytorch" (for `imagetext info`)."""
+        return {"image": "pytorch", "text": "pytorch"}
+
     def info(self) -> dict:
         return {"name": self.name, "backend": self.backend, "dim": self.dim,
-                "visual_dim": self.visual_dim}
+                "visual_dim": self.visual_dim, "runtime": dict(self.runtime),
+                **({"runtime_fallback": self.runtime_fallback} if self.runtime_fallback else {})}
 
 
 def read_config(folder: str | os.PathLike) -> dict:

@@ -26,7 +26,7 @@ from imagetext.models.efficientnet_lite import (
 )
 from imagetext.models.imagenet import imagenet_classes
 from imagetext.models.minilm import MiniLMTextTower
-from imagetext.models.onnx_runtime import tower_runner
+from imagetext.models.onnx_runtime import onnx_available, tower_runner
 from imagetext.models.registry import register_backend
 
 CLASS_EMBEDDINGS_FILE = "class_embeddings.safetensors"
@@ -34,6 +34,31 @@ CLASS_EMBEDDINGS_FILE = "class_embeddings.safetensors"
 
 def class_prompts(template: str) -> list[str]:
     return [template.format(c.name) for c in imagenet_classes()]
+
+
+def conse_vectors(logits: torch.Tensor, class_embeddings: torch.Tensor, top_k: int) -> torch.Tensor:
+    """ConSE image vectors: the normalised mean of the class embeddings of the top-k
+    ImageNet classes, weighted by their renormalised probabilities (traceable for export)."""
+    probs = logits.softmax(dim=-1)
+    top_p, top_i = probs.topk(top_k, dim=-1)
+    weights = top_p / top_p.sum(-1, keepdim=True)
+    mixed = torch.einsum("bk,bkd->bd", weights, class_embeddings[top_i])
+    return torch.nn.functional.normalize(mixed, dim=-1)
+
+
+class ConSEImageGraph(torch.nn.Module):
+    """pixels -> (ConSE semantic vectors, L2-normalised pooled visual vectors), for export."""
+
+    def __init__(self, tower: EfficientNetLite, class_embeddings: torch.Tensor, top_k: int):
+        super().__init__()
+        self.tower = tower
+        self.register_buffer("class_embeddings", class_embeddings)
+        self.top_k = top_k
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.tower.forward_features(x)
+        return (conse_vectors(f.logits, self.class_embeddings, self.top_k),
+                torch.nn.functional.normalize(f.pooled, dim=-1))
 
 
 @register_backend("conse")
@@ -83,14 +108,23 @@ class ConSEEncoder(ImageTextEncoder):
         return ImageEmbeddings(semantic.numpy(), visual.numpy())
 
     def conse_vectors(self, logits: torch.Tensor) -> torch.Tensor:
-        probs = logits.softmax(dim=-1)
-        top_p, top_i = probs.topk(self.top_k, dim=-1)
-        weights = top_p / top_p.sum(-1, keepdim=True)
-        mixed = torch.einsum("bk,bkd->bd", weights, self.class_embeddings[top_i])
-        return torch.nn.functional.normalize(mixed, dim=-1)
+        return conse_vectors(logits, self.class_embeddings, self.top_k)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self.text_tower.encode(list(texts))
+
+    @property
+    def runtime(self) -> dict[str, str]:
+        return {"image": "onnxruntime" if onnx_available() else "pytorch", "text": "pytorch"}
+
+    def onnx_graphs(self):
+        from imagetext.models.onnx_backend import OnnxGraphs
+
+        return OnnxGraphs(image=ConSEImageGraph(self.image_tower, self.class_embeddings, self.top_k),
+                          image_outputs=["semantic", "visual"], text=self.text_tower.normalized(),
+                          text_inputs=["input_ids", "attention_mask"],
+                          tokenizer=self.text_tower.tokenizer, padding="longest",
+                          max_length=self.text_tower.max_tokens)
 
     @torch.inference_mode()
     def imagenet_top(self, pixels: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:

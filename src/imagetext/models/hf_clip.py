@@ -123,6 +123,18 @@ class HFClipEncoder(ImageTextEncoder):
             out[idx] = torch.nn.functional.normalize(vec, dim=-1).numpy()
         return out
 
+    def onnx_graphs(self):
+        """This model's towers for export (models/onnx_backend.py): one image vector serves
+        both text and image search."""
+        from imagetext.models.onnx_backend import OnnxGraphs
+
+        siglip = self.model_type == "siglip"
+        inputs = ["input_ids"] if siglip else ["input_ids", "attention_mask"]
+        return OnnxGraphs(image=_ImageGraph(self), image_outputs=["embeddings"],
+                          text=_TextGraph(self, inputs), text_inputs=inputs,
+                          tokenizer=self.tokenizer, padding="max_length" if siglip else "longest",
+                          max_length=self.max_tokens)
+
     # -- fine-tuning hooks -------------------------------------------------------------
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
         """The torch modules a training loop may update (the whole transformers model)."""
@@ -170,6 +182,27 @@ class HFClipEncoder(ImageTextEncoder):
         config.update({"backend": self.backend, "imagetext_name": self.name})
         config_path.write_text(json.dumps(config, indent=2) + "\n")
         write_model_card(folder, self)
+
+
+class _ImageGraph(torch.nn.Module):
+    # the transformers model is a submodule so that the exporter stores its weights as
+    # initializers instead of tracing them as constants
+    def __init__(self, encoder: HFClipEncoder):
+        super().__init__()
+        self.model, self._encoder = encoder.model, [encoder]
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self._encoder[0].image_features(pixels), dim=-1)
+
+
+class _TextGraph(torch.nn.Module):
+    def __init__(self, encoder: HFClipEncoder, inputs: list[str]):
+        super().__init__()
+        self.model, self._encoder, self.inputs = encoder.model, [encoder], inputs
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        tokens = dict(zip(self.inputs, tensors))
+        return torch.nn.functional.normalize(self._encoder[0].text_features(tokens), dim=-1)
 
 
 class HFClipDualEncoder(torch.nn.Module):

@@ -58,6 +58,10 @@ class MiniLMTextTower(nn.Module):
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return mean_pool(hidden, attention_mask)
 
+    def normalized(self) -> nn.Module:
+        """(input_ids, attention_mask) -> L2-normalised sentence vectors: `encode`'s graph."""
+        return _Normalized(self)
+
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
         """(N, 384) float32, L2-normalised, identical to SentenceTransformer.encode(...)."""
@@ -75,3 +79,12 @@ class MiniLMTextTower(nn.Module):
         result = np.empty_like(vecs)
         result[order] = vecs
         return result.astype(np.float32)
+
+
+class _Normalized(nn.Module):
+    def __init__(self, tower: MiniLMTextTower):
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.tower(input_ids, attention_mask), dim=-1)

@@ -6,6 +6,9 @@ the same graph in ONNX Runtime runs at ~60-75 images/s (`bench/index_throughput.
 measures it). So the tower is exported once (cached on disk, keyed by a hash of its
 weights) and run by ONNX Runtime; PyTorch stays the reference and the fallback when
 onnxruntime is not installed or the export fails.
+
+Importing this module does not import torch (only exporting does): the query path of the
+CLI runs compiled encoders (models/onnx_backend.py) without it.
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 
 def cache_dir() -> Path:
@@ -49,7 +50,7 @@ def cpu_session(path: str | os.PathLike, threads: int, spin: bool = True):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def state_dict_hash(module: nn.Module) -> str:
+def state_dict_hash(module) -> str:
     h = hashlib.sha1()
     for key, value in sorted(module.state_dict().items()):
         h.update(key.encode())
@@ -60,9 +61,10 @@ def state_dict_hash(module: nn.Module) -> str:
 class OnnxTower:
     """Runs `module(x) -> tuple of tensors` through ONNX Runtime with a dynamic batch axis."""
 
-    def __init__(self, module: nn.Module, example: torch.Tensor, output_names: list[str],
+    def __init__(self, module, example, output_names: list[str],
                  tag: str, threads: int | None = None, spin: bool = True):
         import onnxruntime  # noqa: F401  (missing: fail before the export)
+        import torch
 
         self.output_names = output_names
         path = cache_dir() / "onnx" / f"{tag}-{state_dict_hash(module)}.onnx"
@@ -92,18 +94,22 @@ class OnnxTower:
         return dict(zip(self.output_names, outs))
 
 
-def onnx_available() -> bool:
+def onnx_unavailable_reason() -> str | None:
+    """Why ONNX Runtime cannot run the towers here, or None when it can."""
     if os.environ.get("IMAGETEXT_NO_ONNX"):
-        return False
+        return "IMAGETEXT_NO_ONNX is set"
     try:
-        import onnx  # noqa: F401  (torch's exporter needs it)
         import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    except ImportError as exc:
+        return f"onnxruntime cannot be imported ({exc}); reinstall imagetext's dependencies"
+    return None
 
 
-def tower_runner(module: nn.Module, resolution: int, output_names: list[str], tag: str,
+def onnx_available() -> bool:
+    return onnx_unavailable_reason() is None
+
+
+def tower_runner(module, resolution: int, output_names: list[str], tag: str,
                  spin: bool = True):
     """pixels (B, 3, H, W) -> {output name: float32 array} for `module(x) -> tuple of tensors`.
 
@@ -111,6 +117,8 @@ def tower_runner(module: nn.Module, resolution: int, output_names: list[str], ta
     PyTorch with channels-last memory (~2x NCHW for depthwise convolutions), same vectors.
     `spin=False` when PyTorch work follows each run (see `cpu_session`).
     """
+    import torch
+
     module = module.eval()
     if onnx_available():
         try:

@@ -6,7 +6,9 @@ A model folder holds `config.json` whose "backend" key names the class that read
 
 from __future__ import annotations
 
+import importlib
 import os
+import warnings
 from pathlib import Path
 
 from imagetext.models.base import ImageTextEncoder, read_config
@@ -31,19 +33,27 @@ def register_backend(name: str):
     return decorator
 
 
-def _import_builtin_backends() -> None:
-    # imported lazily so that `imagetext --help` does not import torch
-    import imagetext.models.aligned  # noqa: F401
-    import imagetext.models.conse  # noqa: F401
-    import imagetext.models.hf_clip  # noqa: F401
-    import imagetext.models.onnx_backend  # noqa: F401
-    import imagetext.models.small_clip  # noqa: F401
+# The module of each built-in backend, imported only when a model of that backend loads: the
+# PyTorch backends import torch (~1 s), which a query through a compiled model never needs.
+BUILTIN_BACKENDS = {
+    "aligned": "imagetext.models.aligned",
+    "conse": "imagetext.models.conse",
+    "hf-clip": "imagetext.models.hf_clip",
+    "onnx": "imagetext.models.onnx_backend",
+    "small-clip": "imagetext.models.small_clip",
+}
+# Backends whose models are compiled to ONNX once per machine (onnx_backend.compiled_encoder)
+# and then run by ONNX Runtime, image and text tower alike, without importing torch.
+COMPILED_BACKENDS = frozenset({"aligned", "conse"})
+RUNTIMES = ("auto", "onnx", "torch")
 
 
 def backend_class(name: str) -> type[ImageTextEncoder]:
-    _import_builtin_backends()
+    if name not in _BACKENDS and name in BUILTIN_BACKENDS:
+        importlib.import_module(BUILTIN_BACKENDS[name])
     if name not in _BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; known: {', '.join(sorted(_BACKENDS))}")
+        known = sorted(set(_BACKENDS) | set(BUILTIN_BACKENDS))
+        raise ValueError(f"unknown backend {name!r}; known: {', '.join(known)}")
     return _BACKENDS[name]
 
 
@@ -135,15 +145,46 @@ def folder_fingerprint(folder: Path) -> str:
 
 
 def load_encoder(name_or_path: str | os.PathLike | None = None, cache: bool = True,
-                 allow_download: bool | None = None) -> ImageTextEncoder:
-    """Load an image-text encoder by built-in name, alias, folder path or hub id."""
+                 allow_download: bool | None = None, runtime: str = "auto") -> ImageTextEncoder:
+    """Load an image-text encoder by built-in name, alias, folder path or hub id.
+
+    `runtime`: "auto" runs a model of a compiled backend (the embedded default and ConSE)
+    through ONNX Runtime, compiling it on first use (checked against PyTorch), and falls back
+    to PyTorch with a warning that says why; "onnx" raises instead of falling back; "torch"
+    gives the PyTorch model (what training and export need). `encoder.runtime` says which.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     folder = resolve_model(name_or_path, allow_download)
-    key = str(folder.resolve())
+    key = f"{folder.resolve()}:{runtime}"
     if cache and key in _CACHE:
         return _CACHE[key]
     config = read_config(folder)
-    encoder = backend_class(backend_for_config(config, folder)).from_pretrained(folder)
-    encoder.fingerprint = folder_fingerprint(folder)
+    backend = backend_for_config(config, folder)
+    fingerprint = folder_fingerprint(folder)
+    built: list[ImageTextEncoder] = []  # the PyTorch model, built at most once
+
+    def build() -> ImageTextEncoder:
+        if not built:
+            built.append(backend_class(backend).from_pretrained(folder))
+        return built[0]
+
+    fallback = None
+    if runtime != "torch" and backend in COMPILED_BACKENDS:
+        from imagetext.models.onnx_backend import CompileError, compiled_encoder
+
+        try:
+            encoder = compiled_encoder(folder, fingerprint, build)
+        except CompileError as exc:
+            if runtime == "onnx":
+                raise
+            fallback = str(exc)
+            warnings.warn(f"{config.get('name', folder.name)} runs in PyTorch, not ONNX Runtime "
+                          f"(slower): {exc}", RuntimeWarning, stacklevel=2)
+    if fallback or runtime == "torch" or backend not in COMPILED_BACKENDS:
+        encoder = build()
+        encoder.runtime_fallback = fallback
+    encoder.fingerprint = fingerprint
     if cache:
         _CACHE[key] = encoder
     return encoder

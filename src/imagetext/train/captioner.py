@@ -152,7 +152,7 @@ def tuned_tower_tail(model: str) -> TowerTail:
     """A copy of the tuned tower tail of an aligned model (name or folder)."""
     from imagetext.models.registry import load_encoder
 
-    encoder = load_encoder(model, cache=False)
+    encoder = load_encoder(model, cache=False, runtime="torch")
     if getattr(encoder, "image_tail", None) is None:
         raise ValueError(f"{model} has no tuned image tower tail (train one with "
                          "`imagetext train clip --tune-image-blocks N`)")

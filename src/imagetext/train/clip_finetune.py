@@ -44,7 +44,7 @@ class FinetuneTask:
                  workers: int = 2, encoder=None):
         from imagetext.models.registry import load_encoder
 
-        encoder = encoder if encoder is not None else load_encoder(base, cache=False)
+        encoder = encoder if encoder is not None else load_encoder(base, cache=False, runtime="torch")
         if not hasattr(encoder, "dual_encoder"):
             raise ValueError(f"model {encoder.name!r} (backend {encoder.backend!r}) has no trainable "
                              "dual-encoder form; fine-tune an 'aligned' or 'small-clip' model")

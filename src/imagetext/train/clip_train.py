@@ -173,10 +173,13 @@ def train_clip(spec: DataSpec, out: str | os.PathLike, mode: str = "heads", conf
     compared = {}
     if mode == "heads" and mode_options.get("conse_weight"):
         compared["trained heads alone (validation during training)"] = dict(result.best_metrics)
-    # the numbers in the card come from the saved folder, loaded the way users load it
-    result.best_metrics = {**result.best_metrics, **evaluate_encoder(load_encoder(out, cache=False), val)}
+    # the numbers in the card come from the saved folder, read back from disk (in PyTorch:
+    # compiling every trained model for ONNX Runtime would only add time, and a compiled
+    # model is checked against its PyTorch vectors anyway)
+    result.best_metrics = {**result.best_metrics,
+                           **evaluate_encoder(load_encoder(out, cache=False, runtime="torch"), val)}
     for other in compare_with:
-        compared[other] = evaluate_encoder(load_encoder(other), val)
+        compared[other] = evaluate_encoder(load_encoder(other, runtime="torch"), val)
         log(f"{other} on the validation data: " + ", ".join(f"{k} {compared[other][k]:.1f}" for k in RECALLS))
     write_model_card(out, result, mode, train, val, config, compared)
     log(f"saved {out} (best epoch {result.best_epoch + 1}: "
