@@ -13,6 +13,7 @@ message (JSON for /api, a page otherwise), never as a stack trace.
 # no `from __future__ import annotations`: FastAPI must see the closures' Query bounds
 import logging
 import os
+import re
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,6 +43,7 @@ from imagetext.web.validation import (
     parse_labels,
     read_upload,
     readable_problem,
+    shown,
 )
 
 log = logging.getLogger("imagetext.web")
@@ -369,8 +371,8 @@ def create_app(
     @app.get("/images/{image_id}", response_class=HTMLResponse, include_in_schema=False)
     async def image_page(request: Request, image_id: str):
         # a str, not an int: /images/abc is a page that does not exist, said in words
-        if not image_id.isdigit():
-            raise UserError(f"There is no image {image_id!r}: image pages are /images/ and a "
+        if not re.fullmatch(r"[0-9]{1,20}", image_id):
+            raise UserError(f"There is no image {shown(image_id)}: image pages are /images/ and a "
                             "number, as in the links of the search results.", 404)
         record = await service.call(service.record, int(image_id))
         return await render(request, "image.html", {"image": record}, tab=None)
@@ -383,7 +385,7 @@ def create_app(
         if preset == "moderation":  # labels None: the preset labels, unsafe ones flaggable
             return None, check_threshold(threshold)
         if preset:
-            raise UserError(f"Unknown preset {preset!r}; the only preset is 'moderation'.")
+            raise UserError(f"Unknown preset {shown(preset)}; the only preset is 'moderation'.")
         return parse_labels(labels), check_threshold(threshold)
 
     @app.get("/api/status", tags=["collection"])

@@ -15,6 +15,12 @@ MAX_LABELS = 100
 MAX_LABEL_CHARS = 200
 
 
+def shown(value, limit: int = 40) -> str:
+    """repr() of what a client sent, cut short: a message never echoes kilobytes back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 class UserError(Exception):
     """A request that cannot be served, with a sentence for the person who sent it.
 
@@ -44,7 +50,7 @@ def check_k(k: int | str | None, max_k: int, default: int = 12) -> int:
     try:
         value = int(k)
     except (TypeError, ValueError):
-        raise UserError(f"k must be a whole number between 1 and {max_k}, not {k!r}.") from None
+        raise UserError(f"k must be a whole number between 1 and {max_k}, not {shown(k)}.") from None
     if not 1 <= value <= max_k:
         raise UserError(f"k must be between 1 and {max_k} (got {value}).")
     return value
@@ -63,8 +69,8 @@ def given_once(name: str, in_address, in_form):
         return None if blank(in_form) else in_form
     if not blank(in_form) and str(in_address).strip() != str(in_form).strip():
         raise UserError(
-            f"{name} is given twice with different values ({str(in_address).strip()!r} in the "
-            f"address, {str(in_form).strip()!r} in the form); give it once."
+            f"{name} is given twice with different values ({shown(str(in_address).strip())} in "
+            f"the address, {shown(str(in_form).strip())} in the form); give it once."
         )
     return in_address
 
@@ -75,7 +81,7 @@ def check_int(value: int | str | None, name: str, low: int, high: int, default: 
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise UserError(f"{name} must be a whole number, not {value!r}.") from None
+        raise UserError(f"{name} must be a whole number, not {shown(value)}.") from None
     if not low <= number <= high:
         raise UserError(f"{name} must be between {low} and {high} (got {number}).")
     return number
@@ -87,7 +93,7 @@ def check_threshold(value: float | str | None) -> float | None:
     try:
         threshold = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"The threshold must be a number between 0 and 1, not {value!r}.") from None
+        raise UserError(f"The threshold must be a number between 0 and 1, not {shown(value)}.") from None
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"The threshold must be between 0 and 1 (got {threshold:g}).")
     return threshold
@@ -158,20 +164,20 @@ def readable_problem(error: dict) -> str:
     kind = error.get("type", "")
     ctx = error.get("ctx") or {}
     got = error.get("input")
-    shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and got != "" else ""
+    got = f" (got {shown(got)})" if isinstance(got, (str, int, float)) and got != "" else ""
     if kind == "missing":
         return f"{where} is missing"
-    if kind in ("int_parsing", "int_from_float", "int_type"):
-        return f"{where} must be a whole number{shown}"
+    if kind in ("int_parsing", "int_parsing_size", "int_from_float", "int_type"):
+        return f"{where} must be a whole number{got}"
     if kind in ("float_parsing", "float_type", "finite_number"):
-        return f"{where} must be a number{shown}"
+        return f"{where} must be a number{got}"
     bounds = {"greater_than_equal": ("at least", "ge"), "greater_than": ("more than", "gt"),
               "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}
     if kind in bounds and bounds[kind][1] in ctx:
         words, key = bounds[kind]
-        return f"{where} must be {words} {ctx[key]}{shown}"
+        return f"{where} must be {words} {ctx[key]}{got}"
     if "UploadFile" in str(error.get("msg", "")):
         return f"{where} must be an uploaded file (a multipart/form-data upload), not text"
     if kind == "string_too_long" and "max_length" in ctx:
         return f"{where} is too long: at most {ctx['max_length']} characters"
-    return f"{where}: {error.get('msg', 'invalid value')}{shown}"
+    return f"{where}: {error.get('msg', 'invalid value')}{got}"
