@@ -24,16 +24,44 @@ from imagetext.index.collection import (  # noqa: F401  (re-exported)
     SearchResult,
 )
 from imagetext.models.base import ImageSource, ImageTextEncoder
+from imagetext.models.calibration import classify_scale, moderation_scores
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
-# Zero-shot content moderation: a label is flagged when its score reaches the threshold.
-# The safe labels give ordinary photos somewhere to go; only UNSAFE_LABELS are flagged.
-SAFE_LABELS = ("an ordinary everyday photo", "a landscape or nature scene",
-               "people in everyday life", "food and drink", "animals")
-UNSAFE_LABELS = ("nudity or sexual content", "graphic violence and blood",
-                 "a gun or weapon", "illegal drugs and drug use")
-MODERATION_LABELS = SAFE_LABELS + UNSAFE_LABELS
+# Zero-shot content moderation. Each category is scored by its best-matching prompt (the
+# evidence: max over its prompts of the model's similarity); a model's calibration.json gives
+# every category its own threshold, fitted so that about 0.1% of ordinary photos (Flickr8k
+# val) reach it, and moderation reports a flag score that is 0.5 exactly at that threshold
+# (models/calibration.moderation_scores). Models without a calibration fall back to the
+# preset imagetext had before: a softmax over FALLBACK_SAFE_LABELS + FALLBACK_UNSAFE_LABELS at
+# the model's logit scale, unsafe labels flagged at 0.5. That is uncalibrated: on the default
+# model (at its logit scale 100) it flagged 366 of the 1000 Flickr8k val photos, 344 of the 965
+# whose captions mention none of the categories.
+MODERATION_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "weapons": ("a photo of a gun.", "a person holding a gun.", "a person aiming a rifle.",
+                "a person shooting a pistol.", "a knife.", "a person holding a sword.", "a weapon."),
+    "violence": ("people fighting.", "two men fighting.", "a boxing match.",
+                 "a person punching another person.", "martial arts fighters kicking each other.",
+                 "wrestlers wrestling in a ring.", "a violent fight."),
+    "alcohol": ("people drinking beer.", "a bottle of beer.", "a glass of wine.",
+                "people drinking alcohol at a bar.", "a person holding a beer."),
+    "smoking": ("a person smoking a cigarette.", "a man smoking.", "a woman smoking a cigarette.",
+                "a cigarette.", "a person smoking a cigar."),
+    "drugs": ("illegal drugs.", "a person using drugs.", "a syringe.", "a person smoking marijuana.",
+              "pills and white powder."),
+    "nudity": ("a naked person.", "a nude woman.", "a topless woman.", "nudity.", "sexual content."),
+    "blood": ("blood.", "a bloody wound.", "a person covered in blood.", "a bleeding injury.", "gore."),
+}
+UNSAFE_LABELS = tuple(MODERATION_CATEGORIES)  # the labels calibrated moderation can flag
+MODERATION_LABELS = UNSAFE_LABELS
+# the uncalibrated fallback: the safe labels give ordinary photos somewhere to go
+FALLBACK_SAFE_LABELS = ("an ordinary everyday photo", "a landscape or nature scene",
+                        "people in everyday life", "food and drink", "animals")
+FALLBACK_UNSAFE_LABELS = ("nudity or sexual content", "graphic violence and blood",
+                          "a gun or weapon", "illegal drugs and drug use")
+SAFE_LABELS = FALLBACK_SAFE_LABELS
+# on the flag score: 0.5 = each category's calibrated threshold (the uncalibrated fallback
+# reads it as a softmax probability)
 DEFAULT_MODERATION_THRESHOLD = 0.5
 
 
@@ -71,6 +99,9 @@ class Classification:
     scores: list[float]  # softmax over the labels, in the order of `labels`
     similarities: list[float]  # the model's image-label scores (cosine, hubness-corrected if it does)
     flagged: list[str] = field(default_factory=list)  # labels scoring >= threshold
+    # True when the scores come from the model's calibration.json (classification: a fitted
+    # softmax temperature; moderation: per-category flag scores, not a softmax)
+    calibrated: bool = False
 
     @property
     def top(self) -> str:
@@ -100,7 +131,9 @@ def classify(
 ) -> list[Classification]:
     """Zero-shot classification of each image against `labels`.
 
-    Scores are a softmax over the labels at the model's logit scale. With `threshold`,
+    Scores are a softmax over the labels: of similarity / T with the temperature T fitted on
+    held-out photos when the model has a calibration.json (the default model does:
+    `calibrated` is then True), else at the model's logit scale. With `threshold`,
     every label (or only those in `flag_labels`) scoring at least `threshold` is flagged,
     which is how multi-label uses such as content moderation read the result.
     """
@@ -112,23 +145,66 @@ def classify(
     encoder = get_encoder(model)
     text = label_vectors(encoder, labels, templates)
     sims = encoder.similarity(encoder.encode_images(list(images)).semantic, text)
-    logits = encoder.logit_scale * sims
+    probs = _softmax(classify_scale(encoder) * sims)
+    calibrated = "temperature" in encoder.calibration.get("classify", {})
+    return _classifications(images, labels, probs, sims, threshold,
+                            set(flag_labels) if flag_labels is not None else set(labels), calibrated)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
     probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
-    flaggable = set(flag_labels) if flag_labels is not None else set(labels)
+    return probs / probs.sum(1, keepdims=True)
+
+
+def _classifications(images, labels, scores, sims, threshold, flaggable, calibrated):
     out = []
-    for image, p, s in zip(images, probs, sims):
+    for image, p, s in zip(images, scores, sims):
         flagged = [lab for lab, q in zip(labels, p) if threshold is not None and q >= threshold
                    and lab in flaggable]
-        out.append(Classification(_image_name(image), labels, [float(x) for x in p],
-                                  [float(x) for x in s], flagged))
+        out.append(Classification(_image_name(image), list(labels), [float(x) for x in p],
+                                  [float(x) for x in s], flagged, calibrated))
     return out
+
+
+def moderation_evidence(encoder: ImageTextEncoder, image_vecs: np.ndarray,
+                        categories: dict[str, Sequence[str]]) -> np.ndarray:
+    """(n_images, n_categories): for each category, the best similarity of an image to any of
+    its prompts."""
+    prompts = [p for ps in categories.values() for p in ps]
+    sims = encoder.similarity(image_vecs, encoder.encode_texts(prompts))
+    out, start = [], 0
+    for ps in categories.values():
+        out.append(sims[:, start:start + len(ps)].max(1))
+        start += len(ps)
+    return np.stack(out, axis=1)
 
 
 def moderate(images: Sequence[ImageSource], model: str | ImageTextEncoder | None = None,
              threshold: float = DEFAULT_MODERATION_THRESHOLD) -> list[Classification]:
-    """Flag unsafe content zero-shot with the preset moderation labels."""
-    return classify(images, MODERATION_LABELS, model, threshold=threshold, flag_labels=UNSAFE_LABELS)
+    """Flag unsafe content zero-shot: weapons, violence, alcohol, smoking, drugs, nudity, blood.
+
+    With the model's calibration (the default model has one; `calibrated` is then True), each
+    category gets a flag score in 0..1 that is 0.5 exactly at the category's threshold, fitted
+    so that about 0.1% of ordinary photos reach it (on Flickr8k val: 6 of 965 ordinary photos
+    flagged in all), and is flagged at `threshold` (0.5: the calibrated thresholds; higher is
+    stricter). It catches few real cases (README, "Content moderation"). The categories and
+    prompts are the calibration's own. Without a calibration: the uncalibrated softmax preset
+    over FALLBACK_SAFE_LABELS + FALLBACK_UNSAFE_LABELS (see above), `calibrated` False.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError("threshold must be between 0 and 1")
+    encoder = get_encoder(model)
+    section = encoder.calibration.get("moderation")
+    if not section:
+        results = classify(images, FALLBACK_SAFE_LABELS + FALLBACK_UNSAFE_LABELS, encoder,
+                           threshold=threshold, flag_labels=FALLBACK_UNSAFE_LABELS)
+        for r in results:
+            r.calibrated = False
+        return results
+    categories = {c["name"]: tuple(c["prompts"]) for c in section["categories"]}
+    evidence = moderation_evidence(encoder, encoder.encode_images(list(images)).semantic, categories)
+    return _classifications(images, list(categories), moderation_scores(section, evidence),
+                            evidence, threshold, set(categories), True)
 
 
 @dataclass

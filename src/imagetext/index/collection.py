@@ -24,6 +24,7 @@ from imagetext.index.pipeline import batched, prefetch_map
 from imagetext.index.store import ImageRecord, MetadataStore, NewImage
 from imagetext.index.vectors import VectorIndex, choose_kind
 from imagetext.io.images import ImageLoadError, is_image_path, open_image_sized
+from imagetext.models.calibration import match_label, search_relevance
 
 INDEX_DIRNAME = ".imagetext"
 # weight of the query-caption similarity in text search over captioned images (see _scored_search)
@@ -70,6 +71,11 @@ class SearchResult:
     width: int
     height: int
     caption: str | None = None
+    # text search only, for a model with a calibration.json (else None): how likely this is a
+    # real match, in 0..1, and "strong" (relevance >= 0.5) or "weak"; see
+    # models/calibration.search_relevance
+    relevance: float | None = None
+    match: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -551,7 +557,24 @@ class Collection:
             scored.append((score, i))
         scored.sort(reverse=True)
         top = scored[:k]
-        return self._results(np.array([s for s, _ in top]), np.array([i for _, i in top]))
+        results = self._results(np.array([s for s, _ in top]), np.array([i for _, i in top]))
+        self._add_relevance(results, query, caption_vecs)
+        return results
+
+    def _add_relevance(self, results: list[SearchResult], query: np.ndarray,
+                       caption_vecs: dict) -> None:
+        """Set each result's calibrated relevance and strong/weak match, if the model has a
+        search calibration (models/calibration.py)."""
+        encoder = self.encoder
+        if not results or not encoder.calibration.get("search"):
+            return
+        query_offset = float(encoder.text_offsets(query[None])[0]) if encoder.offsets_key else 0.0
+        weights = np.array([CAPTION_WEIGHT if r.id in caption_vecs else 0.0 for r in results])
+        relevance = search_relevance(encoder.calibration, np.array([r.score for r in results]),
+                                     query_offset, weights, CAPTION_WEIGHT)
+        for r, rel in zip(results, relevance.tolist()):
+            r.relevance = round(rel, 4)
+            r.match = match_label(r.relevance)  # the label agrees with the number shown
 
     def similar(self, image, k: int = 10) -> list[SearchResult]:
         """Images most like `image`: a path, bytes or PIL image, or the id of an indexed image."""

@@ -50,6 +50,9 @@ class ImageTextEncoder(ABC):
     # identifies the weights (set by registry.load_encoder from the model folder), so that an
     # index notices when a model keeps its name but ships new weights
     fingerprint: str | None = None
+    # fitted score calibration from the model folder's calibration.json (set by
+    # registry.load_encoder; {} when there is none): models/calibration.py
+    calibration: dict = {}
     # why registry.load_encoder ran this model in PyTorch instead of ONNX Runtime, if it did
     runtime_fallback: str | None = None
 

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 from imagetext.models.base import ImageTextEncoder, read_config
+from imagetext.models.calibration import read_calibration
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
@@ -185,6 +186,7 @@ def load_encoder(name_or_path: str | os.PathLike | None = None, cache: bool = Tr
         encoder = build()
         encoder.runtime_fallback = fallback
     encoder.fingerprint = fingerprint
+    encoder.calibration = read_calibration(folder)  # calibration.json: models/calibration.py
     if cache:
         _CACHE[key] = encoder
     return encoder
