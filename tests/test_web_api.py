@@ -233,6 +233,22 @@ def test_classify_with_the_moderation_preset(client, server):
     flaggable = [r["label"] for r in body["ranked"] if r["flaggable"]]
     # the default model's calibrated moderation: every category is flaggable, at its own threshold
     assert body["calibrated"] and sorted(flaggable) == sorted(body["labels"])
+    assert body["template"] is None  # each category has prompts of its own
+    page = client.post("/classify", files=files, data={"preset": "moderation"})
+    assert page.status_code == 200 and "Nothing flagged" in page.text
+    note = re.search(r'id="score-note">(.*?)</p>', page.text, re.DOTALL).group(1)
+    assert "calibrated scale" in note and "a photo of a {}" not in note, note
+
+
+def test_search_results_carry_a_calibrated_relevance(client):
+    good = client.get("/api/search", params={"q": "a cat", "k": 4}).json()["results"]
+    assert good[0]["relative_path"] == "chelsea.png" and good[0]["match"] == "strong"
+    assert all(0 <= r["relevance"] <= 1 for r in good)
+    none = client.get("/api/search", params={"q": "a horse", "k": 4}).json()["results"]
+    assert [r["match"] for r in none] == ["weak"] * 4  # no horse in the test gallery
+    page = client.get("/search", params={"q": "a horse", "k": "4"})
+    assert 'id="no-good-match"' in page.text and "Nothing matches" in page.text
+    assert 'id="no-good-match"' not in client.get("/search", params={"q": "a cat", "k": "4"}).text
 
 
 @pytest.mark.parametrize("data, status, word", [
@@ -340,6 +356,40 @@ def test_caption_with_the_installed_captioner(client, server):
     assert response.status_code == 200, body
     assert isinstance(body["caption"], str) and len(body["caption"].split()) >= 2
     assert 1 <= len(body["captions"]) <= 2 and body["captions"][0]["text"] == body["caption"]
+
+
+def test_a_model_without_calibration_shows_no_numbers_it_cannot_explain(server, tmp_path):
+    """ConSE has no calibration.json: search results carry no relevance, so the page shows no
+    number (not a raw cosine) and no 'no good match' notice, and moderation falls back to the
+    softmax preset, whose unsafe labels are the flaggable ones."""
+    from imagetext.api import FALLBACK_UNSAFE_LABELS, Collection
+    from imagetext.web import create_app
+    from tests.web_server import start_server
+
+    with Collection.open(server.root, index_dir=tmp_path / "index", model="conse") as col:
+        col.index(progress=False)
+    app = create_app(server.root, model="conse", index_dir=tmp_path / "index", captioner=None)
+    uvicorn_server, thread, url = start_server(app)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            results = c.get("/api/search", params={"q": "a cup of coffee", "k": 4}).json()["results"]
+            assert [(r["relevance"], r["match"]) for r in results] == [(None, None)] * 4
+            page = c.get("/search", params={"q": "a horse", "k": "4"})
+            assert page.text.count('class="tile"') == 4
+            assert 'class="score-badge"' not in page.text and 'id="no-good-match"' not in page.text
+            assert 'data-score=""' in page.text
+            form = c.get("/classify").text
+            assert all(label in form for label in FALLBACK_UNSAFE_LABELS)
+            files = {"file": ("coffee.png", png_bytes(server.root / "coffee.png"), "image/png")}
+            body = c.post("/api/classify", files=files, data={"preset": "moderation"}).json()
+            assert body["calibrated"] is False
+            flaggable = [r["label"] for r in body["ranked"] if r["flaggable"]]
+            assert sorted(flaggable) == sorted(FALLBACK_UNSAFE_LABELS)
+            page = c.post("/classify", files=files, data={"preset": "moderation"})
+            assert page.status_code == 200 and "somewhere to go" in page.text
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(timeout=10)
 
 
 # -- k from the address or the form, on every route that takes k -----------------------------

@@ -183,6 +183,8 @@ def test_classify_tab_with_labels_and_the_moderation_preset(page, server):
     page.click("form.upload-form button[type=submit]")
     page.wait_for_selector("#scores .bar-row")
     assert "Nothing flagged" in page.locator("#verdict").inner_text()
+    # the default model's moderation is calibrated per category: the page says what 50% means
+    assert "calibrated scale" in page.locator("#score-note").inner_text()
     shot(page, "classify-moderation")
 
 
@@ -334,3 +336,53 @@ def test_error_pages_are_readable_pages(page, server):
     page.goto(server.url + "/images/abc")
     assert page.locator("#error-title").inner_text() == "Not found"
     shot(page, "error")
+
+
+def search(page, server, query: str, k: int = 8) -> None:
+    page.goto(server.url + "/search")
+    page.fill("input[name=q]", query)
+    page.fill("input[name=k]", str(k))
+    with page.expect_navigation():
+        page.click("form.searchbar button[type=submit]")
+    page.wait_for_selector("#results .tile")
+
+
+def badges(page) -> list[str]:
+    return page.locator("#results .score-badge").all_inner_texts()
+
+
+def test_search_shows_relevance_not_raw_scores(page, server):
+    search(page, server, "a cup of coffee")
+    assert page.locator("#results .tile-name").first.inner_text() == "coffee.png"
+    for text in badges(page):  # a readable percentage, never a raw cosine such as -0.056
+        assert re.fullmatch(r"\d{1,3}%", text), text
+    assert page.locator("#no-good-match").count() == 0
+    top = page.locator("#results .tile").first
+    assert top.get_attribute("data-match") == "strong"
+    assert top.locator(".score-badge").count() == 1
+    meter = top.locator(".relevance-meter > span").evaluate("e => e.getBoundingClientRect().width")
+    assert meter > 0
+    weak = page.locator("#results .weak-matches .tile")
+    if weak.count():  # weaker matches come after a divider, dimmed
+        assert page.locator("#weak-title").is_visible()
+        assert float(weak.first.evaluate("e => getComputedStyle(e).opacity")) < 1
+    shot(page, "search-relevance")
+
+    top.locator("a.tile-link").click()  # the large view says what the number is
+    page.locator("#lightbox").wait_for(state="visible")
+    assert page.locator("#lightbox-score-label").inner_text().lower() == "relevance"
+    assert re.fullmatch(r"\d{1,3}%", page.locator("#lightbox-score").inner_text())
+
+
+def test_search_says_when_nothing_matches_well(page, server):
+    search(page, server, "a horse")  # the test gallery has no horse
+    notice = page.locator("#no-good-match")
+    assert notice.is_visible()
+    assert "Nothing matches" in notice.inner_text() and "weak matches" in notice.inner_text()
+    tiles = page.locator("#results .tile")
+    assert tiles.count() == 8 == page.locator("#results .weak-matches .tile").count()
+    assert all(t.get_attribute("data-match") == "weak" for t in tiles.all())
+    assert float(tiles.first.evaluate("e => getComputedStyle(e).opacity")) < 1
+    for text in badges(page):
+        assert re.fullmatch(r"\d{1,3}%", text), text
+    shot(page, "search-no-good-match")

@@ -56,12 +56,6 @@ MAX_ID = 2**62  # image ids are SQLite integers
 REQUEST_OVERHEAD_BYTES = 256 * 1024  # multipart boundaries and the small form fields
 
 
-def _moderation_labels() -> list[str]:
-    from imagetext.api import MODERATION_LABELS
-
-    return list(MODERATION_LABELS)
-
-
 def _default_moderation_threshold() -> float:
     from imagetext.api import DEFAULT_MODERATION_THRESHOLD
 
@@ -338,7 +332,7 @@ def create_app(
     def classify_defaults() -> dict:
         return {"labels": "", "preset": "", "threshold": "", "template": CLASSIFY_TEMPLATE,
                 "moderation_threshold": f"{_default_moderation_threshold():g}",
-                "moderation_labels": _moderation_labels()}
+                "moderation_labels": service.moderation_labels()}
 
     @app.get("/classify", response_class=HTMLResponse, include_in_schema=False)
     async def classify_page(request: Request):

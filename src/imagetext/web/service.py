@@ -201,7 +201,9 @@ class WebService:
         if labels is None:
             limit = api.DEFAULT_MODERATION_THRESHOLD if threshold is None else threshold
             (result,) = api.moderate([image], model=self.encoder, threshold=limit)
-            flaggable = set(api.UNSAFE_LABELS)
+            # calibrated: every label is an unsafe category; else the softmax preset, whose
+            # safe labels only give ordinary photos somewhere to go
+            flaggable = set(result.labels if result.calibrated else api.FALLBACK_UNSAFE_LABELS)
         else:
             (result,) = api.classify([image], labels, model=self.encoder, templates=[template],
                                      threshold=threshold)
@@ -216,9 +218,20 @@ class WebService:
             for label, score in result.ranked()
         ]
         data["threshold"] = limit
-        data["template"] = template if labels is not None else api.DEFAULT_TEMPLATES[0]
+        # calibrated moderation scores each category by prompts of its own, not by one template
+        data["template"] = (template if labels is not None else
+                            None if data.get("calibrated") else api.DEFAULT_TEMPLATES[0])
         data["preset"] = "moderation" if labels is None else None
         return data
+
+    def moderation_labels(self) -> list[str]:
+        """The labels the moderation preset scores with this model (shown before a run)."""
+        from imagetext import api
+
+        section = self.encoder.calibration.get("moderation")
+        if section:
+            return [c["name"] for c in section["categories"]]
+        return list(api.FALLBACK_SAFE_LABELS + api.FALLBACK_UNSAFE_LABELS)
 
     def rank(self, prompt: str, images: list[Image.Image], names: list[str]) -> list[dict]:
         from imagetext import api
