@@ -235,11 +235,9 @@ def test_captioned_results_are_rated_by_the_captioned_map(tmp_path, default):
         hits = col.search("Three dogs on a grassy hill", k=8)
     assert all(h.caption for h in hits)  # every result fused with its caption
     assert Path(hits[0].path).name == "1032122270_ea6f0beedb.jpg" and hits[0].match == "strong"
-    offset = float(default.text_offsets(default.encode_texts(["Three dogs on a grassy hill"]))[0])
     scores = np.array([h.score for h in hits])
-    fused = search_relevance(default.calibration, scores, offset, np.full(8, CAPTION_WEIGHT),
-                             CAPTION_WEIGHT)
-    plain = search_relevance(default.calibration, scores, offset, np.zeros(8), CAPTION_WEIGHT)
+    fused = search_relevance(default.calibration, scores, np.ones(8, bool), CAPTION_WEIGHT)
+    plain = search_relevance(default.calibration, scores, np.zeros(8, bool), CAPTION_WEIGHT)
     assert np.allclose([h.relevance for h in hits], fused, atol=1e-4)
     assert not np.allclose(fused, plain, atol=1e-3)  # not the uncaptioned map
 

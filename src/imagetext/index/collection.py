@@ -558,20 +558,18 @@ class Collection:
         scored.sort(reverse=True)
         top = scored[:k]
         results = self._results(np.array([s for s, _ in top]), np.array([i for _, i in top]))
-        self._add_relevance(results, query, caption_vecs)
+        self._add_relevance(results, caption_vecs)
         return results
 
-    def _add_relevance(self, results: list[SearchResult], query: np.ndarray,
-                       caption_vecs: dict) -> None:
+    def _add_relevance(self, results: list[SearchResult], caption_vecs: dict) -> None:
         """Set each result's calibrated relevance and strong/weak match, if the model has a
         search calibration (models/calibration.py)."""
         encoder = self.encoder
         if not results or not encoder.calibration.get("search"):
             return
-        query_offset = float(encoder.text_offsets(query[None])[0]) if encoder.offsets_key else 0.0
-        weights = np.array([CAPTION_WEIGHT if r.id in caption_vecs else 0.0 for r in results])
         relevance = search_relevance(encoder.calibration, np.array([r.score for r in results]),
-                                     query_offset, weights, CAPTION_WEIGHT)
+                                     np.array([r.id in caption_vecs for r in results]),
+                                     CAPTION_WEIGHT)
         for r, rel in zip(results, relevance.tolist()):
             r.relevance = round(rel, 4)
             r.match = match_label(r.relevance)  # the label agrees with the number shown

@@ -8,7 +8,7 @@ folder has no calibration.json). `scripts/calibrate_default_model.py` writes it;
 
 - "classify": {"temperature": T}: zero-shot softmax scores are softmax(similarity / T)
   instead of softmax(logit_scale * similarity).
-- "search": logistic maps from a search score to a relevance in 0..1 and the "strong" cut
+- "search": logistic maps from the search score to a relevance in 0..1; "strong" from 0.5
   (see `search_relevance`).
 - "moderation": per-category prompts and thresholds (see `moderation_scores`).
 plus "data", "fitted_with" and "measured": where the numbers came from and what they gave.
@@ -65,35 +65,30 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
 
 
-def search_relevance(calibration: dict, scores: np.ndarray, query_offset: float,
-                     caption_weights: np.ndarray, caption_weight: float) -> np.ndarray | None:
-    """Relevance in 0..1 of search results, or None when the model has no search calibration.
+def search_relevance(calibration: dict, scores: np.ndarray, captioned: np.ndarray,
+                     caption_weight: float) -> np.ndarray | None:
+    """Relevance in 0..1 of text-search results, or None when the model has no search
+    calibration.
 
     `scores`: what search reports (the model's `query_scores`, fused with the caption
-    similarity for captioned images); `query_offset`: the query's own hubness offset
-    (`encoder.text_offsets`, 0 for a model without one), which search leaves out of its
-    scores; `caption_weights`: per result, the weight its caption got (0 without a caption).
-
-    The map reads the model's full similarity, score - (1 - w) * query_offset: the same
-    ranking, but comparable across queries (a generic query such as "a dog" sits close to
-    many training images, so its offset is large and its raw scores run high).
-    relevance = sigmoid(slope * (that - cut)) with slope and cut fitted by logistic
-    regression of "a real match" against "the best image of a gallery that lacks what the
-    query names" (see scripts/calibrate_default_model.py); captioned results have a map of
-    their own, fitted with captions at the same fusion weight.
+    similarity for captioned images); `captioned`: per result, whether it was fused.
+    relevance = sigmoid(slope * (score - cut)), a monotone map of the score, with slope and
+    cut fitted by logistic regression of "a real match" against "the best image of a gallery
+    that lacks what the query names" (train/calibrate.py), so 0.5 sits at `cut`. Captioned
+    results have a map of their own, fitted at the same fusion weight; at another weight
+    they are read with the image map.
     """
     section = (calibration or {}).get("search")
     if not section:
         return None
     scores = np.asarray(scores, np.float64)
-    weights = np.asarray(caption_weights, np.float64)
-    basis = scores - (1.0 - weights) * float(query_offset)
     image_map = section["image"]
-    out = _sigmoid(image_map["slope"] * (basis - image_map["cut"]))
-    captioned = section.get("captioned")
-    fused = weights > 0
-    if captioned and fused.any() and math.isclose(section.get("caption_weight", -1), caption_weight):
-        out[fused] = _sigmoid(captioned["slope"] * (basis[fused] - captioned["cut"]))
+    out = _sigmoid(image_map["slope"] * (scores - image_map["cut"]))
+    fused = np.asarray(captioned, bool)
+    captioned_map = section.get("captioned")
+    if (captioned_map and fused.any()
+            and math.isclose(section.get("caption_weight", -1.0), caption_weight)):
+        out[fused] = _sigmoid(captioned_map["slope"] * (scores[fused] - captioned_map["cut"]))
     return out
 
 
