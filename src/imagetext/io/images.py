@@ -4,18 +4,27 @@ torchvision is deliberately not used: there is no CPU build of it for our torch,
 breaks transformers when installed. Everything a photo collection throws at us is handled
 here: EXIF orientation, grayscale, palette, RGBA/LA, CMYK, 16-bit, huge JPEGs (decoded in
 draft mode at a reduced scale), truncated files and decompression bombs.
+
+Only regular files are read, and at most `max_bytes` of them (DEFAULT_MAX_FILE_BYTES): a
+named pipe, socket or device (say, a link to /dev/zero) is refused before a byte is read,
+and the size is checked on the opened file descriptor, so a file swapped after a check
+cannot slip past it.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imagetext.errors import ImagetextError
 
 # Refuse images above ~179 megapixels (Pillow's own default doubled): a decompression bomb
 # must not take the machine's memory down while indexing a folder.
@@ -26,11 +35,14 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".ppm", ".pgm"}
 )
 
+# Files larger than this are not read (CLI: --max-file-mb); no photo comes close.
+DEFAULT_MAX_FILE_BYTES = 256 * 2**20
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(ImagetextError, ValueError):
     """A file could not be read as an image; the message says why in plain words."""
 
     def __init__(self, path: str | os.PathLike | None, reason: str):
@@ -41,6 +53,77 @@ class ImageLoadError(ValueError):
 
 def is_image_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode is, in words: 'a regular file', 'a named pipe', ..."""
+    for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def size_in_words(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
+def too_large(size: int, max_bytes: int) -> str:
+    """The reason given for a file over the size cap."""
+    return (f"file too large ({size_in_words(size)}; the limit is {size_in_words(max_bytes)}, "
+            f"--max-file-mb raises it)")
+
+
+def not_regular(mode: int) -> str:
+    return f"not a regular file ({file_kind(mode)}); only regular files are read"
+
+
+def open_regular_file(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                      follow_symlinks: bool = True) -> io.BufferedReader:
+    """Open `path` for reading if it is a regular file of at most `max_bytes`, else raise
+    ImageLoadError saying why. The open never blocks (a named pipe with no writer) and the
+    checks are made on the opened descriptor (fstat), not the path. `follow_symlinks=False`
+    refuses a path whose last component is a symbolic link."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise ImageLoadError(path, "file not found") from None
+    except PermissionError:
+        raise ImageLoadError(path, "permission denied") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            reason = ("is a symbolic link, not the file that was found here" if not follow_symlinks
+                      else "symbolic link loop")
+        elif exc.errno == errno.ENXIO:
+            reason = "not a regular file (a socket); only regular files are read"
+        else:
+            reason = f"cannot open ({exc.strerror or exc})"
+        raise ImageLoadError(path, reason) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageLoadError(path, not_regular(st.st_mode))
+        if st.st_size > max_bytes:
+            raise ImageLoadError(path, too_large(st.st_size, max_bytes))
+        os.set_blocking(fd, True)
+        return open(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_file(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                      follow_symlinks: bool = True) -> bytes:
+    """The bytes of a regular file of at most `max_bytes` (see open_regular_file); one that
+    grows past the cap while it is read is refused too."""
+    with open_regular_file(path, max_bytes, follow_symlinks) as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageLoadError(path, too_large(len(data), max_bytes))
+    return data
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -67,7 +150,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def open_image(
-    source: str | os.PathLike | bytes | Image.Image, draft_size: int | None = None
+    source: str | os.PathLike | bytes | Image.Image, draft_size: int | None = None,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> Image.Image:
     """Open `source` (a path, raw bytes or a PIL image) as an upright RGB image.
 
@@ -75,21 +159,23 @@ def open_image(
     keeping both sides >= draft_size, which makes a 24-megapixel photo decode ~10x faster.
     Raises ImageLoadError with a readable reason for anything that is not a usable image.
     """
-    return open_image_sized(source, draft_size)[0]
+    return open_image_sized(source, draft_size, max_bytes)[0]
 
 
 def open_image_sized(
-    source: str | os.PathLike | bytes | Image.Image, draft_size: int | None = None
+    source: str | os.PathLike | bytes | Image.Image, draft_size: int | None = None,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> tuple[Image.Image, tuple[int, int]]:
     """Like open_image, plus the full upright (width, height) of the file, before any draft
-    scaling: what an index records as the photo's size."""
+    scaling: what an index records as the photo's size. A path is read only if it is a
+    regular file of at most `max_bytes` (open_regular_file)."""
     if isinstance(source, Image.Image):
         img = source
         path = None
         full_size = img.size
     else:
         path = None if isinstance(source, bytes) else source
-        fp = io.BytesIO(source) if isinstance(source, bytes) else source
+        fp = io.BytesIO(source) if isinstance(source, bytes) else open_regular_file(source, max_bytes)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -112,6 +198,11 @@ def open_image_sized(
             raise ImageLoadError(path, f"corrupt or truncated image ({exc})") from None
         except (ValueError, SyntaxError) as exc:
             raise ImageLoadError(path, f"unreadable image ({exc})") from None
+        except MemoryError:
+            raise ImageLoadError(path, "image too large to decode in the memory available") from None
+        finally:
+            if path is not None:
+                fp.close()
     try:
         before = img.size
         img = ImageOps.exif_transpose(img) or img
