@@ -4,21 +4,44 @@ SQLite is the source of truth. Each image row holds its path (relative to the co
 root), size, mtime, content hash, pixel size, room for a caption and labels, both
 vectors as blobs, and the image's score offset under the model's hubness correction
 (computed once per image at indexing time, so that search does not recompute it per
-query; NULL until computed, and all reset when the model's correction changes); the FAISS files are derived from it and rebuilt whenever they are
-older than the database (see vectors.py). Every change happens in a transaction, so an
-interrupted indexing run leaves the batches it finished and nothing half-written.
+query; NULL until computed, and all reset when the model's correction changes); the FAISS
+files are derived from it and rebuilt whenever they are older than the database (see
+vectors.py). Every change happens in a transaction, so an interrupted indexing run leaves
+the batches it finished and nothing half-written.
+
+Paths are file names as the OS gives them, which need not be valid UTF-8: Python holds such
+a name as a str with surrogate escapes (os.fsdecode), which SQLite cannot store as text.
+The store keeps every name that is valid UTF-8 as TEXT (as it always did) and any other as
+its raw bytes (a BLOB, os.fsencode), and gives both back as the str they came in as: every
+name round-trips, and no two names can collide.
+
+The database runs in WAL mode, so readers keep their snapshot while a writer commits. An
+index on a read-only disk or folder opens read-only (SQLite `mode=ro`, or `immutable=1`
+where not even the WAL's shared memory can be created) and answers queries. The SQLite
+errors a user can cause (a damaged file, a full disk, a read-only disk) surface as the
+readable errors of imagetext.errors, whichever statement meets them.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from imagetext.errors import (
+    IndexCorruptError,
+    IndexLocationError,
+    IndexReadOnlyError,
+    IndexWriteError,
+)
 
 SCHEMA_VERSION = 1
 
@@ -78,21 +101,170 @@ class NewImage:
 
 
 _COLUMNS = "id, path, size, mtime, sha1, width, height, caption, labels"
+# every column of `images`, in order: what a rebuilt index copies over the old one
+_ALL_COLUMNS = ("id, path, size, mtime, sha1, width, height, caption, labels, indexed_at, semantic,"
+                " visual, caption_vector, image_offset")
+_TABLES = {"meta", "images", "failures"}
+
+
+def path_to_db(path: str) -> str | bytes:
+    """How a path (a str, surrogate-escaped where the name is not UTF-8) is stored: as text
+    when it is valid UTF-8, else as its raw bytes. Raises UnicodeEncodeError for a str that
+    is no file name at all (a surrogate that no byte escapes)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
+def path_from_db(value: str | bytes) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 def _record(row: tuple) -> ImageRecord:
     labels = json.loads(row[8]) if row[8] else []
-    return ImageRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], labels)
+    return ImageRecord(row[0], path_from_db(row[1]), row[2], row[3], row[4], row[5], row[6], row[7],
+                       labels)
+
+
+def _uri(path: Path, **params: str) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"file:{urllib.parse.quote(os.fsencode(path.absolute()))}" + (f"?{query}" if query else "")
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose statements (and their cursors' fetches) raise the readable errors
+    of imagetext.errors for what a user can cause; `explain` maps an sqlite3 error to one."""
+
+    explain = staticmethod(lambda exc: None)
+
+    def _run(self, fn, *args):
+        try:
+            return fn(*args)
+        except sqlite3.Error as exc:
+            better = self.explain(exc)
+            if better is None:
+                raise
+            raise better from exc
+
+    def cursor(self, factory=None):
+        return super().cursor(factory or _Cursor)
+
+    def execute(self, *args):
+        return self.cursor().execute(*args)
+
+    def executemany(self, *args):
+        return self.cursor().executemany(*args)
+
+    def executescript(self, *args):
+        return self._run(super().executescript, *args)
+
+    def commit(self):
+        return self._run(super().commit)
+
+    def __exit__(self, *exc):
+        return self._run(super().__exit__, *exc)
+
+
+class _Cursor(sqlite3.Cursor):
+    def execute(self, *args):
+        return self.connection._run(super().execute, *args)
+
+    def executemany(self, *args):
+        return self.connection._run(super().executemany, *args)
+
+    def fetchone(self):
+        return self.connection._run(super().fetchone)
+
+    def fetchmany(self, *args):
+        return self.connection._run(super().fetchmany, *args)
+
+    def fetchall(self):
+        return self.connection._run(super().fetchall)
+
+    def __next__(self):
+        return self.connection._run(super().__next__)
+
+
+def _writable(path: Path) -> bool:
+    """Whether SQLite can write this database: the file, its folder (for the WAL files) and
+    any WAL files there are. False on a read-only mount too (access() says EROFS to root)."""
+    if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        return False
+    return all(os.access(p, os.W_OK) for p in (Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists())
 
 
 class MetadataStore:
-    def __init__(self, path: str | Path):
+    """The index database. `rebuild_hint` ends the message of a damaged one (what to run);
+    `readonly` None: read-only exactly when the file cannot be written."""
+
+    def __init__(self, path: str | Path, rebuild_hint: str | None = None,
+                 readonly: bool | None = None):
         self.path = Path(path)
-        self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
-                                  check_same_thread=False)
+        self.rebuild_hint = rebuild_hint or f"delete {self.path.parent} and index the folder again"
+        self.readonly = False
+        self.db: _Connection | None = None
+        if readonly is None:
+            readonly = self.path.exists() and not _writable(self.path)
+        if not readonly:
+            try:
+                self.db = self._connect()
+                self._set_up()
+                return
+            except (IndexReadOnlyError, IndexLocationError):
+                self.close()
+                if not self.path.is_file():
+                    raise
+        self.db = self._connect(readonly=True)
+        self.readonly = True
+        self._check_schema()
+
+    def _explain(self, exc: sqlite3.Error) -> Exception | None:
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        where = f"the index {self.path}"
+        if name.startswith("SQLITE_CORRUPT") or name == "SQLITE_NOTADB":
+            return IndexCorruptError(f"{where} is damaged ({exc}); {self.rebuild_hint}")
+        if name == "SQLITE_FULL":
+            return IndexWriteError(f"the disk is full: could not write {where}; free some space "
+                                   f"and run the command again (everything indexed before is kept)")
+        if name.startswith("SQLITE_READONLY"):
+            return IndexReadOnlyError(f"{where} is read-only ({exc}): search, similar and info "
+                                      f"work, changing it needs write access")
+        if name.startswith("SQLITE_IOERR"):
+            return IndexWriteError(f"disk I/O error on {where} ({exc}); check the disk, then run "
+                                   f"the command again")
+        if name.startswith("SQLITE_CANTOPEN"):
+            return IndexLocationError(f"cannot open {where} ({exc})")
+        return None
+
+    def _connect(self, readonly: bool = False) -> _Connection:
+        def connect(uri: str) -> _Connection:
+            db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None,
+                                 check_same_thread=False, factory=_Connection)
+            db.explain = self._explain
+            return db
+
+        if not readonly:
+            return connect(_uri(self.path))
+        db = connect(_uri(self.path, mode="ro"))
+        try:
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return db
+        except (IndexLocationError, IndexReadOnlyError, sqlite3.OperationalError):
+            # a WAL database whose shared-memory file cannot be created here (a read-only
+            # disk): read the file as it is, which is all of it after indexing's checkpoint
+            db.close()
+            return connect(_uri(self.path, immutable="1"))
+
+    def _set_up(self) -> None:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not _TABLES <= tables:
+            self.db.executescript(SCHEMA)
+            if "images" not in tables:  # a new index: name this build of it (see generation)
+                self.set_meta("build", secrets.token_hex(8))
         columns = {r[1] for r in self.db.execute("PRAGMA table_info(images)")}
         if "caption_vector" not in columns:  # indexes written before captions had vectors
             self.db.execute("ALTER TABLE images ADD COLUMN caption_vector BLOB")
@@ -101,11 +273,39 @@ class MetadataStore:
         version = self.get_meta("schema_version")
         if version is None:
             self.set_meta("schema_version", str(SCHEMA_VERSION))
-        elif int(version) > SCHEMA_VERSION:
-            raise RuntimeError(f"index {self.path} was written by a newer imagetext (schema {version})")
+        self._check_version(version)
+
+    def _check_schema(self) -> None:
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not _TABLES <= tables:
+            raise IndexCorruptError(f"{self.path} is not an imagetext index (and it is read-only, "
+                                    f"so it cannot become one); {self.rebuild_hint}")
+        self._check_version(self.get_meta("schema_version"))
+
+    def _check_version(self, version: str | None) -> None:
+        if version is not None and int(version) > SCHEMA_VERSION:
+            raise IndexCorruptError(f"index {self.path} was written by a newer imagetext (schema "
+                                    f"{version}); upgrade imagetext to use it")
 
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
+
+    def checkpoint(self, truncate: bool = False) -> None:
+        """Copy the WAL into the database file (best effort: never waits for readers), and
+        with `truncate` empty the WAL when no reader needs it, so the file alone is the index."""
+        if self.readonly:
+            return
+        try:
+            self.db.execute(f"PRAGMA wal_checkpoint({'TRUNCATE' if truncate else 'PASSIVE'})").fetchall()
+        except sqlite3.Error:
+            pass
+
+    def auto_checkpoint(self, on: bool) -> None:
+        """SQLite checkpoints the WAL inside a commit once it passes 1000 pages; a writer turns
+        that off and checkpoints between batches (checkpoint()) instead."""
+        if not self.readonly:
+            self.db.execute(f"PRAGMA wal_autocheckpoint={1000 if on else 0}").fetchall()
 
     # -- meta ---------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -118,8 +318,12 @@ class MetadataStore:
     def generation(self, kind: str) -> str:
         """Changes whenever the vectors of `kind` may have changed; each FAISS file records
         the generation it was built from. Adding or removing images changes every kind;
-        storing captions changes only the caption kind."""
+        storing captions changes only the caption kind. It starts with the index's build id,
+        which a rebuild changes, so no file of one build passes for another's."""
         images = self.get_meta("generation") or "0"
+        build = self.get_meta("build")
+        if build:
+            images = f"{build}.{images}"
         if kind == "caption":
             return f"{images}.{self.get_meta('caption_generation') or '0'}"
         return images
@@ -143,10 +347,12 @@ class MetadataStore:
 
     def file_states(self) -> dict[str, tuple[int, float, int]]:
         """path -> (size, mtime, id) for every indexed image."""
-        return {p: (s, m, i) for i, p, s, m in self.db.execute("SELECT id, path, size, mtime FROM images")}
+        return {path_from_db(p): (s, m, i)
+                for i, p, s, m in self.db.execute("SELECT id, path, size, mtime FROM images")}
 
     def failure_states(self) -> dict[str, tuple[int, float, str]]:
-        return {p: (s, m, r) for p, s, m, r in self.db.execute("SELECT path, size, mtime, reason FROM failures")}
+        return {path_from_db(p): (s, m, r)
+                for p, s, m, r in self.db.execute("SELECT path, size, mtime, reason FROM failures")}
 
     def get(self, image_id: int) -> ImageRecord:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM images WHERE id = ?", (int(image_id),)).fetchone()
@@ -163,7 +369,11 @@ class MetadataStore:
         return {r[0]: _record(r) for r in rows}
 
     def find_path(self, path: str) -> ImageRecord | None:
-        row = self.db.execute(f"SELECT {_COLUMNS} FROM images WHERE path = ?", (path,)).fetchone()
+        try:
+            key = path_to_db(path)
+        except UnicodeEncodeError:
+            return None  # no file has this name, so no image either
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM images WHERE path = ?", (key,)).fetchone()
         return None if row is None else _record(row)
 
     def copy_by_sha1(self, sha1: str) -> dict | None:
@@ -236,12 +446,13 @@ class MetadataStore:
             for image_id in replace_ids:
                 self.db.execute("DELETE FROM images WHERE id = ?", (int(image_id),))
             for im in images:
-                self.db.execute("DELETE FROM failures WHERE path = ?", (im.path,))
+                path = path_to_db(im.path)
+                self.db.execute("DELETE FROM failures WHERE path = ?", (path,))
                 cur = self.db.execute(
                     "INSERT INTO images (path, size, mtime, sha1, width, height, caption, labels,"
                     " indexed_at, semantic, visual, caption_vector)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)",
-                    (im.path, im.size, im.mtime, im.sha1, im.width, im.height, im.caption, now,
+                    (path, im.size, im.mtime, im.sha1, im.width, im.height, im.caption, now,
                      vector_to_blob(im.semantic, "semantic"), vector_to_blob(im.visual, "visual"),
                      None if im.caption_vector is None else vector_to_blob(im.caption_vector, "caption")),
                 )
@@ -269,12 +480,43 @@ class MetadataStore:
             return
         with self.db:
             self.db.executemany(
-                "INSERT OR REPLACE INTO failures (path, size, mtime, reason) VALUES (?, ?, ?, ?)", failures
-            )
+                "INSERT OR REPLACE INTO failures (path, size, mtime, reason) VALUES (?, ?, ?, ?)",
+                [(path_to_db(p), s, m, r) for p, s, m, r in failures])
 
     def forget_failures(self, paths: Iterable[str]) -> None:
         with self.db:
-            self.db.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in paths])
+            self.db.executemany("DELETE FROM failures WHERE path = ?", [(path_to_db(p),) for p in paths])
+
+    def clear(self) -> None:
+        """Drop every image, failure and the model they were made with, in one transaction."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM images")
+            self.db.execute("DELETE FROM failures")
+            self.db.execute("DELETE FROM meta WHERE key IN ('model_name', 'model_ref', "
+                            "'model_fingerprint', 'dim', 'visual_dim', 'offsets_key')")
+            self._bump()
+            self._bump("caption_generation")
+
+    def replace_with(self, other: Path) -> None:
+        """Make this index a copy of the index database `other` (a rebuild made beside it),
+        in one transaction: a reader sees the old index or the new one, never a mix, and a
+        crash in between leaves the old one. The FAISS files of the old build are left
+        stale (the generation carries the new build's id) until the new ones are in place."""
+        self.db.execute("ATTACH DATABASE ? AS rebuilt", (_uri(Path(other), mode="ro"),))
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.execute("DELETE FROM images")
+                self.db.execute("DELETE FROM failures")
+                self.db.execute("DELETE FROM meta")
+                self.db.execute(f"INSERT INTO images ({_ALL_COLUMNS}) SELECT {_ALL_COLUMNS} FROM rebuilt.images")
+                self.db.execute("INSERT INTO failures (path, size, mtime, reason) "
+                                "SELECT path, size, mtime, reason FROM rebuilt.failures")
+                self.db.execute("INSERT INTO meta (key, value) SELECT key, value FROM rebuilt.meta "
+                                "WHERE key NOT LIKE 'faiss%'")
+        finally:
+            self.db.execute("DETACH DATABASE rebuilt")
 
     def set_captions(self, captions: list[tuple[int, str, np.ndarray]]) -> None:
         """Store (id, caption, caption vector) for a batch of images, in one transaction."""
