@@ -51,6 +51,15 @@ class ImageLoadError(ImagetextError, ValueError):
         super().__init__(f"{self.path}: {reason}" if self.path else reason)
 
 
+class ImageTooLargeError(ImageLoadError):
+    """An image with more pixels than may be decoded (`size` is what decoding would make)."""
+
+    def __init__(self, path, reason: str, size: tuple[int, int], limit: int):
+        super().__init__(path, reason)
+        self.size = size
+        self.limit = limit
+
+
 def is_image_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
@@ -151,20 +160,25 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def open_image(
     source: str | os.PathLike | bytes | Image.Image, draft_size: int | None = None,
-    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES, max_pixels: int | None = None,
+    formats: tuple[str, ...] | None = None,
 ) -> Image.Image:
     """Open `source` (a path, raw bytes or a PIL image) as an upright RGB image.
 
     `draft_size` lets JPEG decoding skip work: the decoder scales by 1/2, 1/4 or 1/8 while
     keeping both sides >= draft_size, which makes a 24-megapixel photo decode ~10x faster.
     Raises ImageLoadError with a readable reason for anything that is not a usable image.
+    `max_pixels` refuses (ImageTooLargeError) an image that would decode to more pixels, read
+    from its header before any decoding (after draft scaling: a JPEG counts at the size it is
+    decoded at); `formats` limits the Pillow formats tried (say, for uploads).
     """
-    return open_image_sized(source, draft_size, max_bytes)[0]
+    return open_image_sized(source, draft_size, max_bytes, max_pixels, formats)[0]
 
 
 def open_image_sized(
     source: str | os.PathLike | bytes | Image.Image, draft_size: int | None = None,
-    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES, max_pixels: int | None = None,
+    formats: tuple[str, ...] | None = None,
 ) -> tuple[Image.Image, tuple[int, int]]:
     """Like open_image, plus the full upright (width, height) of the file, before any draft
     scaling: what an index records as the photo's size. A path is read only if it is a
@@ -179,11 +193,20 @@ def open_image_sized(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(fp)
+                img = Image.open(fp, formats=formats)
                 full_size = img.size
                 if draft_size and img.format == "JPEG":
                     img.draft("RGB", (draft_size, draft_size))
+                # a progressive JPEG is decoded through coefficient buffers of its full size
+                # whatever the draft scale, so it counts at its full size
+                cost = full_size if img.info.get("progressive") else img.size
+                if max_pixels is not None and cost[0] * cost[1] > max_pixels:
+                    raise ImageTooLargeError(
+                        path, f"image too large to decode ({cost[0]}x{cost[1]} pixels; the "
+                        f"limit is {max_pixels / 1e6:g} megapixels)", cost, max_pixels)
                 img.load()
+        except ImageTooLargeError:
+            raise
         except FileNotFoundError:
             raise ImageLoadError(path, "file not found") from None
         except IsADirectoryError:
@@ -191,9 +214,9 @@ def open_image_sized(
         except UnidentifiedImageError:
             raise ImageLoadError(path, "not an image file (unrecognised format)") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageLoadError(
-                path, f"image too large (over {MAX_IMAGE_PIXELS:,} pixels); refusing to decode"
-            ) from None
+            raise ImageTooLargeError(
+                path, f"image too large (over {MAX_IMAGE_PIXELS:,} pixels); refusing to decode",
+                (0, 0), MAX_IMAGE_PIXELS) from None
         except OSError as exc:  # truncated or corrupt data
             raise ImageLoadError(path, f"corrupt or truncated image ({exc})") from None
         except (ValueError, SyntaxError) as exc:
