@@ -142,9 +142,14 @@ def index(
         from imagetext.caption.registry import load_captioner
 
         captioner = load_captioner(None)
-    report = col.index(progress=not (quiet or as_json), batch_size=batch_size, workers=workers,
-                       index_type=index_type, captioner=captioner,
-                       max_file_bytes=int(max_file_mb * 2**20), follow_links=follow_links)
+    try:
+        report = col.index(progress=not (quiet or as_json), batch_size=batch_size,
+                           workers=workers, index_type=index_type, captioner=captioner,
+                           max_file_bytes=int(max_file_mb * 2**20), follow_links=follow_links)
+    except KeyboardInterrupt:  # typer turns it into exit 130 without a word
+        print("interrupted; finished batches are kept, run the command again to resume",
+              file=sys.stderr)
+        raise
     if as_json:
         _print_json({**report.to_dict(), **col.status()})
         return

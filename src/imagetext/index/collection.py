@@ -79,7 +79,7 @@ MAX_BATCH = 256
 # most taking 1/SAVE_COST_SHARE of the run's time
 FAISS_SAVE_SECONDS = 10.0
 # how long a writer waits for the writer lock (held briefly by a reader saving a FAISS file)
-LOCK_WAIT_SECONDS = 2.0
+LOCK_WAIT_SECONDS = 1.0
 # what a write the query path makes only to save work later may meet and shrug off
 _OPTIONAL_WRITE_ERRORS = (IndexWriteError, sqlite3.OperationalError)
 SAVE_COST_SHARE = 20

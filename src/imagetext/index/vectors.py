@@ -107,13 +107,16 @@ class VectorIndex:
         with self.writing() as may_write:
             if may_write is False and self._snapshot(saved, generation) is not None:
                 return self.index
-            index = self.rebuild(save=False)
-            if may_write:
+            if may_write is None:  # read-only: built in memory, once
+                return self.rebuild(save=False)
+        index = self.rebuild(save=False)  # without the lock, which a writer may want meanwhile
+        with self.writing() as may_write:
+            if may_write and self._built_from == self.store.generation(self.kind):
                 try:
                     self.save()
                 except IndexWriteError:
                     pass  # a full disk: a query still gets its answer, from memory
-            return index
+        return index
 
     def _read(self, saved: str | None) -> faiss.Index | None:
         if self.index is not None and self._built_from == saved:
