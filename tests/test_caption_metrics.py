@@ -72,6 +72,7 @@ def test_rouge_l_matches_rouge_score():
     assert ours["rouge_l"] == pytest.approx(total / len(hyps), abs=2e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("java") is None, reason="PTB tokenizer and METEOR need Java")
 def test_ptb_tokenizer_and_meteor_run():
     s = caption_scores(REFS, HYPS)

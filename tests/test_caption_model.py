@@ -68,6 +68,7 @@ def _train(decoder, tok, fmap, captions, steps, lr=3e-3, precision="fp32"):
 @needs_flickr
 @pytest.mark.parametrize("arch,precision", [("show-attend-tell", "fp32"), ("transformer", "fp32"),
                                             ("show-attend-tell", "bf16")])
+@pytest.mark.slow
 def test_loss_falls_and_overfits_exact_captions(photos, arch, precision):
     rows, tok, fmap = photos
     torch.manual_seed(0)

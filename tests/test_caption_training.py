@@ -11,7 +11,7 @@ import pytest
 from imagetext.train.captioner import CaptionTrainConfig, train_captioner
 from tests.conftest import FLICKR8K, flickr_captions, needs_flickr
 
-pytestmark = needs_flickr
+pytestmark = [needs_flickr, pytest.mark.slow]  # every test here trains a captioner
 
 
 TINY = {"train": 16, "val": 4}  # images per split

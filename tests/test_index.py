@@ -245,6 +245,7 @@ def _install_new_version(model: Path, seed: int) -> None:
     registry._CACHE.clear()  # what a fresh process would see
 
 
+@pytest.mark.slow
 def test_index_notices_new_weights_under_the_same_model_name(gallery, tmp_path):
     from imagetext.models import registry
 
@@ -289,6 +290,7 @@ def test_index_notices_new_weights_under_the_same_model_name(gallery, tmp_path):
     assert Path(Collection.open(gallery).search("a cat", k=1)[0].path).name == "chelsea.png"
 
 
+@pytest.mark.slow
 def test_serve_rebuilds_a_stale_demo_index(tmp_path, capsys):
     """The demo gallery is imagetext's own: an index of it built with other weights is
     rebuilt when the web app starts, instead of refusing to serve."""

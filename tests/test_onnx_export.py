@@ -35,6 +35,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           text=True)
 
 
+@pytest.mark.slow
 def test_cli_export_gives_the_pytorch_vectors(tiny):
     out = tiny["root"] / "clip-onnx"
     proc = cli("export", "onnx", "--model", str(tiny["clip"]), "--out", str(out))

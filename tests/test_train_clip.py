@@ -41,6 +41,7 @@ def _frozen_task(train, val, **kw):
     return FrozenFeaturesTask(train, val, FrozenSetup(head, **kw), progress=False)
 
 
+@pytest.mark.slow
 @needs_flickr
 def test_frozen_heads_learn_the_training_pairs(tiny):
     task = _frozen_task(tiny, tiny, inputs=["pooled", "fmap"], tuned_text_layers=1)
@@ -140,6 +141,7 @@ def test_finetune_with_wise_ft_interpolates_weights(tiny, tmp_path):
     np.testing.assert_allclose(loaded.encode_texts(["a dog"]), encoder.encode_texts(["a dog"]), atol=1e-5)
 
 
+@pytest.mark.slow
 @needs_flickr
 def test_small_clip_from_scratch_learns_and_round_trips(tiny, tmp_path):
     from imagetext.models.registry import load_encoder

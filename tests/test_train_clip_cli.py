@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import FLICKR8K, needs_flickr
 
 
+@pytest.mark.slow
 @needs_flickr
 def test_train_clip_command_writes_a_loadable_model(tmp_path):
     lines = (FLICKR8K / "captions.tsv").read_text().splitlines()

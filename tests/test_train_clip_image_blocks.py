@@ -50,6 +50,7 @@ def test_block_inputs_and_crop_views_are_the_towers():
         extract_features(images, view="rotate", progress=False)
 
 
+@pytest.mark.slow
 def test_tuned_blocks_learn_and_round_trip_through_the_model_folder(tiny, tmp_path, monkeypatch):
     from imagetext.eval.retrieval import recall_at_k
     from imagetext.models.registry import load_encoder

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from imagetext.models.registry import DEFAULT_MODEL, PRETRAINED_DIR, load_encoder
 from tests.conftest import FLICKR8K, needs_flickr
 
@@ -22,6 +24,7 @@ def test_shipped_model_is_the_default_and_complete():
     assert load_encoder("conse", runtime="torch").backend == "conse"  # the baseline stays available by name
 
 
+@pytest.mark.slow
 @needs_flickr
 def test_shipped_model_beats_conse_on_a_val_slice():
     from imagetext.data import PairDataset, read_pairs

@@ -587,6 +587,7 @@ def test_openapi_docs_are_served_offline(client):
 
 
 # -- the command ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_imagetext_serve_demo_indexes_the_demo_photos_and_suggests_searches(tmp_path):
     import os
     import re
