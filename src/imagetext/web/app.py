@@ -5,9 +5,11 @@
 
 Pages (HTML + CSS, a little plain JS): /search, /similar, /caption, /classify and
 /images/{id}. JSON API under /api (documented at /docs). Only files of the indexed
-collection are ever served, and only by id; uploads are size-limited and decoded as
-images before any model sees them. Every error reaches the client as a readable
-message (JSON for /api, a page otherwise), never as a stack trace.
+collection are ever served, and only by id; uploads are size-limited (bytes on the stream,
+decoded pixels per request, a bound on how many are worked on at once: see
+`imagetext.web.limits`) and decoded as images before any model sees them. Every error
+reaches the client as a readable message (JSON for /api, a page otherwise), never as a
+stack trace.
 """
 
 # no `from __future__ import annotations`: FastAPI must see the closures' Query bounds
@@ -28,7 +30,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from imagetext.errors import ImagetextError
 from imagetext.io.images import ImageLoadError
+from imagetext.web.limits import (
+    MAX_RANK_IMAGES,
+    MAX_UPLOAD_MEGAPIXELS,
+    BodySizeLimit,
+    ReleaseMemory,
+    WorkGate,
+)
 from imagetext.web.service import CLASSIFY_TEMPLATE, WebService, decode_upload, preview_data_url
 from imagetext.web.thumbnails import THUMBNAIL_SIZES, ThumbnailCache
 from imagetext.web.uploads import KeptUpload, UploadStore
@@ -51,7 +61,6 @@ log = logging.getLogger("imagetext.web")
 HERE = Path(__file__).parent
 DEFAULT_K = 12
 MAX_BEAM = 8
-MAX_RANK_IMAGES = 64
 MAX_ID = 2**62  # image ids are SQLite integers
 REQUEST_OVERHEAD_BYTES = 256 * 1024  # multipart boundaries and the small form fields
 
@@ -60,39 +69,6 @@ def _default_moderation_threshold() -> float:
     from imagetext.api import DEFAULT_MODERATION_THRESHOLD
 
     return DEFAULT_MODERATION_THRESHOLD
-
-
-_TOO_LARGE_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>Upload too large · imagetext</title><link rel="stylesheet" href="/static/style.css">
-</head><body><main class="page"><div class="alert alert-error" role="alert">{message}</div>
-<p><a href="javascript:history.back()">Go back</a></p></main></body></html>"""
-
-
-class BodySizeLimit:
-    """ASGI middleware: refuse a request whose declared body is over the upload limit.
-
-    Checked on Content-Length before anything is read, so a huge upload is turned away
-    without being spooled to disk; `read_upload` checks the actual size as well.
-    """
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                message = (f"The request is {int(length) / 1e6:.1f} MB; uploads are limited to "
-                           f"{self.max_bytes / 1e6:.1f} MB.")
-                if scope["path"].startswith("/api/"):
-                    response = JSONResponse({"detail": message}, status_code=413)
-                else:
-                    response = HTMLResponse(_TOO_LARGE_PAGE.format(message=message),
-                                            status_code=413)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def create_app(
@@ -106,6 +82,10 @@ def create_app(
     max_k: int = 200,
     thumbnail_dir: str | os.PathLike | None = None,
     kept_uploads_mb: float = 64.0,
+    max_upload_megapixels: float = MAX_UPLOAD_MEGAPIXELS,
+    max_heavy_requests: int = 2,
+    max_waiting_requests: int = 16,
+    release_memory: bool = True,
 ) -> FastAPI:
     """Build the web app for the collection at `collection_root`.
 
@@ -120,6 +100,12 @@ def create_app(
     thumbnail_dir: thumbnail cache (default `<index_dir>/thumbnails`).
     kept_uploads_mb: memory for the uploads the pages keep so that a form can be sent
         again without choosing the file again (see `imagetext.web.uploads`).
+    max_upload_megapixels: the pixels one request may decode, all its images together (a
+        JPEG counts at the reduced size it is decoded at).
+    max_heavy_requests, max_waiting_requests: how many requests may decode images and run
+        models at once, and how many may wait for that; the next gets a 503 (Retry-After).
+    release_memory: hand freed heap memory back to the system after heavy requests (glibc
+        malloc_trim; see `imagetext.web.limits`).
     The collection is opened (not re-indexed) here; `imagetext serve` indexes first.
     """
     service = WebService(collection_root, model=model, index_dir=index_dir, captioner=captioner)
@@ -127,6 +113,9 @@ def create_app(
                         or index_dir or service.root / ".imagetext")
     thumbnails = ThumbnailCache(thumbnail_dir or index_folder / "thumbnails")
     max_upload_bytes = int(max_upload_mb * 1_000_000)
+    max_pixels = int(max_upload_megapixels * 1_000_000)
+    heavy = WorkGate("uploads", max_heavy_requests, max_waiting_requests)
+    thumbnail_gate = WorkGate("thumbnails", max_heavy_requests, 4 * max_waiting_requests)
     uploads = UploadStore(max_bytes=max(1, int(kept_uploads_mb * 1_000_000)))
     templates = Jinja2Templates(directory=str(HERE / "templates"))
 
@@ -144,13 +133,17 @@ def create_app(
         description=(
             "Caption images and search a photo collection by text and by image, offline on "
             "a CPU. Uploads are limited to "
-            f"{max_upload_mb:g} MB per request; only images of the indexed collection are "
-            "served, by id."
+            f"{max_upload_mb:g} MB and {max_upload_megapixels:g} decoded megapixels per request "
+            "(a JPEG counts at a reduced size); a busy server answers 503 with Retry-After. "
+            "Only images of the indexed collection are served, by id."
         ),
         version="0.1.0",
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.gates = (heavy, thumbnail_gate)
+    if release_memory:
+        app.add_middleware(ReleaseMemory, gates=(heavy, thumbnail_gate))
     app.add_middleware(BodySizeLimit, max_bytes=max_upload_bytes + REQUEST_OVERHEAD_BYTES)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
@@ -158,19 +151,27 @@ def create_app(
     def wants_json(request: Request) -> bool:
         return request.url.path.startswith("/api/") or request.url.path == "/api"
 
-    async def error_response(request: Request, status: int, message: str, extra=None):
+    async def error_response(request: Request, status: int, message: str, extra=None,
+                             headers: dict | None = None):
         if wants_json(request):
-            return JSONResponse({"detail": message, **(extra or {})}, status_code=status)
+            return JSONResponse({"detail": message, **(extra or {})}, status_code=status,
+                                headers=headers)
         return await render(request, "error.html", {"error": message, "code": status},
-                            status=status, tab=None)
+                            status=status, tab=None, headers=headers)
 
     @app.exception_handler(UserError)
     async def on_user_error(request: Request, exc: UserError):
-        return await error_response(request, exc.status, exc.message)
+        return await error_response(request, exc.status, exc.message, headers=exc.headers)
 
     @app.exception_handler(ImageLoadError)
     async def on_image_error(request: Request, exc: ImageLoadError):
         return await error_response(request, 400, f"Not a usable image: {exc.reason}.")
+
+    @app.exception_handler(ImagetextError)
+    async def on_imagetext_error(request: Request, exc: ImagetextError):
+        # the index's own state (busy, read-only, damaged): not the client's doing; say it
+        log.warning("%s on %s: %s", type(exc).__name__, request.url.path, exc)
+        return await error_response(request, 503, str(exc), headers={"Retry-After": "10"})
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError):
@@ -198,7 +199,7 @@ def create_app(
 
     # -- page helpers -------------------------------------------------------------------
     async def render(request: Request, template: str, context: dict, status: int = 200,
-                     tab: str | None = "search") -> HTMLResponse:
+                     tab: str | None = "search", headers: dict | None = None) -> HTMLResponse:
         try:
             server_status = await service.call(service.status)
         except Exception:  # the status line must never take an error page down with it
@@ -206,11 +207,14 @@ def create_app(
             server_status = None
         context = {"tab": tab, "server": server_status, "max_upload_mb": max_upload_mb,
                    "max_k": max_k, **context}
-        return templates.TemplateResponse(request, template, context, status_code=status)
+        return templates.TemplateResponse(request, template, context, status_code=status,
+                                          headers=headers)
 
     async def upload_image(file: UploadFile | None):
+        """The image of a one-file upload; call it holding a `heavy` slot."""
         data = await read_upload(file, max_upload_bytes)
-        return await run_in_threadpool(decode_upload, data)
+        image, _ = await run_in_threadpool(decode_upload, data, max_pixels)
+        return image
 
     async def form_upload(file: UploadFile | None, token: str | None, context: dict):
         """The image of an upload form (Caption, Similar, Classify): the file just chosen,
@@ -224,7 +228,7 @@ def create_app(
         chosen = isinstance(file, StarletteUploadFile) and bool(file.filename or file.size)
         if chosen:
             data = await read_upload(file, max_upload_bytes)
-            image = await run_in_threadpool(decode_upload, data)
+            image, _ = await run_in_threadpool(decode_upload, data, max_pixels)
             preview = await run_in_threadpool(preview_data_url, image)
             kept = uploads.put(file.filename or "upload", data, preview) or KeptUpload(
                 "", file.filename or "upload", b"", preview)  # too big to keep: show it once
@@ -234,7 +238,7 @@ def create_app(
                 raise UserError("The photo uploaded earlier is no longer kept on the server "
                                 f"(uploads are kept for {uploads.ttl_s / 60:g} minutes); "
                                 "choose it again.")
-            image = await run_in_threadpool(decode_upload, kept.data)
+            image, _ = await run_in_threadpool(decode_upload, kept.data, max_pixels)
         else:
             return None
         context.update(upload_preview=kept.preview, upload_name=kept.name,
@@ -295,15 +299,17 @@ def create_app(
                                   k: Annotated[str | None, Form()] = None,
                                   k_in_address: Annotated[str | None, Query(alias="k")] = None):
         context: dict = {"k": k or k_in_address or DEFAULT_K, "results": None, "query_image": None}
-        status = 200
+        status, headers = 200, None
         try:
-            upload = await form_upload(file, upload_token, context)
-            context["k"] = check_k(given_once("k", k_in_address, k), max_k, DEFAULT_K)
-            image = uploaded_image(upload)
-            context["results"] = await service.call(service.similar, image, context["k"])
+            async with heavy.slot(request.scope):  # the upload is decoded and modelled in here
+                upload = await form_upload(file, upload_token, context)
+                context["k"] = check_k(given_once("k", k_in_address, k), max_k, DEFAULT_K)
+                image = uploaded_image(upload)
+                context["results"] = await service.call(service.similar, image, context["k"])
         except UserError as exc:
-            context["error"], status = exc.message, exc.status
-        return await render(request, "similar.html", context, status, tab="similar")
+            context["error"], status, headers = exc.message, exc.status, exc.headers
+        return await render(request, "similar.html", context, status, tab="similar",
+                            headers=headers)
 
     @app.get("/caption", response_class=HTMLResponse, include_in_schema=False)
     async def caption_page(request: Request):
@@ -317,17 +323,19 @@ def create_app(
                                   beam_size: Annotated[str | None, Form()] = None,
                                   num_return: Annotated[str | None, Form()] = None):
         context: dict = {"beam_size": beam_size or 3, "num_return": num_return or 3}
-        status = 200
+        status, headers = 200, None
         try:
-            upload = await form_upload(file, upload_token, context)
-            beams = check_int(beam_size, "beam size", 1, MAX_BEAM, 3)
-            n = check_int(num_return, "number of captions", 1, MAX_BEAM, 3)
-            context.update(beam_size=beams, num_return=n)
-            image = uploaded_image(upload)
-            context["result"] = await service.call(service.caption, image, beams, n)
+            async with heavy.slot(request.scope):  # the upload is decoded and modelled in here
+                upload = await form_upload(file, upload_token, context)
+                beams = check_int(beam_size, "beam size", 1, MAX_BEAM, 3)
+                n = check_int(num_return, "number of captions", 1, MAX_BEAM, 3)
+                context.update(beam_size=beams, num_return=n)
+                image = uploaded_image(upload)
+                context["result"] = await service.call(service.caption, image, beams, n)
         except UserError as exc:
-            context["error"], status = exc.message, exc.status
-        return await render(request, "caption.html", context, status, tab="caption")
+            context["error"], status, headers = exc.message, exc.status, exc.headers
+        return await render(request, "caption.html", context, status, tab="caption",
+                            headers=headers)
 
     def classify_defaults() -> dict:
         return {"labels": "", "preset": "", "threshold": "", "template": CLASSIFY_TEMPLATE,
@@ -350,17 +358,19 @@ def create_app(
         context = classify_defaults()
         context.update(labels=labels or "", preset=preset or "", threshold=threshold or "",
                        template=template or CLASSIFY_TEMPLATE)
-        status = 200
+        status, headers = 200, None
         try:
-            upload = await form_upload(file, upload_token, context)
-            label_list, limit = classify_inputs(labels, preset, threshold)
-            prompt = check_template(template, CLASSIFY_TEMPLATE)
-            image = uploaded_image(upload)
-            context["result"] = await service.call(service.classify, image, label_list, prompt,
-                                                   limit)
+            async with heavy.slot(request.scope):  # the upload is decoded and modelled in here
+                upload = await form_upload(file, upload_token, context)
+                label_list, limit = classify_inputs(labels, preset, threshold)
+                prompt = check_template(template, CLASSIFY_TEMPLATE)
+                image = uploaded_image(upload)
+                context["result"] = await service.call(service.classify, image, label_list, prompt,
+                                                       limit)
         except UserError as exc:
-            context["error"], status = exc.message, exc.status
-        return await render(request, "classify.html", context, status, tab="classify")
+            context["error"], status, headers = exc.message, exc.status, exc.headers
+        return await render(request, "classify.html", context, status, tab="classify",
+                            headers=headers)
 
     @app.get("/images/{image_id}", response_class=HTMLResponse, include_in_schema=False)
     async def image_page(request: Request, image_id: str):
@@ -400,6 +410,7 @@ def create_app(
 
     @app.get("/api/similar", tags=["search"])
     async def api_similar_indexed(
+        request: Request,
         id: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Id of an indexed image.")
                       ] = None,
         path: Annotated[str | None, Query(
@@ -414,12 +425,17 @@ def create_app(
             return {"id": id, "k": k, "results": results}
         file = service.collection_path(path)
         image_id = await service.call(service.indexed_id, file)
-        query = str(file) if image_id is None else image_id
-        results = await service.call(service.similar, query, k)
+        if image_id is not None:
+            results = await service.call(service.similar, image_id, k)
+        else:  # a file not (yet) indexed: decoded like an upload, within the same limits
+            async with heavy.slot(request.scope):
+                image, _ = await run_in_threadpool(decode_upload, file, max_pixels)
+                results = await service.call(service.similar, image, k)
         return {"path": service.relative(file), "k": k, "results": results}
 
     @app.post("/api/similar", tags=["search"])
     async def api_similar_upload(
+        request: Request,
         file: Annotated[UploadFile, File(description="The query image.")],
         k: Annotated[int | None, Form(ge=1, le=max_k, description=(
             f"How many results (default {DEFAULT_K}); in the form or in the address."))] = None,
@@ -429,22 +445,26 @@ def create_app(
     ) -> dict:
         """Reverse image search: the images of the collection most similar to an upload."""
         k = given_once("k", k_in_address, k) or DEFAULT_K
-        image = await upload_image(file)
-        results = await service.call(service.similar, image, k)
+        async with heavy.slot(request.scope):
+            image = await upload_image(file)
+            results = await service.call(service.similar, image, k)
         return {"k": k, "results": results}
 
     @app.post("/api/caption", tags=["caption"])
     async def api_caption(
+        request: Request,
         file: Annotated[UploadFile, File(description="The image to caption.")],
         beam_size: Annotated[int, Form(ge=1, le=MAX_BEAM)] = 3,
         num_return: Annotated[int, Form(ge=1, le=MAX_BEAM)] = 1,
     ) -> dict:
         """Caption an uploaded image (503 when no captioner is installed)."""
-        image = await upload_image(file)
-        return await service.call(service.caption, image, beam_size, num_return)
+        async with heavy.slot(request.scope):
+            image = await upload_image(file)
+            return await service.call(service.caption, image, beam_size, num_return)
 
     @app.post("/api/classify", tags=["classify"])
     async def api_classify(
+        request: Request,
         file: Annotated[UploadFile, File(description="The image to classify.")],
         labels: Annotated[str | None, Form(
             description="Labels separated by commas or new lines (ignored with a preset).")] = None,
@@ -458,11 +478,13 @@ def create_app(
         """Zero-shot classification: softmax scores of the image over the given labels."""
         label_list, limit = classify_inputs(labels, preset, threshold)
         prompt = check_template(template, CLASSIFY_TEMPLATE)
-        image = await upload_image(file)
-        return await service.call(service.classify, image, label_list, prompt, limit)
+        async with heavy.slot(request.scope):
+            image = await upload_image(file)
+            return await service.call(service.classify, image, label_list, prompt, limit)
 
     @app.post("/api/rank", tags=["classify"])
     async def api_rank(
+        request: Request,
         prompt: Annotated[str, Form(description="A sentence to rank the images by.")],
         files: Annotated[list[UploadFile], File(description="The images to rank.")],
     ) -> dict:
@@ -470,17 +492,20 @@ def create_app(
         text = check_query(prompt, "prompt")
         if len(files) > MAX_RANK_IMAGES:
             raise UserError(f"{len(files)} images given; at most {MAX_RANK_IMAGES} per request.")
-        images, names = [], []
-        budget = max_upload_bytes
-        for upload in files:
-            data = await read_upload(upload, budget)
-            budget -= len(data)
-            try:
-                images.append(await run_in_threadpool(decode_upload, data))
-            except UserError as exc:
-                raise UserError(f"{upload.filename}: {exc.message}", exc.status) from None
-            names.append(upload.filename or f"image {len(names)}")
-        ranked = await service.call(service.rank, text, images, names)
+        async with heavy.slot(request.scope):
+            images, names = [], []
+            budget, pixels_left = max_upload_bytes, max_pixels
+            for upload in files:
+                name = upload.filename or f"image {len(names) + 1}"
+                data = await read_upload(upload, budget)
+                budget -= len(data)
+                image, decoded = await run_in_threadpool(decode_upload, data, pixels_left,
+                                                         max_pixels, name)
+                del data
+                pixels_left -= decoded
+                images.append(image)
+                names.append(name)
+            ranked = await service.call(service.rank, text, images, names)
         return {"prompt": text, "results": ranked}
 
     @app.get("/api/images/{image_id}", tags=["collection"])
@@ -497,6 +522,7 @@ def create_app(
     @app.get("/api/images/{image_id}/thumbnail", tags=["collection"],
              response_class=FileResponse)
     async def api_image_thumbnail(
+        request: Request,
         image_id: int,
         size: Annotated[int, Query(description=f"One of {THUMBNAIL_SIZES}.")] = 256,
     ):
@@ -504,7 +530,10 @@ def create_app(
         if size not in THUMBNAIL_SIZES:
             raise UserError(f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}.")
         path = await service.call(service.file_path, image_id)
-        thumb = await run_in_threadpool(thumbnails.get, path, size)
+        thumb = await run_in_threadpool(thumbnails.cached, path, size)
+        if thumb is None:  # made once per photo and size; bounded like the other decoding
+            async with thumbnail_gate.slot(request.scope):
+                thumb = await run_in_threadpool(thumbnails.get, path, size)
         return FileResponse(thumb, media_type="image/jpeg",
                             headers={"Cache-Control": "private, max-age=300"})
 

@@ -17,14 +17,29 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
-from imagetext.io.images import ImageLoadError, open_image
-from imagetext.web.validation import UserError
+from imagetext.io.images import ImageLoadError, ImageTooLargeError, open_image
+from imagetext.web.validation import UserError, shown
 
 log = logging.getLogger("imagetext.web")
 
 CLASSIFY_TEMPLATE = "a photo of a {}."
+# what an upload may be: the formats people send (no EPS, which Pillow hands to Ghostscript,
+# nor the dozens of rare formats Pillow also reads)
+Image.init()
+UPLOAD_FORMATS = tuple(f for f in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "AVIF")
+                       if f in Image.OPEN)
+# uploads are decoded at this size or a little above (the models look at 224-384 pixels, the
+# page shows a 512-pixel preview): a JPEG in draft mode, anything else reduced right after
+UPLOAD_WORKING_SIZE = 512
+# images encoded at once by /api/rank: ONNX Runtime keeps the memory of the largest batch it
+# ran for the life of the process (its arena); 16 uploads ranked in one batch left the server
+# ~390 MB larger, one at a time ~45 MB, and on 2 cores one at a time was no slower (344 ms
+# for 16 against 492 ms in one batch)
+RANK_BATCH = 1
+MAX_PENDING_JOBS = 64  # model jobs waiting for the worker before a request gets a 503
 
 
 class WebService:
@@ -41,6 +56,7 @@ class WebService:
         if not self.root.is_dir():
             raise FileNotFoundError(f"collection folder not found: {self.root}")
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagetext-model")
+        self._pending = 0
         self.collection = self.call_sync(Collection.open, self.root, index_dir=index_dir, model=model)
         # load the model now, so that an index built with another model (or other weights)
         # is refused at start-up with ModelMismatchError rather than on every query
@@ -56,7 +72,16 @@ class WebService:
         return self._worker.submit(fn, *args, **kwargs).result()
 
     async def call(self, fn, *args, **kwargs):
-        return await asyncio.wrap_future(self._worker.submit(fn, *args, **kwargs))
+        """Run `fn` on the model worker; a 503 (try again) when too many jobs already wait."""
+        if self._pending >= MAX_PENDING_JOBS:
+            raise UserError(f"The server is busy ({self._pending} requests are waiting for the "
+                            "model); try again in a few seconds.", 503,
+                            headers={"Retry-After": "2"})
+        self._pending += 1  # (only the event loop's thread calls this)
+        try:
+            return await asyncio.wrap_future(self._worker.submit(fn, *args, **kwargs))
+        finally:
+            self._pending -= 1
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
@@ -131,33 +156,48 @@ class WebService:
             raise UserError(f"No image with id {image_id} in this collection.", 404) from None
 
     def file_path(self, image_id: int) -> Path:
-        """The file of an indexed image; never anything outside the collection folder."""
+        """The file of an indexed image; never anything outside the collection folder (a
+        symbolic link is followed, and what it points to must be inside too)."""
         if not 0 <= image_id <= 2**62:
             raise UserError(f"No image with id {image_id} in this collection.", 404)
         try:
             path = Path(self.collection.path_of(image_id))
         except KeyError:
             raise UserError(f"No image with id {image_id} in this collection.", 404) from None
-        absolute = Path(os.path.abspath(path))
-        if not absolute.is_relative_to(self.root):
-            raise UserError(f"Image {image_id} is not inside the collection folder.", 403)
-        if not absolute.is_file():
-            raise UserError(f"The file of image {image_id} is gone from the collection.", 404)
-        return absolute
+        return self.inside(path, f"image {image_id}", 404)
 
     def collection_path(self, raw: str) -> Path:
-        """A client-given path (relative to the root, or absolute) that must be inside it."""
+        """A client-given path (relative to the root, or absolute) that must be inside it.
+
+        The one place a path from a client becomes a file: no NUL or control characters, no
+        `~` expansion, symbolic links resolved before the check, and only a regular file.
+        """
         raw = (raw or "").strip()
         if not raw:
             raise UserError("The path is empty.")
-        candidate = Path(raw).expanduser()
+        if any(ord(ch) < 32 or ch == "\x7f" for ch in raw):
+            raise UserError(f"The path {shown(raw)} contains a control character (such as a "
+                            "NUL byte); no file in the collection has one.")
+        if len(raw.encode("utf-8", "surrogatepass")) > 4096:
+            raise UserError("The path is too long (more than 4096 bytes).")
+        candidate = Path(raw)
         if not candidate.is_absolute():
             candidate = self.root / candidate
-        resolved = candidate.resolve()
-        if not resolved.is_relative_to(self.root):
-            raise UserError(f"The path {raw!r} is outside the collection; refusing to read it.", 403)
-        if not resolved.is_file():
-            raise UserError(f"No file {raw!r} in the collection.", 404)
+        return self.inside(candidate, f"the path {shown(raw)}", 403)
+
+    def inside(self, path: Path, what: str, outside_status: int) -> Path:
+        """`path` with its symbolic links resolved, if that is a regular file inside the
+        collection folder; else a 403/404 saying so (never an OSError's 500)."""
+        try:
+            resolved = Path(os.path.realpath(path))
+            if not resolved.is_relative_to(self.root):
+                raise UserError(f"{what[0].upper()}{what[1:]} is outside the collection; "
+                                "refusing to read it.", outside_status)
+            is_file = resolved.is_file()  # a regular file (a pipe or device is not)
+        except (OSError, ValueError):  # a name too long, undecodable, ...
+            is_file = False
+        if not is_file:
+            raise UserError(f"No file for {what} in the collection.", 404)
         return resolved
 
     # -- the jobs ---------------------------------------------------------------------
@@ -234,18 +274,53 @@ class WebService:
         return list(api.FALLBACK_SAFE_LABELS + api.FALLBACK_UNSAFE_LABELS)
 
     def rank(self, prompt: str, images: list[Image.Image], names: list[str]) -> list[dict]:
-        from imagetext import api
+        """`images` best first for `prompt` (the order and scores of `api.rank`), encoded
+        RANK_BATCH at a time."""
+        encoder = self.encoder
+        text = encoder.encode_texts([prompt])[0]
+        sims = encoder.query_scores(
+            encoder.encode_images(images, batch_size=RANK_BATCH).semantic, text)
+        order = np.argsort(-sims, kind="stable")
+        return [{"index": int(i), "name": names[i], "score": float(sims[i])} for i in order]
 
-        return [{"index": r.index, "name": names[r.index], "score": float(r.score)}
-                for r in api.rank(prompt, images, model=self.encoder)]
 
+def decode_upload(data: bytes | Path, max_pixels: int, request_pixels: int | None = None,
+                  name: str | None = None) -> tuple[Image.Image, int]:
+    """Bytes of an upload (or a collection file) -> (RGB image of about UPLOAD_WORKING_SIZE,
+    the pixels decoded to make it).
 
-def decode_upload(data: bytes) -> Image.Image:
-    """Bytes of an upload -> RGB image, or a 400 saying why it is not a usable image."""
+    At most `max_pixels` are decoded, checked on the image's header before decoding (a JPEG
+    is decoded reduced, and counts at that size): over it, a 413 that says the size. Anything
+    that is not a usable image of an upload format is a 400 saying why. `request_pixels` is
+    the budget of the whole request, when `max_pixels` is what is left of it; `name` names
+    the file in messages (for requests with several).
+    """
+    what = shown(name) if name else "The upload"
     try:
-        return open_image(data)
+        img = open_image(data, draft_size=UPLOAD_WORKING_SIZE, max_pixels=max_pixels,
+                         formats=None if isinstance(data, Path) else UPLOAD_FORMATS)
+    except ImageTooLargeError as exc:
+        w, h = exc.size
+        request_pixels = request_pixels or max_pixels
+        if w * h and w * h <= request_pixels:
+            message = (f"{what} would take the images of this request past "
+                       f"{request_pixels / 1e6:g} megapixels in all; send fewer or smaller images.")
+        else:
+            size = f"{w}x{h} pixels ({w * h / 1e6:.0f} megapixels)" if w * h else "too large"
+            message = (f"{what} is {size}; the server decodes at most "
+                       f"{request_pixels / 1e6:g} megapixels per request (a JPEG counts at a "
+                       "reduced size). Send a smaller copy.")
+        raise UserError(message, 413) from None
     except ImageLoadError as exc:
-        raise UserError(f"The upload is not a usable image: {exc.reason}.", 400) from None
+        if isinstance(data, Path):
+            raise
+        raise UserError(f"{what} is not a usable image: {exc.reason}.", 400) from None
+    decoded = img.width * img.height
+    # keep only what the models and the preview use: a box reduction by a whole factor
+    factor = min(img.size) // UPLOAD_WORKING_SIZE
+    if factor >= 2:
+        img = img.reduce(factor)
+    return img, decoded
 
 
 def preview_data_url(image: Image.Image, size: int = 512) -> str:

@@ -30,6 +30,16 @@ class ThumbnailCache:
         raw = f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}"
         return hashlib.sha1(raw.encode()).hexdigest()
 
+    def cached(self, source: str | os.PathLike, size: int) -> Path | None:
+        """The thumbnail of `source` if it is already made, else None (nothing is decoded)."""
+        source = Path(source)
+        target = self._target(source, size)
+        return target if target.is_file() else None
+
+    def _target(self, source: Path, size: int) -> Path:
+        key = self.key(source, size)
+        return self.folder / key[:2] / f"{key}.jpg"
+
     def get(self, source: str | os.PathLike, size: int) -> Path:
         """Path of the cached thumbnail of `source` (longest side `size`), made if missing.
 
@@ -38,8 +48,7 @@ class ThumbnailCache:
         if size not in THUMBNAIL_SIZES:
             raise ValueError(f"thumbnail size must be one of {THUMBNAIL_SIZES}")
         source = Path(source)
-        key = self.key(source, size)
-        target = self.folder / key[:2] / f"{key}.jpg"
+        target = self._target(source, size)
         if target.is_file():
             return target
         img = open_image(source, draft_size=size)

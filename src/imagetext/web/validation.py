@@ -24,13 +24,15 @@ def shown(value, limit: int = 40) -> str:
 class UserError(Exception):
     """A request that cannot be served, with a sentence for the person who sent it.
 
-    `status` is the HTTP status: 4xx for bad input, 503 when a needed model is not installed.
+    `status` is the HTTP status: 4xx for bad input, 503 when a needed model is not installed
+    or the server is busy (with a Retry-After in `headers`).
     """
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.status = status
+        self.headers = headers
 
 
 def check_query(query: str | None, what: str = "query") -> str:
@@ -144,14 +146,14 @@ async def read_upload(upload: UploadFile | None, max_bytes: int, what: str = "im
     data = await upload.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise UserError(
-            f"The file {upload.filename!r} is larger than the upload limit of "
+            f"The file {shown(upload.filename)} is larger than the upload limit of "
             f"{_megabytes(max_bytes)}.",
             status=413,
         )
     if not data:
         if not upload.filename:  # a form submitted without choosing a file
             raise UserError(f"No {what} was uploaded: choose an image file (JPEG, PNG, WebP, ...).")
-        raise UserError(f"The uploaded file {upload.filename!r} is empty.")
+        raise UserError(f"The uploaded file {shown(upload.filename)} is empty.")
     return data
 
 
