@@ -65,8 +65,11 @@ def test_checkpoint_resumes_to_the_same_state(tiny, tmp_path):
         return task, train_contrastive(task, cfg)
 
     straight, r1 = run(tmp_path / "a")
-    _, partial = run(tmp_path / "b", stop_after=2)
-    assert len(partial.history) == 2
+    _, partial = run(tmp_path / "b", stop_after=1)
+    assert len(partial.history) == 1
+    # stop_after names the epoch to end at, as in the captioner trainer (not "this many more")
+    _, partial = run(tmp_path / "b", resume=True, stop_after=2)
+    assert [h["epoch"] for h in partial.history] == [0, 1]
     resumed, r2 = run(tmp_path / "b", resume=True)
     assert [h["epoch"] for h in r2.history] == [0, 1, 2, 3]
     for (k, v), w in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):

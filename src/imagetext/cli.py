@@ -16,6 +16,10 @@ from typing import Annotated
 import typer
 
 from imagetext.errors import ImagetextError
+from imagetext.train.config import CaptionTrainConfig, TrainConfig
+
+# the trainers' defaults, which the training options below are declared with (one source)
+CAPTION, CLIP = CaptionTrainConfig(), TrainConfig()
 
 app = typer.Typer(
     help="Caption images and search photo collections by text and by image, offline on a CPU.",
@@ -396,19 +400,19 @@ def train_captioner_cmd(
     data: Annotated[Path, typer.Option("--data", help="Dataset with train/val splits "
                                        "(captions.tsv + images/, or any supported format).")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (best/ = the captioner).")],
-    arch: Annotated[str, typer.Option(help="show-attend-tell (alias sat) or transformer.")] = "show-attend-tell",
-    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    arch: Annotated[str, typer.Option(help="show-attend-tell (alias sat) or transformer.")] = CAPTION.arch,
+    epochs: Annotated[int, typer.Option(min=1)] = CAPTION.epochs,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default per arch).")] = None,
-    images_per_batch: Annotated[int, typer.Option(min=1)] = 64,
+    images_per_batch: Annotated[int, typer.Option(min=1)] = CAPTION.images_per_batch,
     captions_per_image: Annotated[int | None, typer.Option(
         min=1, help="Cross-entropy epochs read this many of each image's captions, drawn afresh "
         "each epoch (default: all).")] = None,
-    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.1,
-    flip: Annotated[bool, typer.Option(help="Mirrored images as augmentation.")] = True,
+    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.9)] = CAPTION.label_smoothing,
+    flip: Annotated[bool, typer.Option(help="Mirrored images as augmentation.")] = CAPTION.flip,
     train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
     val_split: Annotated[str, typer.Option(help="Split to select the best epoch on.")] = "val",
-    beam: Annotated[int, typer.Option(min=1, help="Beam size of the final evaluation.")] = 3,
-    seed: Annotated[int, typer.Option()] = 0,
+    beam: Annotated[int, typer.Option(min=1, help="Beam size of the final evaluation.")] = CAPTION.final_beam,
+    seed: Annotated[int, typer.Option()] = CAPTION.seed,
     resume: Annotated[bool, typer.Option(help="Continue from <out>/checkpoint.pt.")] = False,
     name: Annotated[str | None, typer.Option(help="Model name stored in config.json.")] = None,
     val_images: Annotated[int | None, typer.Option(
@@ -417,26 +421,26 @@ def train_captioner_cmd(
         min=1, help="Stop after this epoch (the LR schedule still spans --epochs).")] = None,
     scst_epochs: Annotated[int, typer.Option(
         min=0, help="After the --epochs of cross-entropy, this many epochs of self-critical "
-        "training on the CIDEr-D reward (--scst-samples sampled captions per image).")] = 0,
-    scst_lr: Annotated[float, typer.Option(help="Learning rate of the SCST epochs.")] = 5e-5,
+        "training on the CIDEr-D reward (--scst-samples sampled captions per image).")] = CAPTION.scst_epochs,
+    scst_lr: Annotated[float, typer.Option(help="Learning rate of the SCST epochs.")] = CAPTION.scst_lr,
     scst_lr_end: Annotated[float | None, typer.Option(
         help="Let the SCST learning rate fall from --scst-lr to this along a half cosine over "
         "the --scst-epochs (default: constant).")] = None,
     scst_samples: Annotated[int, typer.Option(
         min=2, help="Captions sampled per image in SCST, each rewarded against the mean of the "
-        "others.")] = 5,
+        "others.")] = CAPTION.scst_samples,
     image_tower: Annotated[str | None, typer.Option(
         help="Read the feature map of this aligned model's tuned tower tail (e.g. aligned-flickr8k, "
         "trained with `train clip --tune-image-blocks`) instead of the frozen tower's; the "
         "captioner keeps a copy of the tail.")] = None,
     tune_image_tail: Annotated[bool, typer.Option(
         help="Train the image tower's last block and head conv (the --image-tower tail, or the "
-        "frozen tower's) with the decoder, at --image-lr.")] = False,
-    image_lr: Annotated[float, typer.Option(help="Learning rate of the tuned tower tail.")] = 1e-4,
+        "frozen tower's) with the decoder, at --image-lr.")] = CAPTION.tune_image_tail,
+    image_lr: Annotated[float, typer.Option(help="Learning rate of the tuned tower tail.")] = CAPTION.image_lr,
     crop_views: Annotated[int, typer.Option(
-        min=0, max=16, help="Also this many cached random resized crops per training image.")] = 0,
+        min=0, max=16, help="Also this many cached random resized crops per training image.")] = CAPTION.crop_views,
     precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast of the decoder's "
-                         "training passes: ~2x faster on a CPU with AVX-512 BF16).")] = "fp32",
+                         "training passes: ~2x faster on a CPU with AVX-512 BF16).")] = CAPTION.precision,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for PyTorch.")] = None,
     init: Annotated[str | None, typer.Option(
         "--init", help="Fine-tune a pretrained transformers captioner instead (BLIP or "
@@ -451,7 +455,7 @@ def train_captioner_cmd(
                                        name=name)
         print(f"best validation loss {result['best_val_loss']:.4f}; the captioner is in {out}")
         return
-    from imagetext.train.captioner import CaptionTrainConfig, default_lr, train_captioner
+    from imagetext.train.captioner import default_lr, train_captioner
 
     config = CaptionTrainConfig(arch=arch, epochs=epochs, lr=lr or default_lr(arch),
                                 images_per_batch=images_per_batch, label_smoothing=label_smoothing,
@@ -485,13 +489,13 @@ def train_clip_cmd(
     val_split: Annotated[str, typer.Option(help="Split to select the best epoch on.")] = "val",
     holdout: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of images held out "
                        "for validation when the data has no val split.")] = 0.1,
-    epochs: Annotated[int, typer.Option(min=1)] = 12,
-    batch_size: Annotated[int, typer.Option(min=2)] = 256,
-    lr: Annotated[float, typer.Option(help="Peak learning rate of the heads / model.")] = 1e-3,
-    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.1,
-    warmup: Annotated[int, typer.Option(min=0, help="Warm-up steps.")] = 100,
-    temperature: Annotated[float, typer.Option(min=0.001, help="Initial temperature (learned).")] = 0.07,
-    precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")] = "fp32",
+    epochs: Annotated[int, typer.Option(min=1)] = CLIP.epochs,
+    batch_size: Annotated[int, typer.Option(min=2)] = CLIP.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the heads / model.")] = CLIP.lr,
+    weight_decay: Annotated[float, typer.Option(min=0.0)] = CLIP.weight_decay,
+    warmup: Annotated[int, typer.Option(min=0, help="Warm-up steps.")] = CLIP.warmup_steps,
+    temperature: Annotated[float, typer.Option(min=0.001, help="Initial temperature (learned).")] = CLIP.temperature,
+    precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")] = CLIP.precision,
     head_inputs: Annotated[str, typer.Option(help="heads mode: comma-separated image-head inputs "
                            "(pooled, fmap = attention pooling over the 7x7 map, logits).")] = "pooled",
     dim: Annotated[int, typer.Option(min=8, help="Size of the shared embedding space.")] = 512,
@@ -521,7 +525,7 @@ def train_clip_cmd(
     checkpoint_dir: Annotated[Path | None, typer.Option(help="Where last.pt/best.pt go "
                               "(default: <out>/checkpoints).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option()] = CLIP.seed,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for PyTorch.")] = None,
     name: Annotated[str | None, typer.Option(help="Model name stored in config.json.")] = None,
     compare_with: Annotated[list[str] | None, typer.Option(

@@ -36,8 +36,9 @@ def select_rows(state: State, index: torch.Tensor) -> State:
 class ShowAttendTellDecoder(nn.Module):
     arch = "show-attend-tell"
 
-    def __init__(self, vocab_size: int, feature_dim: int = 1280, embed_dim: int = 512,
-                 hidden_dim: int = 512, attention_dim: int = 512, dropout: float = 0.5,
+    # the defaults are the sizes `imagetext train captioner` trains (and the shipped one has)
+    def __init__(self, vocab_size: int, feature_dim: int = 1280, embed_dim: int = 256,
+                 hidden_dim: int = 512, attention_dim: int = 256, dropout: float = 0.5,
                  cell: str = "lstm", attention_reg: float = 1.0):
         super().__init__()
         if cell not in ("lstm", "gru"):
@@ -132,8 +133,9 @@ class ShowAttendTellDecoder(nn.Module):
 class TransformerCaptionDecoder(nn.Module):
     arch = "transformer"
 
-    def __init__(self, vocab_size: int, feature_dim: int = 1280, d_model: int = 384,
-                 layers: int = 3, heads: int = 6, ff_dim: int = 1536, dropout: float = 0.1,
+    # the defaults are the sizes `imagetext train captioner --arch transformer` trains
+    def __init__(self, vocab_size: int, feature_dim: int = 1280, d_model: int = 256,
+                 layers: int = 3, heads: int = 4, ff_dim: int = 1024, dropout: float = 0.1,
                  max_positions: int = 40, regions: int = 49):
         super().__init__()
         self.config = {"vocab_size": vocab_size, "feature_dim": feature_dim, "d_model": d_model,

@@ -22,11 +22,12 @@ the full metric set (PTB tokenizer, METEOR) into `<out>/metrics.json`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,60 +39,18 @@ from imagetext.caption.efficientnet_captioner import EfficientNetCaptioner
 from imagetext.caption.tokenizer import EOS, WordTokenizer, split_words
 from imagetext.eval.caption_metrics import caption_scores
 from imagetext.models.efficientnet_lite import TowerTail
+from imagetext.train.config import (  # CaptionTrainConfig and default_lr: re-exported
+    ARCH_ALIASES,
+    ARCHITECTURES,
+    CaptionTrainConfig,
+    default_lr,
+)
 from imagetext.train.precision import check_precision, cpu_autocast
 
 FEATURE_OUTPUTS = ("logits", "pooled", "fmap")  # shared cache with the retrieval trainers
 
-DECODER_DEFAULTS = {
-    "show-attend-tell": {"embed_dim": 256, "hidden_dim": 512, "attention_dim": 256,
-                         "dropout": 0.5, "cell": "lstm"},
-    "transformer": {"d_model": 256, "layers": 3, "heads": 4, "ff_dim": 1024, "dropout": 0.1},
-}
-ARCH_ALIASES = {"sat": "show-attend-tell"}
-DEFAULT_LR = {"show-attend-tell": 1e-3, "transformer": 8e-4}
 
 
-def default_lr(arch: str) -> float:
-    return DEFAULT_LR.get(ARCH_ALIASES.get(arch, arch), 4e-4)
-
-
-@dataclass
-class CaptionTrainConfig:
-    arch: str = "show-attend-tell"
-    epochs: int = 10  # cross-entropy epochs: the length of the LR schedule (warm-up + cosine)
-    stop_after: int | None = None  # end training after this epoch (schedule still for `epochs`)
-    scst_epochs: int = 0  # then self-critical training on CIDEr-D (train/scst.py) for this many
-    scst_lr: float = 5e-5  # learning rate of the SCST epochs (constant unless scst_lr_end is set)
-    # SCST lr falls from scst_lr to this along a half cosine over the scst_epochs (None: constant)
-    scst_lr_end: float | None = None
-    scst_samples: int = 5  # captions sampled per image in SCST (leave-one-out baseline)
-    images_per_batch: int = 64  # each image brings all its captions (Flickr8k: 5)
-    # cross-entropy epochs read only this many of each image's captions, drawn afresh each
-    # epoch (None = all): a cheaper epoch that still sees every image
-    captions_per_image: int | None = None
-    lr: float | None = None  # peak learning rate; None = DEFAULT_LR of the architecture
-    weight_decay: float = 1e-2
-    warmup_steps: int = 100
-    label_smoothing: float = 0.1
-    max_words: int = 22  # longer training captions are truncated
-    min_count: int = 5  # vocabulary: words seen at least this often in training
-    flip: bool = True  # use the mirrored view as augmentation (half the epochs' samples)
-    crop_views: int = 0  # also this many cached random resized crops per image (train/features.py)
-    # an aligned model (name or folder) with a tuned tower tail (`train clip --tune-image-blocks`):
-    # the captioner reads the feature map of that tail (kept in its folder) instead of the frozen one
-    image_tower: str | None = None
-    # train that tail (or, without image_tower, a copy of the frozen tower's last block and
-    # head conv) together with the decoder, at image_lr (BatchNorm statistics stay fixed)
-    tune_image_tail: bool = False
-    image_lr: float = 1e-4
-    val_images: int | None = None  # per-epoch validation on the first N val images (None = all)
-    final_beam: int = 3
-    seed: int = 0
-    threads: int | None = None
-    # "bf16": autocast the decoder's training passes to bfloat16 (weights and optimizer stay
-    # float32); ~2x faster per step on a CPU with AVX-512 BF16
-    precision: str = "fp32"
-    decoder: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -266,10 +225,11 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
                     train_split: str = "train", val_split: str = "val", resume: bool = False,
                     name: str | None = None, log=print) -> dict:
     """Train, keep the best-CIDEr epoch in `<out>/best`, return the final metrics dict."""
-    cfg = config or CaptionTrainConfig()
+    # a copy: the caller's config is left as given (the alias and the default lr are filled in here)
+    cfg = dataclasses.replace(config) if config is not None else CaptionTrainConfig()
     cfg.arch = ARCH_ALIASES.get(cfg.arch, cfg.arch)
-    if cfg.arch not in DECODER_DEFAULTS:
-        raise ValueError(f"unknown arch {cfg.arch!r}; choose from {', '.join(DECODER_DEFAULTS)} (or 'sat')")
+    if cfg.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown arch {cfg.arch!r}; choose from {', '.join(ARCHITECTURES)} (or 'sat')")
     if cfg.lr is None:
         cfg.lr = default_lr(cfg.arch)
     check_precision(cfg.precision)
@@ -319,7 +279,7 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
         rows_per_image = min(rows_per_image, cfg.captions_per_image)
     rows_per_batch = round(cfg.images_per_batch * rows_per_image)
 
-    decoder_args = {**DECODER_DEFAULTS[cfg.arch], **cfg.decoder, "vocab_size": len(tokenizer)}
+    decoder_args = {**cfg.decoder, "vocab_size": len(tokenizer)}  # sizes: the decoder's defaults
     decoder = build_decoder(cfg.arch, **decoder_args)
     extra = ({"image_tower": cfg.image_tower} if cfg.image_tower else {}) | (
         {"image_tail_trained_with_captioner": True} if tune else {})

@@ -26,27 +26,12 @@ import torch
 from torch import nn
 
 from imagetext.train.clip_loss import LogitScale, clip_loss
+from imagetext.train.config import TrainConfig
 from imagetext.train.precision import cpu_autocast
 
 SELECTION_METRIC = "rsum"  # sum of the six recalls: the usual model-selection number
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    temperature: float = 0.07  # initial; learnable unless learn_temperature is False
-    learn_temperature: bool = True
-    precision: str = "fp32"  # "bf16": autocast the forward pass to bfloat16
-    seed: int = 0
-    checkpoint_dir: str | None = None  # last.pt (resumable) and best.pt are written here
-    resume: bool = False
-    stop_after: int | None = None  # stop after this many epochs in this run (continue with resume)
-    progress: bool = True
 
 
 class ContrastiveTask(Protocol):
@@ -161,7 +146,7 @@ def train_contrastive(task: ContrastiveTask, config: TrainConfig) -> TrainResult
                        TimeRemainingColumn(), transient=False)
         bar.start()
     try:
-        last_epoch = config.epochs if config.stop_after is None else min(config.epochs, start_epoch + config.stop_after)
+        last_epoch = config.epochs if config.stop_after is None else min(config.epochs, config.stop_after)
         for epoch in range(start_epoch, last_epoch):
             task.model.train()
             generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
