@@ -98,3 +98,19 @@ def test_missing_model_says_where_it_looked(tmp_path):
 def test_imagenet_classes_are_shipped():
     classes = imagenet_classes()
     assert len(classes) == 1000 and classes[281].name == "tabby"
+
+
+def test_the_text_tower_loads_offline_without_a_process_wide_switch():
+    """MiniLM reads its local folder with local_files_only; it used to set HF_HUB_OFFLINE for
+    the whole process (which then had to be undone before any permitted download)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; from imagetext.models.minilm import MiniLMTextTower; "
+            "v = MiniLMTextTower().encode(['a dog']); "
+            "print(v.shape, os.environ.get('HF_HUB_OFFLINE'))")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "(1, 384) None"

@@ -101,21 +101,12 @@ def hub_id_of_snapshot(folder: str | os.PathLike) -> str | None:
 
 def download_snapshot(repo_id: str, revision: str | None = None) -> Path:
     """Fetch the files inference needs into the standard Hugging Face cache."""
-    import huggingface_hub
     from huggingface_hub import list_repo_files, snapshot_download
 
-    # Our own MiniLM loader sets HF_HUB_OFFLINE=1 for the process; an explicit permission to
-    # download from the user overrides that for this one call.
-    offline = huggingface_hub.constants.HF_HUB_OFFLINE
-    huggingface_hub.constants.HF_HUB_OFFLINE = False
-    try:
-        files = list_repo_files(repo_id, revision=revision)
-        has_safetensors = any(f.startswith("model") and f.endswith(".safetensors") for f in files)
-        patterns = CONFIG_PATTERNS + (SAFETENSORS_PATTERNS if has_safetensors else TORCH_BIN_PATTERNS)
-        folder = snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
-    finally:
-        huggingface_hub.constants.HF_HUB_OFFLINE = offline
-    return Path(folder)
+    files = list_repo_files(repo_id, revision=revision)
+    has_safetensors = any(f.startswith("model") and f.endswith(".safetensors") for f in files)
+    patterns = CONFIG_PATTERNS + (SAFETENSORS_PATTERNS if has_safetensors else TORCH_BIN_PATTERNS)
+    return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
 
 
 def not_found_message(name: str, looked: list[str] | None = None) -> str:

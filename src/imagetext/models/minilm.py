@@ -37,15 +37,15 @@ class MiniLMTextTower(nn.Module):
 
     def __init__(self, folder: str | os.PathLike | None = None, max_tokens: int = MAX_TOKENS):
         super().__init__()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # no "Loading weights" bar on every CLI call
 
         folder = str(folder or minilm_folder())
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.bert = AutoModel.from_pretrained(folder).eval()
+        # a local folder, read without asking the hub (no process-wide HF_HUB_OFFLINE switch)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.bert = AutoModel.from_pretrained(folder, local_files_only=True).eval()
         self.max_tokens = max_tokens
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
