@@ -6,12 +6,12 @@ A captioner folder holds `config.json` whose "backend" key names the registered 
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 
 from imagetext.caption.base import Captioner
 from imagetext.models.base import read_config
+from imagetext.plugins import Registry
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
@@ -19,42 +19,15 @@ PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 DEFAULT_CAPTIONER = "lite0-flickr8k"
 ALIASES = {"default": DEFAULT_CAPTIONER}
 
-# Modules imported on first use so that their classes register themselves; other packages
-# (e.g. the pretrained BLIP / ViT-GPT2 backends) append their module path here or import
-# themselves before `load_captioner` is called.
-BACKEND_MODULES = ["imagetext.caption.efficientnet_captioner", "imagetext.caption.hf_captioners"]
-
-_BACKENDS: dict[str, type[Captioner]] = {}
+# Built-in backends, imported on first use (imagetext.plugins); other packages register
+# theirs with @register_captioner("name") before `load_captioner` is called.
+CAPTIONERS: Registry[type[Captioner]] = Registry("captioner backend", {
+    "efficientnet-captioner": "imagetext.caption.efficientnet_captioner",
+    "hf-captioner": "imagetext.caption.hf_captioners",
+})
+register_captioner = CAPTIONERS.register
+captioner_class = CAPTIONERS.get
 HF_MODEL_TYPES = {"blip": "hf-captioner", "vision-encoder-decoder": "hf-captioner"}
-
-
-def register_captioner(name: str):
-    """Class decorator: `@register_captioner("sat")` makes config.json {"backend": "sat"} load it."""
-
-    def decorator(cls: type[Captioner]) -> type[Captioner]:
-        cls.backend = name
-        _BACKENDS[name] = cls
-        return cls
-
-    return decorator
-
-
-def _import_backends() -> None:
-    for module in BACKEND_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:  # an optional backend's module may be absent
-            if exc.name != module:
-                raise
-
-
-def captioner_class(name: str) -> type[Captioner]:
-    _import_backends()
-    if name not in _BACKENDS:
-        raise ValueError(
-            f"unknown captioner backend {name!r}; known: {', '.join(sorted(_BACKENDS)) or 'none'}"
-        )
-    return _BACKENDS[name]
 
 
 def builtin_captioners() -> list[str]:

@@ -6,13 +6,13 @@ A model folder holds `config.json` whose "backend" key names the class that read
 
 from __future__ import annotations
 
-import importlib
 import os
 import warnings
 from pathlib import Path
 
 from imagetext.models.base import ImageTextEncoder, read_config
 from imagetext.models.calibration import read_calibration
+from imagetext.plugins import Registry
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
@@ -22,40 +22,21 @@ PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 DEFAULT_MODEL = "aligned-flickr8k"
 ALIASES = {"default": DEFAULT_MODEL}
 
-_BACKENDS: dict[str, type[ImageTextEncoder]] = {}
-
-
-def register_backend(name: str):
-    def decorator(cls: type[ImageTextEncoder]) -> type[ImageTextEncoder]:
-        cls.backend = name
-        _BACKENDS[name] = cls
-        return cls
-
-    return decorator
-
-
 # The module of each built-in backend, imported only when a model of that backend loads: the
 # PyTorch backends import torch (~1 s), which a query through a compiled model never needs.
-BUILTIN_BACKENDS = {
+ENCODERS: Registry[type[ImageTextEncoder]] = Registry("backend", {
     "aligned": "imagetext.models.aligned",
     "conse": "imagetext.models.conse",
     "hf-clip": "imagetext.models.hf_clip",
     "onnx": "imagetext.models.onnx_backend",
     "small-clip": "imagetext.models.small_clip",
-}
+})
+register_backend = ENCODERS.register  # @register_backend("name") on an ImageTextEncoder class
+backend_class = ENCODERS.get
 # Backends whose models are compiled to ONNX once per machine (onnx_backend.compiled_encoder)
 # and then run by ONNX Runtime, image and text tower alike, without importing torch.
 COMPILED_BACKENDS = frozenset({"aligned", "conse"})
 RUNTIMES = ("auto", "onnx", "torch")
-
-
-def backend_class(name: str) -> type[ImageTextEncoder]:
-    if name not in _BACKENDS and name in BUILTIN_BACKENDS:
-        importlib.import_module(BUILTIN_BACKENDS[name])
-    if name not in _BACKENDS:
-        known = sorted(set(_BACKENDS) | set(BUILTIN_BACKENDS))
-        raise ValueError(f"unknown backend {name!r}; known: {', '.join(known)}")
-    return _BACKENDS[name]
 
 
 def builtin_models() -> list[str]:
