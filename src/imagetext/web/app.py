@@ -153,6 +153,8 @@ def create_app(
 
     async def error_response(request: Request, status: int, message: str, extra=None,
                              headers: dict | None = None):
+        # a message may quote a file name that is not UTF-8: its stray bytes as escapes
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         if wants_json(request):
             return JSONResponse({"detail": message, **(extra or {})}, status_code=status,
                                 headers=headers)

@@ -125,15 +125,17 @@ class WebService:
 
     # -- records and files ------------------------------------------------------------
     def relative(self, path: str | os.PathLike) -> str:
+        """A collection path as text to show, relative to the root (see `shown_path`)."""
         try:
-            return Path(path).relative_to(self.root).as_posix()
+            return shown_path(Path(path).relative_to(self.root).as_posix())
         except ValueError:
-            return str(path)
+            return shown_path(path)
 
     def result_dict(self, result) -> dict:
         data = result.to_dict() if hasattr(result, "to_dict") else dict(vars(result))
         image_id = int(data["id"])
         data["relative_path"] = self.relative(data["path"])
+        data["path"] = shown_path(data["path"])
         data["image_url"] = f"/api/images/{image_id}/file"
         data["thumbnail_url"] = f"/api/images/{image_id}/thumbnail?size=256"
         data["preview_url"] = f"/api/images/{image_id}/thumbnail?size=1024"
@@ -143,7 +145,9 @@ class WebService:
 
     def status(self) -> dict:
         status = dict(self.collection.status())
-        status["root"] = str(self.root)
+        status["root"] = shown_path(self.root)
+        if status.get("index_dir") is not None:
+            status["index_dir"] = shown_path(status["index_dir"])
         status["captioner"] = self.captioner_info()
         return status
 
@@ -282,6 +286,17 @@ class WebService:
             encoder.encode_images(images, batch_size=RANK_BATCH).semantic, text)
         order = np.argsort(-sims, kind="stable")
         return [{"index": int(i), "name": names[i], "score": float(sims[i])} for i in order]
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A file name as text that JSON and HTML can carry: a name that is not UTF-8 comes from
+    the index surrogate-escaped (as Python reads it), and its stray bytes are shown as \\xNN
+    escapes instead of failing the whole response."""
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:  # a surrogate that no file name has
+        raw = str(path).encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def decode_upload(data: bytes | Path, max_pixels: int, request_pixels: int | None = None,

@@ -27,8 +27,8 @@ class ThumbnailCache:
 
     def key(self, source: Path, size: int) -> str:
         st = source.stat()
-        raw = f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}"
-        return hashlib.sha1(raw.encode()).hexdigest()
+        raw = os.fsencode(source.resolve()) + f"|{st.st_size}|{st.st_mtime_ns}|{size}".encode()
+        return hashlib.sha1(raw).hexdigest()  # (fsencode: a name need not be UTF-8)
 
     def cached(self, source: str | os.PathLike, size: int) -> Path | None:
         """The thumbnail of `source` if it is already made, else None (nothing is decoded)."""
