@@ -91,3 +91,19 @@ def test_default_alias_and_several_captions():
     hyps = captioner.generate(pixels, beam_size=3, num_return=3)[0]
     assert len(hyps) == 3 and all(c for c, _ in hyps)
     assert [s for _, s in hyps] == sorted((s for _, s in hyps), reverse=True)
+
+
+def test_the_python_api_captions_and_reports_unreadable_images(tmp_path):
+    from imagetext.api import caption
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+    report = caption([str(PHOTOS / "coffee.png"), str(broken)], beam=3, num_return=2)
+    assert report.model == DEFAULT_CAPTIONER
+    (result,) = report.results
+    assert result.image.endswith("coffee.png") and len(result.captions) == 2
+    assert result.caption == result.captions[0][0] and result.captions[0][1] >= result.captions[1][1]
+    assert [p for p, _ in report.failed] == [str(broken)]
+    assert set(report.to_dict()["results"][0]) == {"image", "caption", "score", "captions"}
+    with pytest.raises(ValueError, match="num_return"):
+        caption([str(PHOTOS / "coffee.png")], beam=2, num_return=3)

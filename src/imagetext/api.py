@@ -1,18 +1,20 @@
 """The Python API of imagetext; the CLI and the web app are thin layers over it.
 
-    from imagetext.api import Collection, classify, rank
+    from imagetext.api import Collection, caption, classify, rank
     col = Collection.open("~/Pictures")
     col.index()                         # incremental, with a progress bar
     col.search("a dog on a beach", k=10)
     col.similar("query.jpg", k=10)
     classify(["cat.jpg"], ["cat", "dog", "car"])
     rank("a sunset over the sea", ["a.jpg", "b.jpg"])
+    caption(["a.jpg"]).results[0].caption
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,8 +27,10 @@ from imagetext.index.collection import (  # noqa: F401  (re-exported)
 )
 from imagetext.models.base import ImageSource, ImageTextEncoder
 from imagetext.models.calibration import classify_scale, moderation_scores
+from imagetext.prompts import DEFAULT_TEMPLATES
 
-DEFAULT_TEMPLATES = ("a photo of a {}.",)
+if TYPE_CHECKING:
+    from imagetext.caption.base import Captioner
 
 # Zero-shot content moderation. Each category is scored by its best-matching prompt (the
 # evidence: max over its prompts of the model's similarity); a model's calibration.json gives
@@ -229,3 +233,61 @@ def rank(prompt: str, images: Sequence[ImageSource],
                                 encoder.encode_texts([prompt])[0])
     order = np.argsort(-sims, kind="stable")
     return [RankedImage(_image_name(images[i]), float(sims[i]), int(i)) for i in order]
+
+
+@dataclass
+class CaptionResult:
+    image: str
+    captions: list[tuple[str, float]]  # best first: (caption, score), `num_return` of them
+
+    @property
+    def caption(self) -> str:
+        return self.captions[0][0]
+
+    def to_dict(self) -> dict:
+        out = {"image": self.image, "caption": self.caption, "score": round(self.captions[0][1], 4)}
+        if len(self.captions) > 1:
+            out["captions"] = [{"caption": c, "score": round(s, 4)} for c, s in self.captions]
+        return out
+
+
+@dataclass
+class CaptionReport:
+    model: str
+    results: list[CaptionResult]
+    failed: list[tuple[str, str]]  # (image, why it could not be read): skipped, never fatal
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "results": [r.to_dict() for r in self.results],
+                "failed": [{"image": p, "error": r} for p, r in self.failed]}
+
+
+def caption(images: Sequence[ImageSource], model: str | Captioner | None = None, beam: int = 3, max_length: int = 30,
+            length_penalty: float = 1.0, no_repeat_ngram: int = 0, num_return: int = 1,
+            batch_size: int = 16) -> CaptionReport:
+    """Describe images in a sentence (`num_return` alternatives each, best first) with a
+    captioner (a built-in name, a folder or a loaded Captioner; default: the shipped one).
+    Unreadable images are reported in `failed` and skipped."""
+    from imagetext.caption.base import Captioner, check_generation
+    from imagetext.caption.registry import load_captioner
+    from imagetext.io.images import ImageLoadError
+
+    check_generation(beam, max_length, num_return)  # before the model loads
+    captioner = model if isinstance(model, Captioner) else load_captioner(model)
+    results, failed = [], []
+    for i in range(0, len(images), batch_size):
+        batch, pixels = [], []
+        for image in images[i : i + batch_size]:
+            try:
+                pixels.append(captioner.preprocess.load(image))
+                batch.append(_image_name(image))
+            except ImageLoadError as exc:
+                failed.append((_image_name(image), exc.reason))
+        if not batch:
+            continue
+        out = captioner.generate(np.stack(pixels), beam_size=beam, max_length=max_length,
+                                 length_penalty=length_penalty,
+                                 no_repeat_ngram_size=no_repeat_ngram, num_return=num_return)
+        results.extend(CaptionResult(name, [(c, float(s)) for c, s in hyps])
+                       for name, hyps in zip(batch, out))
+    return CaptionReport(captioner.name, results, failed)

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from imagetext.errors import ImagetextError
+from imagetext.prompts import DEFAULT_TEMPLATES
 from imagetext.train.config import CaptionTrainConfig, TrainConfig
 
 # the trainers' defaults, which the training options below are declared with (one source)
@@ -233,7 +234,7 @@ def classify(
     labels: Annotated[str | None, typer.Option(
         "--labels", "-l", help='Comma-separated labels, e.g. "cat,dog,car".')] = None,
     template: Annotated[list[str], typer.Option(
-        help='Prompt template(s) with {} for the label (repeat to ensemble).')] = ["a photo of a {}."],
+        help='Prompt template(s) with {} for the label (repeat to ensemble).')] = list(DEFAULT_TEMPLATES),
     threshold: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, help="Flag every label scoring at least this (multi-label use).")] = None,
     moderation: Annotated[bool, typer.Option(

@@ -34,6 +34,15 @@ ImageSource = str | os.PathLike | bytes | Image.Image
 Captions = list[tuple[str, float]]
 
 
+def check_generation(beam_size: int, max_length: int, num_return: int) -> None:
+    """The one check of decoding settings, for every captioner and the CLI and web before them."""
+    if beam_size < 1 or max_length < 1:
+        raise ValueError("beam size and max length must be at least 1")
+    if not 1 <= num_return <= beam_size:
+        raise ValueError(f"num_return ({num_return}) must be between 1 and the beam size "
+                         f"({beam_size})")
+
+
 class Captioner(ABC):
     """Base class of all captioning backends.
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from imagetext.caption.base import check_generation
 from imagetext.caption.decoders import State, select_rows
 
 
@@ -87,10 +88,7 @@ def beam_search(decoder, memory: State, bos_id: int, eos_id: int, beam_size: int
                 num_return: int = 1, banned_ids: list[int] | None = None,
                 no_immediate_repeat: bool = False) -> list[list[tuple[list[int], float]]]:
     """Batched beam search. Returns per image `num_return` (token ids, score), best first."""
-    if beam_size < 1:
-        raise ValueError("beam_size must be >= 1")
-    if not 1 <= num_return <= beam_size:
-        raise ValueError(f"num_return must be between 1 and beam_size ({beam_size})")
+    check_generation(beam_size, max_length, num_return)
     banned = list(banned_ids or [])
     k = beam_size
     batch = next(iter(memory.values())).shape[0]

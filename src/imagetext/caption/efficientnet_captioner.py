@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from imagetext.caption.base import Captioner, Captions
+from imagetext.caption.base import Captioner, Captions, check_generation
 from imagetext.caption.decoders import build_decoder
 from imagetext.caption.decoding import beam_search, greedy_decode
 from imagetext.caption.registry import register_captioner
@@ -107,10 +107,7 @@ class EfficientNetCaptioner(Captioner):
         max_length = g["max_length"] if max_length is None else max_length
         length_penalty = g["length_penalty"] if length_penalty is None else length_penalty
         no_repeat = g["no_repeat_ngram_size"] if no_repeat_ngram_size is None else no_repeat_ngram_size
-        if beam_size < 1 or max_length < 1:
-            raise ValueError("beam_size and max_length must be >= 1")
-        if num_return > beam_size:
-            raise ValueError(f"num_return ({num_return}) cannot exceed beam_size ({beam_size})")
+        check_generation(beam_size, max_length, num_return)
         tok = self.tokenizer
         banned = [tok.pad_id, tok.bos_id, tok.unk_id]
         self.decoder.eval()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imagetext.caption.base import Captioner, Captions
+from imagetext.caption.base import Captioner, Captions, check_generation
 from imagetext.caption.registry import register_captioner
 from imagetext.models.base import read_config
 from imagetext.models.hf_preprocess import (
@@ -112,10 +112,7 @@ class HFCaptioner(Captioner):
     def generate(self, pixels: np.ndarray, beam_size: int = 3, max_length: int = 30,
                  length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
                  num_return: int = 1) -> list[Captions]:
-        if beam_size < 1 or max_length < 1:
-            raise ValueError("beam_size and max_length must be at least 1")
-        if not 1 <= num_return <= beam_size:
-            raise ValueError(f"num_return must be between 1 and beam_size ({beam_size})")
+        check_generation(beam_size, max_length, num_return)
         x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
         if len(x) == 0:
             return []

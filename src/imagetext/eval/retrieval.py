@@ -53,7 +53,7 @@ def evaluate_retrieval(data: str, split: str | None, model=None, batch_size: int
     `limit` keeps only the first N images of the split (with all their captions).
     With `captioner` (a name, folder or Captioner), every image is also captioned and
     scored as a collection indexed with `imagetext index --caption` scores it: query-image
-    similarity fused with query-caption similarity (index.collection.CAPTION_WEIGHT).
+    similarity fused with query-caption similarity (index/fusion.py).
     """
     from imagetext.api import get_encoder
     from imagetext.data.readers import read_pairs
@@ -98,11 +98,11 @@ def evaluate_retrieval(data: str, split: str | None, model=None, batch_size: int
 def _fuse_generated_captions(scores, text_vecs, images, encoder, captioner, batch_size):
     """The index's hybrid scores: (1 - w) * score(image, query) + w * sim(generated caption, query)."""
     from imagetext.caption.registry import load_captioner
-    from imagetext.index.collection import CAPTION_WEIGHT
+    from imagetext.index.fusion import fuse_caption_scores
 
     if isinstance(captioner, str) or captioner is None:
         captioner = load_captioner(captioner)
     texts = captioner.caption(images, batch_size=batch_size)
     caption_vecs = encoder.encode_texts(texts)
-    return (1 - CAPTION_WEIGHT) * scores + CAPTION_WEIGHT * (caption_vecs @ text_vecs.T), captioner.name
+    return fuse_caption_scores(scores, caption_vecs @ text_vecs.T), captioner.name
 

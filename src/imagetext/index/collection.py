@@ -50,6 +50,7 @@ from imagetext.errors import (  # ModelMismatchError, IndexBusyError: also impor
     IndexWriteError,
     ModelMismatchError,
 )
+from imagetext.index.fusion import CAPTION_WEIGHT, fuse_caption_scores
 from imagetext.index.pipeline import batched, prefetch_map
 from imagetext.index.store import ImageRecord, MetadataStore, NewImage, path_to_db
 from imagetext.index.vectors import VectorIndex, choose_kind
@@ -66,7 +67,6 @@ from imagetext.models.calibration import match_label, search_relevance
 
 INDEX_DIRNAME = ".imagetext"
 # weight of the query-caption similarity in text search over captioned images (see _scored_search)
-CAPTION_WEIGHT = 0.1
 DB_NAME = "index.sqlite"
 REBUILD_DIRNAME = "rebuild"  # inside the index folder: a rebuild in progress
 # the model encodes at most this many images at once, whatever the batch size (memory)
@@ -1009,7 +1009,7 @@ class Collection:
         scored = []
         for i, score in zip(ids, image_scores.tolist()):
             if i in caption_vecs:
-                score = (1 - CAPTION_WEIGHT) * score + CAPTION_WEIGHT * float(caption_vecs[i] @ query)
+                score = fuse_caption_scores(score, float(caption_vecs[i] @ query))
             scored.append((score, i))
         scored.sort(reverse=True)
         top = scored[:k]

@@ -28,6 +28,7 @@ from imagetext.models.imagenet import imagenet_classes
 from imagetext.models.minilm import MiniLMTextTower
 from imagetext.models.onnx_runtime import onnx_available, tower_runner
 from imagetext.models.registry import register_backend
+from imagetext.prompts import DEFAULT_TEMPLATE
 
 CLASS_EMBEDDINGS_FILE = "class_embeddings.safetensors"
 
@@ -73,7 +74,7 @@ class ConSEEncoder(ImageTextEncoder):
         text_tower: MiniLMTextTower | None = None,
         class_embeddings: torch.Tensor | None = None,
         top_k: int = 10,
-        template: str = "a photo of a {}.",
+        template: str = DEFAULT_TEMPLATE,
         name: str = "conse-lite0-minilm",
     ):
         self.image_tower = (image_tower or load_efficientnet_lite0()).eval()
@@ -142,7 +143,7 @@ class ConSEEncoder(ImageTextEncoder):
         return cls(
             class_embeddings=class_embeddings,
             top_k=config.get("top_k", 10),
-            template=config.get("template", "a photo of a {}."),
+            template=config.get("template", DEFAULT_TEMPLATE),
             name=config.get("name", "conse-lite0-minilm"),
         )
 

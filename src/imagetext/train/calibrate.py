@@ -56,6 +56,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from imagetext.index.fusion import fuse_caption_scores
+
 ECE_BINS = 15
 SHORT_QUERY_TOP = 5  # short queries: this many best matches and best non-matches per query
 MIN_ABSENT_GALLERY = 30  # a caption query's gallery without its concepts must have this many photos
@@ -379,7 +381,7 @@ def _search_rows(encoder, d: _Data, images: np.ndarray, texts: np.ndarray,
         """(n_queries, n_images): Collection._scored_search's scores."""
         scores = query_vecs @ images.T - image_off[None, :]
         if caption_vecs is not None:
-            scores = (1 - caption_weight) * scores + caption_weight * (query_vecs @ caption_vecs.T)
+            scores = fuse_caption_scores(scores, query_vecs @ caption_vecs.T, caption_weight)
         return scores
 
     rows = []
@@ -536,7 +538,7 @@ def calibrate(model: str | None, data: str, split: str = "val", train_split: str
               captioner: str | None = "default", cache: str | Path | None = None,
               log=print) -> dict:
     """Fit and measure everything calibration.json holds for `model` on `data`."""
-    from imagetext.index.collection import CAPTION_WEIGHT
+    from imagetext.index.fusion import CAPTION_WEIGHT
     from imagetext.models.registry import load_encoder, resolve_model
 
     start = time.time()
