@@ -71,8 +71,9 @@ def check_index(root: Path, index_dir: Path | None = None, model: str | None = N
     from imagetext.api import Collection
 
     index_dir = index_dir or root / ".imagetext"
-    if not (index_dir / "index.sqlite").exists():  # killed before it made one: opening does
-        Collection.open(root, index_dir=index_dir, model=model).close()
+    # it must open; a run killed before it made the database, or between creating the file
+    # and its tables, leaves what opening completes
+    Collection.open(root, index_dir=index_dir, model=model).close()
     db = sqlite3.connect(f"file:{index_dir / 'index.sqlite'}?mode=ro", uri=True)
     try:
         db.execute("SELECT 1 FROM meta").fetchall()

@@ -24,14 +24,13 @@ readable errors of imagetext.errors, whichever statement meets them.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import sqlite3
 import time
 import urllib.parse
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +42,10 @@ from imagetext.errors import (
     IndexWriteError,
 )
 
-SCHEMA_VERSION = 1
+# Version 2: caption vectors and score offsets are columns of every index, and the unused
+# `labels` column is gone. An older index is brought up to date by MIGRATIONS when it is
+# opened for writing (one transaction per step); read-only, it is read as it is.
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,7 +58,6 @@ CREATE TABLE IF NOT EXISTS images (
     width INTEGER NOT NULL,
     height INTEGER NOT NULL,
     caption TEXT,
-    labels TEXT,
     indexed_at REAL NOT NULL,
     semantic BLOB NOT NULL,
     visual BLOB NOT NULL,
@@ -83,7 +84,6 @@ class ImageRecord:
     width: int
     height: int
     caption: str | None = None
-    labels: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -100,9 +100,9 @@ class NewImage:
     caption_vector: np.ndarray | None = None  # the caption through the text encoder
 
 
-_COLUMNS = "id, path, size, mtime, sha1, width, height, caption, labels"
+_COLUMNS = "id, path, size, mtime, sha1, width, height, caption"
 # every column of `images`, in order: what a rebuilt index copies over the old one
-_ALL_COLUMNS = ("id, path, size, mtime, sha1, width, height, caption, labels, indexed_at, semantic,"
+_ALL_COLUMNS = ("id, path, size, mtime, sha1, width, height, caption, indexed_at, semantic,"
                 " visual, caption_vector, image_offset")
 _TABLES = {"meta", "images", "failures"}
 
@@ -123,9 +123,27 @@ def path_from_db(value: str | bytes) -> str:
 
 
 def _record(row: tuple) -> ImageRecord:
-    labels = json.loads(row[8]) if row[8] else []
-    return ImageRecord(row[0], path_from_db(row[1]), row[2], row[3], row[4], row[5], row[6], row[7],
-                       labels)
+    return ImageRecord(row[0], path_from_db(row[1]), row[2], row[3], row[4], row[5], row[6], row[7])
+
+
+def _columns(db: sqlite3.Connection) -> set[str]:
+    return {r[1] for r in db.execute("PRAGMA table_info(images)")}
+
+
+def _migrate_to_2(db: sqlite3.Connection) -> None:
+    """Version 1 indexes got their caption vectors and offsets by ad-hoc ALTER TABLEs (so a
+    version 1 file may lack either) and carried an unused `labels` column."""
+    columns = _columns(db)
+    if "caption_vector" not in columns:
+        db.execute("ALTER TABLE images ADD COLUMN caption_vector BLOB")
+    if "image_offset" not in columns:
+        db.execute("ALTER TABLE images ADD COLUMN image_offset REAL")
+    if "labels" in columns and sqlite3.sqlite_version_info >= (3, 35):  # DROP COLUMN: 3.35+
+        db.execute("ALTER TABLE images DROP COLUMN labels")
+
+
+# schema version -> the step that brings an index of the version before it up to it
+MIGRATIONS = {2: _migrate_to_2}
 
 
 def _uri(path: Path, **params: str) -> str:
@@ -261,19 +279,22 @@ class MetadataStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        new = "images" not in tables
         if not _TABLES <= tables:
             self.db.executescript(SCHEMA)
-            if "images" not in tables:  # a new index: name this build of it (see generation)
+            if new:  # a new index: name this build of it (see generation)
                 self.set_meta("build", secrets.token_hex(8))
-        columns = {r[1] for r in self.db.execute("PRAGMA table_info(images)")}
-        if "caption_vector" not in columns:  # indexes written before captions had vectors
-            self.db.execute("ALTER TABLE images ADD COLUMN caption_vector BLOB")
-        if "image_offset" not in columns:  # indexes written before stored score offsets
-            self.db.execute("ALTER TABLE images ADD COLUMN image_offset REAL")
         version = self.get_meta("schema_version")
-        if version is None:
-            self.set_meta("schema_version", str(SCHEMA_VERSION))
         self._check_version(version)
+        # an index without a recorded version predates versions: it is version 1
+        current = SCHEMA_VERSION if new and version is None else int(version or 1)
+        for step in range(current + 1, SCHEMA_VERSION + 1):
+            with self.db:
+                MIGRATIONS[step](self.db)
+                self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                                (str(step),))
+        if version is None and current == SCHEMA_VERSION:
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
 
     def _check_schema(self) -> None:
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -449,9 +470,9 @@ class MetadataStore:
                 path = path_to_db(im.path)
                 self.db.execute("DELETE FROM failures WHERE path = ?", (path,))
                 cur = self.db.execute(
-                    "INSERT INTO images (path, size, mtime, sha1, width, height, caption, labels,"
+                    "INSERT INTO images (path, size, mtime, sha1, width, height, caption,"
                     " indexed_at, semantic, visual, caption_vector)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)",
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (path, im.size, im.mtime, im.sha1, im.width, im.height, im.caption, now,
                      vector_to_blob(im.semantic, "semantic"), vector_to_blob(im.visual, "visual"),
                      None if im.caption_vector is None else vector_to_blob(im.caption_vector, "caption")),
@@ -527,10 +548,6 @@ class MetadataStore:
                 [(c, vector_to_blob(v, "caption"), int(i)) for i, c, v in captions],
             )
             self._bump("caption_generation")
-
-    def set_labels(self, image_id: int, labels: list[str]) -> None:
-        with self.db:
-            self.db.execute("UPDATE images SET labels = ? WHERE id = ?", (json.dumps(labels), int(image_id)))
 
     def ids_without_caption(self) -> list[int]:
         return [r[0] for r in self.db.execute("SELECT id FROM images WHERE caption IS NULL ORDER BY id")]

@@ -217,6 +217,3 @@ class VectorIndex:
         k = min(k, index.ntotal)
         scores, ids = index.search(np.ascontiguousarray(queries, np.float32), k)
         return scores, ids
-
-    def file_size(self) -> int:
-        return self.path.stat().st_size if self.path.is_file() else 0

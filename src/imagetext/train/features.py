@@ -21,7 +21,6 @@ import random
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 from torch import nn
@@ -151,7 +150,3 @@ def extract_features(
         np.savez(tmp, **arrays)
         os.replace(tmp, cache_file)
     return arrays
-
-
-def feature_cache_path() -> Path:
-    return cache_dir() / "features"

@@ -1,0 +1,91 @@
+"""An index written by an earlier imagetext still opens and answers as it did.
+
+tests/data/index-v1/ holds the index (schema 1) that imagetext at commit 19890d8 wrote for
+eight photos (scikit-image's cat, coffee, astronaut and rocket, the first four Flickr8k
+photos) with `imagetext index gallery --caption`, and expected.json what that version's
+search and similar returned. Opening it today migrates it to the current schema; the
+stored vectors and captions, the search results and their scores must not change.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import FLICKR8K, skimage_photo
+
+DATA = Path(__file__).parent / "data" / "index-v1"
+SKIMAGE = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
+FLICKR = ["1000268201_693b08cb0e.jpg", "1001773457_577c3a7d70.jpg", "1002674143_1b742ab4b8.jpg",
+          "1003163366_44323f5815.jpg"]
+
+
+@pytest.fixture()
+def legacy(tmp_path) -> Path:
+    root = tmp_path / "gallery"
+    shutil.copytree(DATA / "imagetext", root / ".imagetext")
+    for name in SKIMAGE:
+        shutil.copy(skimage_photo(name), root / name)
+    return root
+
+
+def rows(db_path: Path) -> dict:
+    db = sqlite3.connect(db_path)
+    try:
+        return {r[0]: r[1:] for r in db.execute(
+            "SELECT path, caption, semantic, visual, caption_vector FROM images")}
+    finally:
+        db.close()
+
+
+def test_a_schema_1_index_migrates_and_answers_as_before(legacy):
+    from imagetext.api import Collection
+    from imagetext.index.store import SCHEMA_VERSION
+
+    before = rows(legacy / ".imagetext" / "index.sqlite")
+    expected = json.loads((DATA / "expected.json").read_text())
+    with Collection.open(legacy) as col:
+        for query, want in expected["search"].items():
+            got = [[Path(r.path).name, r.score, r.caption] for r in col.search(query, k=8)]
+            assert [g[0] for g in got] == [w[0] for w in want], query
+            assert [g[2] for g in got] == [w[2] for w in want], query
+            np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], atol=1e-5)
+        by_name = {Path(col.path_of(i)).name: i for i in
+                   (col.store.find_path(p).id for p in before)}
+        for name, want in expected["similar"].items():
+            got = [[Path(r.path).name, r.score] for r in col.similar(by_name[name], k=3)]
+            assert [g[0] for g in got] == [w[0] for w in want], name
+            np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], atol=1e-5)
+    after = rows(legacy / ".imagetext" / "index.sqlite")
+    assert after == before  # vectors and captions byte for byte
+    db = sqlite3.connect(legacy / ".imagetext" / "index.sqlite")
+    version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+    columns = {r[1] for r in db.execute("PRAGMA table_info(images)")}
+    db.close()
+    assert int(version) == SCHEMA_VERSION == 2
+    if sqlite3.sqlite_version_info >= (3, 35):
+        assert "labels" not in columns
+
+
+def test_todays_models_reproduce_the_stored_vectors_and_captions(legacy):
+    """The shipped default model and captioner give what the earlier version stored."""
+    from imagetext.caption.registry import load_captioner
+    from imagetext.models.registry import load_encoder
+
+    stored = rows(legacy / ".imagetext" / "index.sqlite")
+    names = SKIMAGE + ([n for n in FLICKR if (FLICKR8K / "images" / n).is_file()])
+    paths = [legacy / n if n in SKIMAGE else FLICKR8K / "images" / n for n in names]
+    from imagetext.index.store import blob_to_vector
+
+    emb = load_encoder().encode_images(paths)
+    for name, semantic, visual in zip(names, emb.semantic, emb.visual):
+        _, sem_blob, vis_blob, _ = stored[name]
+        assert float(semantic @ blob_to_vector(sem_blob, "semantic")) > 0.999, name
+        assert float(visual @ blob_to_vector(vis_blob, "visual")) > 0.999, name
+    captions = load_captioner(None).caption(paths)
+    assert captions == [stored[n][0] for n in names]
