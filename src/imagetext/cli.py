@@ -202,15 +202,9 @@ def similar(
 ):
     """Find the images that look most like IMAGE (reverse image search)."""
     col = _open_collection(collection, index_dir, model)
-    query = image
-    try:  # an indexed file is looked up by id, so it does not come back as its own best match
-        rel = image.resolve().relative_to(col.root).as_posix()
-        record = col.store.find_path(rel)
-        if record is not None:
-            query = record.id
-    except ValueError:
-        pass
-    _print_results(col.similar(query if isinstance(query, int) else str(query), k=k), as_json)
+    # an indexed file is looked up by id, so it does not come back as its own best match
+    image_id = col.indexed_id(image)
+    _print_results(col.similar(str(image) if image_id is None else image_id, k=k), as_json)
 
 
 MODERATION_HELP = (

@@ -1047,6 +1047,16 @@ class Collection:
     def get(self, image_id: int) -> SearchResult:
         return self._result(self.store.get(image_id), 1.0)
 
+    def indexed_id(self, path: str | os.PathLike) -> int | None:
+        """The id of a file of this collection if it is indexed, else None (also for a path
+        outside the collection): `similar(id)` then leaves the file out of its own results."""
+        try:
+            rel = Path(path).resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            return None
+        record = self.store.find_path(rel)
+        return None if record is None else int(record.id)
+
     def path_of(self, image_id: int) -> Path:
         """The file of an indexed image; only files inside the collection are ever returned."""
         path = (self.root / self.store.get(image_id).path).resolve()

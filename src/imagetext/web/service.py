@@ -210,8 +210,7 @@ class WebService:
 
     def indexed_id(self, path: Path) -> int | None:
         """The id of a collection file if it is indexed (so it is left out of its own results)."""
-        record = self.collection.store.find_path(path.relative_to(self.root).as_posix())
-        return None if record is None else int(record.id)
+        return self.collection.indexed_id(path)
 
     def similar(self, source, k: int) -> list[dict]:
         if isinstance(source, int):
