@@ -16,6 +16,7 @@ stack trace.
 import logging
 import os
 import re
+import sqlite3
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -174,6 +175,15 @@ def create_app(
         # the index's own state (busy, read-only, damaged): not the client's doing; say it
         log.warning("%s on %s: %s", type(exc).__name__, request.url.path, exc)
         return await error_response(request, 503, str(exc), headers={"Retry-After": "10"})
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def on_database_error(request: Request, exc: sqlite3.OperationalError):
+        # the index database could not answer now (locked by a writer past the timeout, an
+        # I/O error): logged in full, and the client told to come back rather than a 500
+        log.exception("index database error on %s", request.url.path, exc_info=exc)
+        return await error_response(
+            request, 503, f"The index could not be read just now ({shown(str(exc))}); try "
+            "again in a few seconds.", headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError):

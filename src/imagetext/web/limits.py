@@ -90,7 +90,6 @@ class BodySizeLimit:
         received = 0
         overflow = False
         app_started = False  # the app began its response before the overflow (it never read)
-        dropped = False  # the app's response after the overflow, replaced by the 413
 
         async def counted_receive():
             nonlocal received, overflow
@@ -107,9 +106,8 @@ class BodySizeLimit:
             raise _BodyTooLarge
 
         async def guarded_send(message):
-            nonlocal app_started, dropped
-            if overflow and not app_started:
-                dropped = True
+            nonlocal app_started
+            if overflow and not app_started:  # the app's answer to a cut body: the 413 instead
                 return
             if message["type"] == "http.response.start":
                 app_started = True
