@@ -441,7 +441,8 @@ def create_app(
             results = await service.call(service.similar, image_id, k)
         else:  # a file not (yet) indexed: decoded like an upload, within the same limits
             async with heavy.slot(request.scope):
-                image, _ = await run_in_threadpool(decode_upload, file, max_pixels)
+                image, _ = await run_in_threadpool(decode_upload, file, max_pixels, None,
+                                                   service.relative(file))
                 results = await service.call(service.similar, image, k)
         return {"path": service.relative(file), "k": k, "results": results}
 
