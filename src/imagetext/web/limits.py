@@ -177,26 +177,43 @@ class WorkGate:
 class ReleaseMemory:
     """ASGI middleware: once a request that held a WorkGate slot has been answered (and its
     handler, with the images it decoded, is gone) and no heavy work runs, trim the heap on a
-    thread (`release_memory`), at most once per `every_s`."""
+    thread (`release_memory`): at most once per `every_s`, and a trim that comes too soon
+    after the last one is put off to the end of that interval, not skipped."""
 
     def __init__(self, app, gates: tuple[WorkGate, ...], every_s: float = 1.0):
         self.app = app
         self.gates = gates
         self.every_s = every_s
-        self._last = 0.0
+        self._last = -every_s
+        self._pending: asyncio.TimerHandle | None = None
         self.trims = 0
 
     async def __call__(self, scope, receive, send):
         try:
             await self.app(scope, receive, send)
         finally:
-            if scope.get(HEAVY_SCOPE_KEY) and all(gate.idle for gate in self.gates):
-                now = time.monotonic()
-                if now - self._last >= self.every_s:
-                    self._last = now
-                    self.trims += 1
-                    threading.Thread(target=release_memory, name="imagetext-release-memory",
-                                     daemon=True).start()
+            if scope.get(HEAVY_SCOPE_KEY):
+                self._trim_when_idle()
+
+    def _idle(self) -> bool:
+        return all(gate.idle for gate in self.gates)
+
+    def _trim_when_idle(self, timer: bool = False) -> None:
+        if timer:
+            self._pending = None
+        elif self._pending is not None:
+            return  # one is already put off
+        if not self._idle():
+            return  # the request still running will ask again when it ends
+        wait = self._last + self.every_s - time.monotonic()
+        if wait > 0:
+            self._pending = asyncio.get_running_loop().call_later(wait, self._trim_when_idle,
+                                                                  True)
+            return
+        self._last = time.monotonic()
+        self.trims += 1
+        threading.Thread(target=release_memory, name="imagetext-release-memory",
+                         daemon=True).start()
 
 
 _libc = None
