@@ -99,3 +99,16 @@ def test_bad_input_gets_a_clear_message(args, message, tmp_path):
 def test_search_without_an_index_explains_what_to_do(tmp_path):
     proc = run("search", "a cat", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "imagetext index" in proc.stderr
+
+
+def test_only_errors_a_user_can_cause_lose_their_traceback():
+    """A plain ValueError/KeyError from inside is a bug: it keeps its traceback. Bad input
+    raises imagetext's own errors (imagetext/errors.py), which print as one line."""
+    from imagetext.cli import _known_errors
+    from imagetext.errors import InvalidInputError
+
+    assert not isinstance(ValueError("a bug"), _known_errors())
+    assert not isinstance(KeyError("a bug"), _known_errors())
+    assert isinstance(InvalidInputError("give two labels"), _known_errors())
+    out = run("classify", "x.jpg", "--labels", "cat", check=False)
+    assert out.returncode == 1 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr

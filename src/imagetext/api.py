@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from imagetext.errors import InvalidInputError
 from imagetext.index.collection import (  # noqa: F401  (re-exported)
     Collection,
     IndexBusyError,
@@ -143,9 +144,9 @@ def classify(
     """
     labels = parse_labels(labels)
     if len(labels) < 2:
-        raise ValueError("give at least two labels to choose between")
+        raise InvalidInputError("give at least two labels to choose between")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise ValueError("threshold must be between 0 and 1")
+        raise InvalidInputError("threshold must be between 0 and 1")
     encoder = get_encoder(model)
     text = label_vectors(encoder, labels, templates)
     sims = encoder.similarity(encoder.encode_images(list(images)).semantic, text)
@@ -196,7 +197,7 @@ def moderate(images: Sequence[ImageSource], model: str | ImageTextEncoder | None
     over FALLBACK_SAFE_LABELS + FALLBACK_UNSAFE_LABELS (see above), `calibrated` False.
     """
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError("threshold must be between 0 and 1")
+        raise InvalidInputError("threshold must be between 0 and 1")
     encoder = get_encoder(model)
     section = encoder.calibration.get("moderation")
     if not section:
@@ -226,7 +227,7 @@ def rank(prompt: str, images: Sequence[ImageSource],
     """Order images by how well they match `prompt`, best first."""
     prompt = (prompt or "").strip()
     if not prompt:
-        raise ValueError("the prompt is empty")
+        raise InvalidInputError("the prompt is empty")
     encoder = get_encoder(model)
     # the scale search reports too: the order of `similarity`, without the prompt's own offset
     sims = encoder.query_scores(encoder.encode_images(list(images)).semantic,

@@ -620,17 +620,11 @@ def _global_options(
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from imagetext.io.images import ImageLoadError
-
-    errors: list[type[BaseException]] = [ImagetextError, ImageLoadError, FileNotFoundError,
-                                         NotADirectoryError, IsADirectoryError, ValueError,
-                                         KeyError, LookupError, PermissionError]
-    for module, name in (("imagetext.index.collection", "ModelMismatchError"),
-                         ("imagetext.index.collection", "IndexBusyError")):
-        mod = sys.modules.get(module)
-        if mod is not None:
-            errors.append(getattr(mod, name))
-    return tuple(errors)
+    """What a user can cause: imagetext's own errors (imagetext/errors.py) and a path that is
+    not there or not allowed. Anything else is a bug and keeps its traceback (a ValueError
+    from deep inside used to pass for bad input)."""
+    return (ImagetextError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -668,7 +662,7 @@ def main() -> None:
         environment = _environment_error(exc)
         if os.environ.get("IMAGETEXT_DEBUG") or not (environment or isinstance(exc, _known_errors())):
             raise
-        message = environment or (exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        message = environment or exc
         print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
 

@@ -15,6 +15,11 @@ class ImagetextError(Exception):
     """An error a user can cause; its message is the whole story."""
 
 
+class InvalidInputError(ImagetextError, ValueError):
+    """Input a user gave that cannot be used (an empty query, a single label, an unknown option,
+    a dataset without the split asked for); the message says what to give instead."""
+
+
 class ModelMismatchError(ImagetextError, RuntimeError):
     """The index was built with another model, or other weights of the same one."""
 

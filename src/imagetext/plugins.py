@@ -13,6 +13,8 @@ import importlib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from imagetext.errors import InvalidInputError
+
 T = TypeVar("T", bound=type)
 
 
@@ -39,5 +41,5 @@ class Registry(Generic[T]):
         if name not in self._classes and name in self.builtin:
             importlib.import_module(self.builtin[name])
         if name not in self._classes:
-            raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+            raise InvalidInputError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         return self._classes[name]

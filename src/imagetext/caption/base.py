@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from imagetext.errors import InvalidInputError
 from imagetext.io.images import Preprocess
 
 ImageSource = str | os.PathLike | bytes | Image.Image
@@ -37,9 +38,9 @@ Captions = list[tuple[str, float]]
 def check_generation(beam_size: int, max_length: int, num_return: int) -> None:
     """The one check of decoding settings, for every captioner and the CLI and web before them."""
     if beam_size < 1 or max_length < 1:
-        raise ValueError("beam size and max length must be at least 1")
+        raise InvalidInputError("beam size and max length must be at least 1")
     if not 1 <= num_return <= beam_size:
-        raise ValueError(f"num_return ({num_return}) must be between 1 and the beam size "
+        raise InvalidInputError(f"num_return ({num_return}) must be between 1 and the beam size "
                          f"({beam_size})")
 
 

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imagetext.errors import InvalidInputError
+
 State = dict[str, torch.Tensor]
 
 
@@ -241,6 +243,6 @@ ARCHITECTURES = {
 
 def build_decoder(arch: str, **config) -> nn.Module:
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown captioner architecture {arch!r}; choose from "
+        raise InvalidInputError(f"unknown captioner architecture {arch!r}; choose from "
                          f"{', '.join(sorted(ARCHITECTURES))}")
     return ARCHITECTURES[arch](**config)

@@ -28,6 +28,7 @@ from imagetext.caption.decoders import build_decoder
 from imagetext.caption.decoding import beam_search, greedy_decode
 from imagetext.caption.registry import register_captioner
 from imagetext.caption.tokenizer import WordTokenizer
+from imagetext.errors import InvalidInputError
 from imagetext.io.images import Preprocess
 from imagetext.models.base import read_config, write_config
 from imagetext.models.efficientnet_lite import TowerTail, load_efficientnet_lite0
@@ -169,7 +170,7 @@ class EfficientNetCaptioner(Captioner):
             tower = load_efficientnet_lite0()  # the tail is built from it; features reuse it
             tail = TowerTail.from_tower_state(tower, load_file(str(folder / TAIL_FILE)))
             if len(tail._blocks) != blocks:
-                raise ValueError(f"{TAIL_FILE} of {folder} holds {len(tail._blocks)} tuned blocks, "
+                raise InvalidInputError(f"{TAIL_FILE} of {folder} holds {len(tail._blocks)} tuned blocks, "
                                  f"config.json says {blocks}")
         known = {"backend", "name", "tower", "image_size", "arch", "decoder", "generation",
                  "weights_dtype", "tuned_image_blocks"}

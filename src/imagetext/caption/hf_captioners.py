@@ -21,6 +21,7 @@ import torch
 
 from imagetext.caption.base import Captioner, Captions, check_generation
 from imagetext.caption.registry import register_captioner
+from imagetext.errors import InvalidInputError
 from imagetext.models.base import read_config
 from imagetext.models.hf_preprocess import (
     OPENAI_CLIP_MEAN,
@@ -55,7 +56,7 @@ class HFCaptioner(Captioner):
         self.name = name
         self.model_type = model.config.model_type
         if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"hf-captioner reads {' and '.join(MODEL_TYPES)} models, "
+            raise InvalidInputError(f"hf-captioner reads {' and '.join(MODEL_TYPES)} models, "
                              f"not {self.model_type!r}")
         # BLIP can continue a text prompt ("a picture of"); None = unconditional captioning
         self.prompt = prompt
@@ -198,13 +199,13 @@ class HFCaptioner(Captioner):
             image_size = int(config.get("encoder", {}).get("image_size", 224))
             default = square_default(image_size, resample=2)  # ViTImageProcessor: bilinear
         else:
-            raise ValueError(f"{folder} is not a BLIP or VisionEncoderDecoder model "
+            raise InvalidInputError(f"{folder} is not a BLIP or VisionEncoderDecoder model "
                              f"(model_type {model_type!r})")
         try:
             model = model_class.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except OSError as exc:
-            raise ValueError(f"{folder} is not a complete {model_type} model folder: {exc}") from exc
+            raise InvalidInputError(f"{folder} is not a complete {model_type} model folder: {exc}") from exc
         preprocess = load_processor_preprocess(folder, default)
         return cls(model, tokenizer, preprocess, name=model_name_for(folder, config),
                    prompt=config.get("imagetext_prompt"))

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from imagetext.caption.base import Captioner
+from imagetext.errors import ImagetextError, InvalidInputError
 from imagetext.models.base import read_config
 from imagetext.plugins import Registry
 
@@ -36,7 +37,7 @@ def builtin_captioners() -> list[str]:
     return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "config.json").is_file())
 
 
-class CaptionerNotFoundError(LookupError):
+class CaptionerNotFoundError(ImagetextError, LookupError):
     pass
 
 
@@ -76,7 +77,7 @@ def load_captioner(name_or_path: str | os.PathLike | None = None, cache: bool = 
     # a transformers BLIP / VisionEncoderDecoder folder has a model_type and no "backend"
     backend = config.get("backend") or HF_MODEL_TYPES.get(config.get("model_type"))
     if backend is None:
-        raise ValueError(f"{folder / 'config.json'} has no \"backend\" key naming the captioner class")
+        raise InvalidInputError(f"{folder / 'config.json'} has no \"backend\" key naming the captioner class")
     captioner = captioner_class(backend).from_pretrained(folder)
     if cache:
         _CACHE[key] = captioner

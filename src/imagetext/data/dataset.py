@@ -13,6 +13,8 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from imagetext.errors import InvalidInputError
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -85,13 +87,13 @@ class PairDataset:
     def split(self, name: str) -> PairDataset:
         """The pairs of one split; a clear error when the source has no such split."""
         if not any(p.split is not None for p in self.pairs):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{', '.join(self.sources) or 'this dataset'} has no split information; "
                 "use holdout_split() or give a separate validation source"
             )
         chosen = [p for p in self.pairs if p.split == name]
         if not chosen:
-            raise ValueError(f"no pairs in split {name!r}; splits present: {', '.join(self.splits)}")
+            raise InvalidInputError(f"no pairs in split {name!r}; splits present: {', '.join(self.splits)}")
         return PairDataset(chosen, list(self.bad_rows), list(self.sources))
 
     def summary(self) -> str:
@@ -122,7 +124,7 @@ def holdout_split(dataset: PairDataset, fraction: float = 0.1, seed: int = 0,
     Splitting by image, not by pair, keeps a validation image's captions out of training.
     """
     if not 0 < fraction < 1:
-        raise ValueError(f"holdout fraction must be between 0 and 1, got {fraction}")
+        raise InvalidInputError(f"holdout fraction must be between 0 and 1, got {fraction}")
     images = dataset.images
     rng = random.Random(seed)
     order = list(range(len(images)))

@@ -30,6 +30,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from imagetext.data.dataset import BadRow, Pair, PairDataset, merge_datasets
+from imagetext.errors import ImagetextError, InvalidInputError
 
 IMAGE_COLUMNS = ("image", "image_path", "filepath", "file_path", "file_name", "filename", "file",
                  "path", "img", "image_file", "image_name", "url", "image_url")
@@ -41,7 +42,7 @@ SPLIT_ALIASES = {"dev": "val", "valid": "val", "validation": "val", "restval": "
 _TOKEN_LINE = re.compile(r"^[^\t#]+#\d+\t")
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(ImagetextError, ValueError):
     """A source could not be read at all (unknown format, no usable rows)."""
 
 
@@ -353,7 +354,7 @@ def read_pairs(
         format = "table"  # the caller named the columns of a CSV/TSV
     fmt = format or detect_format(path)
     if fmt not in FORMATS:
-        raise ValueError(f"unknown dataset format {fmt!r}; choose from {', '.join(FORMATS)}")
+        raise InvalidInputError(f"unknown dataset format {fmt!r}; choose from {', '.join(FORMATS)}")
     if images_dir is not None:
         root = Path(images_dir).expanduser()
         if not root.is_dir():
@@ -383,5 +384,5 @@ def read_many(sources: Sequence[str | os.PathLike], split: str | None = None,
               images_dir: str | os.PathLike | None = None) -> PairDataset:
     """Read and merge several sources into one training set."""
     if not sources:
-        raise ValueError("no dataset sources given")
+        raise InvalidInputError("no dataset sources given")
     return merge_datasets(read_pairs(s, split=split, images_dir=images_dir) for s in sources)

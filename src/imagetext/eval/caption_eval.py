@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from imagetext.caption.base import Captioner
+from imagetext.errors import InvalidInputError
 from imagetext.eval.caption_metrics import caption_scores
 
 
@@ -31,7 +32,7 @@ def evaluate_captioner(data: str, split: str | None = None, model: str | Caption
         references.setdefault(p.image_path, []).append(p.caption)
     images = list(references)[:limit] if limit else list(references)
     if not images:
-        raise ValueError(f"no images in {data} (split {split!r})")
+        raise InvalidInputError(f"no images in {data} (split {split!r})")
     batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
     hypotheses: dict[str, str] = {}
     bar = None

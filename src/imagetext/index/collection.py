@@ -48,6 +48,7 @@ from imagetext.errors import (  # ModelMismatchError, IndexBusyError: also impor
     IndexLocationError,
     IndexReadOnlyError,
     IndexWriteError,
+    InvalidInputError,
     ModelMismatchError,
 )
 from imagetext.index.fusion import CAPTION_WEIGHT, fuse_caption_scores
@@ -976,9 +977,9 @@ class Collection:
         """Images best matching a sentence."""
         query = (query or "").strip()
         if not query:
-            raise ValueError("the search query is empty")
+            raise InvalidInputError("the search query is empty")
         if k < 1:
-            raise ValueError("k must be at least 1")
+            raise InvalidInputError("k must be at least 1")
         self._refresh()
         vec = self.encoder.encode_texts([query])
         return self._scored_search(vec[0], k)
@@ -1033,7 +1034,7 @@ class Collection:
     def similar(self, image, k: int = 10) -> list[SearchResult]:
         """Images most like `image`: a path, bytes or PIL image, or the id of an indexed image."""
         if k < 1:
-            raise ValueError("k must be at least 1")
+            raise InvalidInputError("k must be at least 1")
         self._refresh()
         exclude = None
         if isinstance(image, (int, np.integer)):

@@ -31,7 +31,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from imagetext.errors import IndexWriteError
+from imagetext.errors import IndexWriteError, InvalidInputError
 from imagetext.index.store import MetadataStore
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
@@ -42,7 +42,7 @@ def choose_kind(requested: str, n: int) -> str:
     if requested == "auto":
         return "hnsw" if n >= AUTO_HNSW_THRESHOLD else "flat"
     if requested not in INDEX_KINDS:
-        raise ValueError(f"unknown index type {requested!r}; choose from auto, {', '.join(INDEX_KINDS)}")
+        raise InvalidInputError(f"unknown index type {requested!r}; choose from auto, {', '.join(INDEX_KINDS)}")
     return requested
 
 

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from imagetext.errors import InvalidInputError
 from imagetext.io.images import Preprocess
 from imagetext.models.base import (
     ImageEmbeddings,
@@ -286,7 +287,7 @@ class AlignedEncoder(ImageTextEncoder):
             if not self.conse_weight:
                 return trained
             if f"{kind}.{other}" not in parts:
-                raise ValueError("the hubness bank was made without ConSE: set conse_weight to 0 or "
+                raise InvalidInputError("the hubness bank was made without ConSE: set conse_weight to 0 or "
                                  "rebuild the bank (python -m imagetext.train.hubness_bank)")
             return self._mix(trained, parts[f"{kind}.{other}"].float().numpy())
 
@@ -322,7 +323,7 @@ class AlignedEncoder(ImageTextEncoder):
                       image_tower_state=image_state or None, conse_weight=config.get("conse_weight", 0.0),
                       image_tail=tail_state or None)
         if encoder.tuned_image_blocks != config.get("tuned_image_blocks", 0):
-            raise ValueError(f"{folder}: config.json says tuned_image_blocks "
+            raise InvalidInputError(f"{folder}: config.json says tuned_image_blocks "
                              f"{config.get('tuned_image_blocks', 0)}, but {WEIGHTS_FILE} holds "
                              f"{encoder.tuned_image_blocks} tuned image-tower blocks")
         if config.get("hubness"):

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imagetext.errors import InvalidInputError
+
 CALIBRATION_FILE = "calibration.json"
 STRONG = "strong"
 WEAK = "weak"
@@ -39,7 +41,7 @@ def read_calibration(folder: str | os.PathLike) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path} is not readable JSON ({exc}); fix or delete it (the model "
+        raise InvalidInputError(f"{path} is not readable JSON ({exc}); fix or delete it (the model "
                          "then runs uncalibrated)") from None
     if not isinstance(data, dict):
         raise TypeError(f"{path} should hold a JSON object, not {type(data).__name__}")

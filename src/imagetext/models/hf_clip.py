@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imagetext.errors import InvalidInputError
 from imagetext.models.base import ImageEmbeddings, ImageTextEncoder, read_config
 from imagetext.models.hf_preprocess import (
     PROCESSOR_CONFIG,
@@ -155,14 +156,14 @@ class HFClipEncoder(ImageTextEncoder):
         config = read_config(folder)
         model_type = config.get("model_type")
         if model_type not in FAMILIES:
-            raise ValueError(f"{folder} is not a CLIP or SigLIP model (model_type {model_type!r})")
+            raise InvalidInputError(f"{folder} is not a CLIP or SigLIP model (model_type {model_type!r})")
         try:
             model = AutoModel.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except ImportError as exc:  # e.g. SigLIP's tokenizer needs sentencepiece
             raise ImportError(f"loading {folder} needs a missing package: {exc}") from exc
         except OSError as exc:  # missing weights or tokenizer files
-            raise ValueError(f"{folder} is not a complete {model_type} model folder: {exc}") from exc
+            raise InvalidInputError(f"{folder} is not a complete {model_type} model folder: {exc}") from exc
         image_size = int(config.get("vision_config", {}).get("image_size", 224))
         preprocess = load_processor_preprocess(folder, default_preprocess(model_type, image_size))
         return cls(model, tokenizer, preprocess, name=model_name_for(folder, config))

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imagetext.errors import InvalidInputError
 from imagetext.io.images import Preprocess
 
 PROCESSOR_CONFIG = "preprocessor_config.json"
@@ -99,7 +100,7 @@ def _size_dict(value, default_to_square: bool) -> dict:
         return {"height": value, "width": value} if default_to_square else {"shortest_edge": value}
     if isinstance(value, (list, tuple)) and len(value) == 2:
         return {"height": int(value[0]), "width": int(value[1])}
-    raise ValueError(f"unsupported image size in processor config: {value!r}")
+    raise InvalidInputError(f"unsupported image size in processor config: {value!r}")
 
 
 def from_processor_config(config: dict, default: ProcessorPreprocess) -> ProcessorPreprocess:
@@ -124,13 +125,13 @@ def from_processor_config(config: dict, default: ProcessorPreprocess) -> Process
             crop = (int(d["height"]), int(d["width"]))
     if "shortest_edge" in size:
         if "longest_edge" in size:
-            raise ValueError("processor configs with both shortest_edge and longest_edge are not supported")
+            raise InvalidInputError("processor configs with both shortest_edge and longest_edge are not supported")
         resize, exact = int(size["shortest_edge"]), None
     elif "height" in size and "width" in size:
         exact = (int(size["height"]), int(size["width"]))
         resize = max(exact)
     else:
-        raise ValueError(f"unsupported image size in processor config: {size!r}")
+        raise InvalidInputError(f"unsupported image size in processor config: {size!r}")
     if config.get("do_normalize", True):
         mean = tuple(float(m) for m in _three(config.get("image_mean", default.mean)))
         std = tuple(float(s) for s in _three(config.get("image_std", default.std)))

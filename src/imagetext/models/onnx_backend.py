@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from imagetext.errors import InvalidInputError
 from imagetext.io.images import Preprocess
 from imagetext.models.base import ImageEmbeddings, ImageTextEncoder, l2_normalize, read_config
 from imagetext.models.registry import register_backend
@@ -111,11 +112,11 @@ def export_onnx(model: str | os.PathLike | ImageTextEncoder, out: str | os.PathL
     from imagetext.models.registry import load_encoder
 
     if quantize not in (None, "int8"):
-        raise ValueError(f"quantize must be None or 'int8', not {quantize!r}")
+        raise InvalidInputError(f"quantize must be None or 'int8', not {quantize!r}")
     encoder = model if isinstance(model, ImageTextEncoder) else load_encoder(
         model, allow_download=allow_download, runtime="torch")
     if not hasattr(encoder, "onnx_graphs"):
-        raise ValueError(
+        raise InvalidInputError(
             f"model {encoder.name!r} (backend {encoder.backend!r}) cannot be exported to ONNX: the "
             "aligned, ConSE and transformers CLIP/SigLIP (hf-clip) backends can")
     out = Path(out)

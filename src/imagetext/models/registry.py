@@ -10,6 +10,7 @@ import os
 import warnings
 from pathlib import Path
 
+from imagetext.errors import ImagetextError, InvalidInputError
 from imagetext.models.base import ImageTextEncoder, read_config
 from imagetext.models.calibration import read_calibration
 from imagetext.plugins import Registry
@@ -45,7 +46,7 @@ def builtin_models() -> list[str]:
     return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "config.json").is_file())
 
 
-class ModelNotFoundError(LookupError):
+class ModelNotFoundError(ImagetextError, LookupError):
     pass
 
 
@@ -89,9 +90,9 @@ def backend_for_config(config: dict, folder: str | os.PathLike) -> str:
     if model_type in HF_MODEL_TYPES:
         return HF_MODEL_TYPES[model_type]
     if model_type in HF_CAPTIONER_TYPES:
-        raise ValueError(f"{folder} holds a captioning model ({model_type}), not an image-text "
+        raise InvalidInputError(f"{folder} holds a captioning model ({model_type}), not an image-text "
                          "encoder; use it with `imagetext caption --model`")
-    raise ValueError(
+    raise InvalidInputError(
         f"{Path(folder) / 'config.json'} has no \"backend\" key, and its model_type "
         f"{model_type!r} is not an image-text model imagetext can load "
         f"(supported transformers types: {', '.join(sorted(HF_MODEL_TYPES))})")
@@ -136,7 +137,7 @@ def load_encoder(name_or_path: str | os.PathLike | None = None, cache: bool = Tr
     gives the PyTorch model (what training and export need). `encoder.runtime` says which.
     """
     if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+        raise InvalidInputError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     folder = resolve_model(name_or_path, allow_download)
     key = f"{folder.resolve()}:{runtime}"
     if cache and key in _CACHE:

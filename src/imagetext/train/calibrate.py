@@ -56,6 +56,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from imagetext.errors import InvalidInputError
 from imagetext.index.fusion import fuse_caption_scores
 
 ECE_BINS = 15
@@ -285,7 +286,7 @@ class _Data:
         for pair in read_pairs(data, split=split):
             self.captions.setdefault(pair.image_path, []).append(pair.caption)
         if not self.captions:
-            raise ValueError(f"no images in split {split!r} of {data}")
+            raise InvalidInputError(f"no images in split {split!r} of {data}")
         self.paths = list(self.captions)
         self.fold = np.array([fold_of(p) for p in self.paths])
         self.encoder, self.split, self.cache, self.log = encoder, split, cache, log

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from imagetext.caption.decoders import build_decoder, select_rows
 from imagetext.caption.efficientnet_captioner import EfficientNetCaptioner
 from imagetext.caption.tokenizer import EOS, WordTokenizer, split_words
+from imagetext.errors import InvalidInputError
 from imagetext.eval.caption_metrics import caption_scores
 from imagetext.models.efficientnet_lite import TowerTail
 from imagetext.train.config import (  # CaptionTrainConfig and default_lr: re-exported
@@ -72,7 +73,7 @@ def load_caption_split(data: str | Path, split: str) -> CaptionSplit:
         ids[p.image_path] = p.image_id
     images = list(by_image)
     if not images:
-        raise ValueError(f"no images in split {split!r} of {data}")
+        raise InvalidInputError(f"no images in split {split!r} of {data}")
     return CaptionSplit(images, [by_image[i] for i in images], [ids[i] for i in images])
 
 
@@ -113,7 +114,7 @@ def tuned_tower_tail(model: str) -> TowerTail:
 
     encoder = load_encoder(model, cache=False, runtime="torch")
     if getattr(encoder, "image_tail", None) is None:
-        raise ValueError(f"{model} has no tuned image tower tail (train one with "
+        raise InvalidInputError(f"{model} has no tuned image tower tail (train one with "
                          "`imagetext train clip --tune-image-blocks N`)")
     return copy.deepcopy(encoder.image_tail).eval()
 
@@ -229,7 +230,7 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     cfg = dataclasses.replace(config) if config is not None else CaptionTrainConfig()
     cfg.arch = ARCH_ALIASES.get(cfg.arch, cfg.arch)
     if cfg.arch not in ARCHITECTURES:
-        raise ValueError(f"unknown arch {cfg.arch!r}; choose from {', '.join(ARCHITECTURES)} (or 'sat')")
+        raise InvalidInputError(f"unknown arch {cfg.arch!r}; choose from {', '.join(ARCHITECTURES)} (or 'sat')")
     if cfg.lr is None:
         cfg.lr = default_lr(cfg.arch)
     check_precision(cfg.precision)
@@ -275,7 +276,7 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     rows_per_image = len(owner) / len(train.images)  # on average (Flickr8k: 5)
     if cfg.captions_per_image is not None:
         if cfg.captions_per_image < 1:
-            raise ValueError("captions_per_image must be at least 1")
+            raise InvalidInputError("captions_per_image must be at least 1")
         rows_per_image = min(rows_per_image, cfg.captions_per_image)
     rows_per_batch = round(cfg.images_per_batch * rows_per_image)
 
@@ -300,14 +301,14 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ckpt["tokenizer"] != tokenizer.words or ckpt["arch"] != cfg.arch:
-            raise ValueError(f"{ckpt_path} was trained with another vocabulary or architecture")
+            raise InvalidInputError(f"{ckpt_path} was trained with another vocabulary or architecture")
         saved_tail = ckpt.get("image_tail")
         if ckpt["config"].get("tune_image_tail", False) != tune:
-            raise ValueError(f"{ckpt_path} was trained with tune_image_tail="
+            raise InvalidInputError(f"{ckpt_path} was trained with tune_image_tail="
                              f"{ckpt['config'].get('tune_image_tail', False)}; resume with the same setting")
         if (saved_tail is None) != (tail is None) or (tail is not None and not tune and any(
                 not torch.equal(v, saved_tail[k]) for k, v in tail.state_dict().items())):
-            raise ValueError(f"{ckpt_path} was trained on other image features (--image-tower "
+            raise InvalidInputError(f"{ckpt_path} was trained on other image features (--image-tower "
                              f"{ckpt['config'].get('image_tower')}); resume with the same tower")
         if tune:
             tail.load_state_dict(saved_tail)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from imagetext.errors import InvalidInputError
 from imagetext.train.clip_train import MODES, DataSpec, train_clip
 from imagetext.train.contrastive import TrainConfig
 from imagetext.train.precision import check_precision
@@ -16,7 +17,7 @@ def run_train_clip(*, data, out, mode, val_data, images_dir, train_split, val_sp
     import torch
 
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        raise InvalidInputError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     check_precision(precision)
     if threads:
         torch.set_num_threads(threads)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from imagetext.data.dataset import PairDataset
+from imagetext.errors import InvalidInputError
 from imagetext.train.augment import Augment, load_augmented
 from imagetext.train.contrastive import default_param_groups
 
@@ -31,7 +32,7 @@ TUNE_CHOICES = ("all", "last")
 def wise_ft(original: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor], alpha: float) -> dict:
     """Weight-space interpolation; integer buffers (BatchNorm counters) are taken as fine-tuned."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"WiSE-FT alpha must be in [0, 1], got {alpha}")
+        raise InvalidInputError(f"WiSE-FT alpha must be in [0, 1], got {alpha}")
     if original.keys() != finetuned.keys():
         raise ValueError("WiSE-FT needs two states of the same model")
     return {k: (1 - alpha) * original[k] + alpha * v if v.is_floating_point() else v
@@ -46,10 +47,10 @@ class FinetuneTask:
 
         encoder = encoder if encoder is not None else load_encoder(base, cache=False, runtime="torch")
         if not hasattr(encoder, "dual_encoder"):
-            raise ValueError(f"model {encoder.name!r} (backend {encoder.backend!r}) has no trainable "
+            raise InvalidInputError(f"model {encoder.name!r} (backend {encoder.backend!r}) has no trainable "
                              "dual-encoder form; fine-tune an 'aligned' or 'small-clip' model")
         if tune not in TUNE_CHOICES:
-            raise ValueError(f"tune must be one of {TUNE_CHOICES}")
+            raise InvalidInputError(f"tune must be one of {TUNE_CHOICES}")
         self.model = encoder.dual_encoder()
         self.original = copy.deepcopy({k: v.detach().clone() for k, v in self.model.state_dict().items()})
         for p in self.model.parameters():

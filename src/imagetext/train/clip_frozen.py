@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imagetext.data.dataset import PairDataset
+from imagetext.errors import InvalidInputError
 from imagetext.models.efficientnet_lite import EfficientNetLite, TowerTail, load_efficientnet_lite0
 from imagetext.models.heads import ImageHead, ImageHeadConfig, TextHead
 from imagetext.models.minilm import MiniLMTextTower, mean_pool
@@ -173,11 +174,11 @@ class FrozenFeaturesTask:
         self.setup = setup
         self.image_tower = image_tower or load_efficientnet_lite0()
         if not 0 <= setup.tuned_image_blocks <= len(self.image_tower._blocks):
-            raise ValueError(f"tuned_image_blocks must be 0..{len(self.image_tower._blocks)}")
+            raise InvalidInputError(f"tuned_image_blocks must be 0..{len(self.image_tower._blocks)}")
         self.text_tower = text_tower or MiniLMTextTower()
         n_layers = len(self.text_tower.bert.encoder.layer)
         if not 0 <= setup.tuned_text_layers <= n_layers:
-            raise ValueError(f"tuned_text_layers must be 0..{n_layers}")
+            raise InvalidInputError(f"tuned_text_layers must be 0..{n_layers}")
         start = n_layers - setup.tuned_text_layers
         for p in self.text_tower.parameters():
             p.requires_grad_(False)

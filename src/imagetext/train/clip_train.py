@@ -23,6 +23,7 @@ from pathlib import Path
 
 from imagetext.data.dataset import PairDataset, holdout_split
 from imagetext.data.readers import read_many
+from imagetext.errors import InvalidInputError
 from imagetext.train.contrastive import TrainConfig, TrainResult, train_contrastive
 
 MODES = ("heads", "finetune", "scratch")
@@ -57,7 +58,7 @@ def load_train_val(spec: DataSpec, log=print) -> tuple[PairDataset, PairDataset]
         log(f"no '{spec.val_split}' split in the data: holding out {spec.holdout:.0%} of the images")
     overlap = set(train.images) & set(val.images)
     if overlap:
-        raise ValueError(f"{len(overlap)} images are in both the training and the validation data")
+        raise InvalidInputError(f"{len(overlap)} images are in both the training and the validation data")
     log(f"train: {train.summary()}; val: {val.summary()}")
     return train, val
 
@@ -125,7 +126,7 @@ def train_clip(spec: DataSpec, out: str | os.PathLike, mode: str = "heads", conf
                **mode_options) -> tuple[Path, TrainResult]:
     """Train in `mode` and save the best epoch as a model folder at `out`."""
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        raise InvalidInputError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     config = config or TrainConfig()
     out = Path(out)
     name = name or out.name

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imagetext.errors import InvalidInputError
 from imagetext.train.clip_loss import LogitScale, clip_loss
 from imagetext.train.config import TrainConfig
 from imagetext.train.precision import cpu_autocast
@@ -117,7 +118,7 @@ def train_contrastive(task: ContrastiveTask, config: TrainConfig) -> TrainResult
     optimizer = torch.optim.AdamW(groups)
     steps = task.steps_per_epoch(config.batch_size)
     if steps < 1:
-        raise ValueError(f"batch size {config.batch_size} is larger than the training set")
+        raise InvalidInputError(f"batch size {config.batch_size} is larger than the training set")
     total = steps * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, min(config.warmup_steps, total // 5), total))

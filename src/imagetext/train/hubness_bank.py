@@ -13,6 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
+from imagetext.errors import InvalidInputError
+
 
 def add_hubness_bank(folder: str | Path, data: str | Path, split: str = "train", k: int = 20,
                      beta: float = 0.5, log=print) -> dict:
@@ -24,7 +26,7 @@ def add_hubness_bank(folder: str | Path, data: str | Path, split: str = "train",
     for pair in read_pairs(data, split=split):
         first_caption.setdefault(pair.image_path, pair.caption)
     if not first_caption:
-        raise ValueError(f"no images in split {split!r} of {data}")
+        raise InvalidInputError(f"no images in split {split!r} of {data}")
     start = time.time()
     encoder.set_hubness_bank(list(first_caption), list(first_caption.values()), k=k, beta=beta)
     encoder.hubness_settings["data"] = f"{split} split of {Path(data).name}: its images and the first caption of each"

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import torch
 
+from imagetext.errors import InvalidInputError
+
 PRECISIONS = ("fp32", "bf16")
 
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+        raise InvalidInputError(f"precision must be fp32 or bf16, not {precision!r}")
     return precision
 
 

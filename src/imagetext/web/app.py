@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imagetext.errors import ImagetextError
+from imagetext.errors import ImagetextError, InvalidInputError
 from imagetext.io.images import ImageLoadError
 from imagetext.web.limits import (
     MAX_RANK_IMAGES,
@@ -169,6 +169,10 @@ def create_app(
     @app.exception_handler(ImageLoadError)
     async def on_image_error(request: Request, exc: ImageLoadError):
         return await error_response(request, 400, f"Not a usable image: {exc.reason}.")
+
+    @app.exception_handler(InvalidInputError)
+    async def on_invalid_input(request: Request, exc: InvalidInputError):
+        return await error_response(request, 400, str(exc))
 
     @app.exception_handler(ImagetextError)
     async def on_imagetext_error(request: Request, exc: ImagetextError):
