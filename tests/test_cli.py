@@ -112,3 +112,12 @@ def test_only_errors_a_user_can_cause_lose_their_traceback():
     assert isinstance(InvalidInputError("give two labels"), _known_errors())
     out = run("classify", "x.jpg", "--labels", "cat", check=False)
     assert out.returncode == 1 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+
+
+def test_labels_are_split_by_one_rule_everywhere():
+    from imagetext.api import parse_labels
+    from imagetext.web.validation import parse_labels as form_labels
+
+    assert parse_labels("cat, dog\ncar,,cat ") == ["cat", "dog", "car"]
+    assert parse_labels(["a cat, sleeping", "dog"]) == ["a cat, sleeping", "dog"]  # a list: as given
+    assert form_labels(["cat, dog", "car\ncat"]) == parse_labels("cat, dog\ncar\ncat")

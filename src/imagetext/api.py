@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
@@ -79,8 +80,9 @@ def get_encoder(model: str | ImageTextEncoder | None = None) -> ImageTextEncoder
 
 
 def parse_labels(labels: str | Sequence[str]) -> list[str]:
-    """Comma-separated text or a list -> clean, unique labels in order."""
-    items = labels.split(",") if isinstance(labels, str) else list(labels)
+    """Text separated by commas or new lines, or a list -> clean, unique labels in order: the
+    one rule for the CLI's --labels, the web form and Python callers."""
+    items = re.split(r"[,\n]", labels) if isinstance(labels, str) else list(labels)
     out = []
     for item in items:
         item = item.strip()

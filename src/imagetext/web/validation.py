@@ -6,9 +6,9 @@ letting bad input reach the models, so that nothing a client sends ends in a 500
 
 from __future__ import annotations
 
-import re
-
 from fastapi import UploadFile
+
+from imagetext.api import parse_labels as split_labels
 
 MAX_QUERY_CHARS = 1000
 MAX_LABELS = 100
@@ -102,14 +102,10 @@ def check_threshold(value: float | str | None) -> float | None:
 
 
 def parse_labels(text: str | list[str] | None) -> list[str]:
-    """Labels from one comma/newline-separated string or a list of strings, de-duplicated."""
-    parts: list[str] = []
-    for chunk in [text] if isinstance(text, str) else (text or []):
-        parts.extend(re.split(r"[,\n]", chunk or ""))
-    labels: list[str] = []
-    for label in (p.strip() for p in parts):
-        if label and label not in labels:
-            labels.append(label)
+    """Labels from one comma/newline-separated string or a list of such strings (form
+    fields), split by the API's one rule; the web adds its limits on count and length."""
+    chunks = [text] if isinstance(text, str) else [c or "" for c in (text or [])]
+    labels = split_labels("\n".join(chunks))
     if len(labels) < 2:
         raise UserError(
             "Give at least two labels (separated by commas or new lines) so that the scores "
