@@ -43,7 +43,7 @@ from imagetext.models.efficientnet_lite import (
 from imagetext.models.heads import ImageHead, ImageHeadConfig, TextHead
 from imagetext.models.hubness import BANK_FILE
 from imagetext.models.minilm import MiniLMTextTower
-from imagetext.models.onnx_runtime import tower_runner
+from imagetext.models.onnx_runtime import tower_runner, tower_runtime
 from imagetext.models.registry import register_backend
 
 WEIGHTS_FILE = "model.safetensors"
@@ -226,9 +226,7 @@ class AlignedEncoder(ImageTextEncoder):
 
     @property
     def runtime(self) -> dict[str, str]:
-        from imagetext.models.onnx_runtime import onnx_available
-
-        return {"image": "onnxruntime" if onnx_available() else "pytorch", "text": "pytorch"}
+        return tower_runtime()
 
     def onnx_graphs(self):
         """This model's inference path for export (models/onnx_backend.py)."""

@@ -26,7 +26,7 @@ from imagetext.models.efficientnet_lite import (
 )
 from imagetext.models.imagenet import imagenet_classes
 from imagetext.models.minilm import MiniLMTextTower
-from imagetext.models.onnx_runtime import onnx_available, tower_runner
+from imagetext.models.onnx_runtime import tower_runner, tower_runtime
 from imagetext.models.registry import register_backend
 from imagetext.prompts import DEFAULT_TEMPLATE
 
@@ -116,7 +116,7 @@ class ConSEEncoder(ImageTextEncoder):
 
     @property
     def runtime(self) -> dict[str, str]:
-        return {"image": "onnxruntime" if onnx_available() else "pytorch", "text": "pytorch"}
+        return tower_runtime()
 
     def onnx_graphs(self):
         from imagetext.models.onnx_backend import OnnxGraphs

@@ -109,6 +109,12 @@ def onnx_available() -> bool:
     return onnx_unavailable_reason() is None
 
 
+def tower_runtime() -> dict[str, str]:
+    """What runs a PyTorch-defined encoder whose image tower goes through `tower_runner`: its
+    image tower in ONNX Runtime when that is available, its text tower in PyTorch."""
+    return {"image": "onnxruntime" if onnx_available() else "pytorch", "text": "pytorch"}
+
+
 def tower_runner(module, resolution: int, output_names: list[str], tag: str,
                  spin: bool = True):
     """pixels (B, 3, H, W) -> {output name: float32 array} for `module(x) -> tuple of tensors`.
