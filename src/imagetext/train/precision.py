@@ -22,3 +22,8 @@ def check_precision(precision: str) -> str:
 def cpu_autocast(precision: str) -> torch.autocast:
     """A reusable context manager: bf16 autocast, or a disabled one for fp32."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=check_precision(precision) == "bf16")
+
+
+def full_precision() -> torch.autocast:
+    """Inside a bf16 autocast: back to float32 (for a loss computed from the autocast outputs)."""
+    return torch.autocast("cpu", enabled=False)
