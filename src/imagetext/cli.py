@@ -175,6 +175,103 @@ def index(
 def search(
     query: Annotated[str, typer.Argument(help="What to look for, in words.")],
     k: KOpt = 10,
+RayOpt = Annotated[str | None, typer.Option(
+    "--ray", metavar="ADDRESS", help="Embed on a Ray cluster: its address (HOST:PORT of the "
+    "head), or `auto` for the one started on this machine with `ray start` (else a new local "
+    "one). Every node must see the files at the same paths. Needs `pip install "
+    "'imagetext[ray]'`; see docs/DISTRIBUTED.md.")]
+
+
+@app.command()
+def embed(
+    folder: Annotated[Path | None, typer.Argument(
+        help="Folder of images to embed (recursively, as `index` finds them).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the shards "
+                   "(shard-NNNNN.parquet and embeddings.json); run again to resume.")] = ...,
+    files: Annotated[Path | None, typer.Option(
+        "--files", help="A text file listing image paths, one a line (relative ones are "
+        "relative to its folder).")] = None,
+    tar: Annotated[list[str] | None, typer.Option(
+        "--tar", metavar="PATTERN", help="A webdataset tar set, e.g. 'shards-{000..009}.tar' (repeatable); its "
+        "image members are stored as TARNAME/MEMBER.")] = None,
+    root: Annotated[Path | None, typer.Option(
+        help="With --files: store paths relative to this folder (default: the list's folder); "
+        "`index ROOT --from-embeddings` finds them there.")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="Model: a built-in name, a model folder or a hub id (default: the "
+        "embedded default).")] = None,
+    shard_size: Annotated[int, typer.Option(min=1, help="Items per shard.")] = 1000,
+    dtype: Annotated[str, typer.Option(help="Stored vectors: float32 or float16 (half the "
+                                       "size, ~1e-3 error).")] = "float32",
+    ray: RayOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=256, help="Images per batch.")] = 32,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Decoding threads (local).")] = 2,
+    max_file_mb: Annotated[float, typer.Option(
+        min=0.001, help="Skip (and report) files larger than this many MB.")] = 256.0,
+    as_json: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+):
+    """Embed images into Parquet shards (from a folder, a file list or webdataset tars), for
+    `imagetext index ROOT --from-embeddings DIR`; locally or on a Ray cluster (--ray)."""
+    import time
+
+    from imagetext.embed import write_embeddings
+    from imagetext.embed.sources import folder_items, list_items, tar_items
+
+    if sum(x is not None for x in (folder, files, tar or None)) != 1:
+        raise CliError("give exactly one of FOLDER, --files LIST or --tar PATTERN")
+    max_bytes = int(max_file_mb * 2**20)
+    if folder is not None:
+        items, skipped = folder_items(folder, max_bytes)
+    elif files is not None:
+        items, skipped = list_items(files, root, max_bytes)
+    else:
+        items, skipped = tar_items(tar, max_bytes)
+    bar, done, start = None, 0, time.perf_counter()
+
+    def begin(todo: int) -> None:
+        nonlocal bar, start
+        start = time.perf_counter()
+        if todo and not (quiet or as_json):
+            from imagetext.index.collection import _progress_bar
+
+            bar = _progress_bar(todo, "embedding")
+
+    def advance(batch) -> None:
+        nonlocal done
+        done += len(batch)
+        if bar:
+            bar.update(done)
+
+    try:
+        meta = write_embeddings(items, out, model=model, ray=ray, shard_size=shard_size,
+                                dtype=dtype, batch_size=batch_size, workers=workers,
+                                max_file_bytes=max_bytes, on_start=begin, on_batch=advance)
+    finally:
+        if bar:
+            bar.close()
+    seconds = time.perf_counter() - start
+    if as_json:
+        _print_json({**meta, "embedded_now": done, "seconds": round(seconds, 2),
+                     "images_per_second": round(done / seconds, 1) if seconds else 0.0,
+                     "skipped": [{"path": p, "reason": r} for p, r in skipped]})
+        return
+    print(f"{meta['count']} images embedded in {out} ({meta['model']}, {meta['n_shards']} "
+          f"shards)" + (f"; {done} this run at {done / seconds:.1f} images/s" if done else
+                        "; all shards were there already"))
+    failed = skipped + _shard_failures(out) if meta["failed"] else skipped
+    if failed:
+        print(f"{len(failed)} files not embedded:", file=sys.stderr)
+        for path, reason in failed:
+            print(f"  {_printable(path)}: {reason}", file=sys.stderr)
+
+
+def _shard_failures(out: Path) -> list[tuple[str, str]]:
+    from imagetext.embed.shards import read_shards
+
+    return [f for batch in read_shards(out) for f in batch.failed]
+
+
     collection: CollectionOpt = None,
     index_dir: IndexDirOpt = None,
     model: ModelOpt = None,

@@ -1,0 +1,232 @@
+"""The "files -> vectors" job: read, decode and embed `Item`s with the model loaded once per
+worker, locally (one process, decoding in threads) or on a Ray cluster (Ray Data, an actor
+pool holding the model), yielding `EmbeddedBatch`es to the caller in batches.
+
+A file that cannot be read or decoded is a row with an `error` (the same reasons as local
+indexing gives, from io.images), never a crash of the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from imagetext.embed.sources import Item, read_item
+from imagetext.errors import ImagetextError
+from imagetext.io.images import DEFAULT_MAX_FILE_BYTES, ImageLoadError, open_image_sized
+
+# the model encodes at most this many images at once (memory), as local indexing does
+ENCODE_CHUNK = 32
+
+
+@dataclass
+class EmbeddedBatch:
+    """Embedded items, column by column. A row with an `error` failed (its vectors are
+    zeros, its sha1/width/height empty)."""
+
+    items: list[Item]
+    sha1: list[str]
+    width: np.ndarray  # int32
+    height: np.ndarray  # int32
+    semantic: np.ndarray  # (n, dim) float32, L2-normalised
+    visual: np.ndarray  # (n, visual_dim) float32
+    error: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.array([e is None for e in self.error], bool)
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        return [(it.rel, e) for it, e in zip(self.items, self.error) if e is not None]
+
+    def to_columns(self) -> dict[str, np.ndarray]:
+        """Numpy columns Ray Data can carry (names as bytes, no error as b'')."""
+        rows = [it.to_row() for it in self.items]
+        cols = {k: np.array([r[k] for r in rows], dtype=object if k in ("rel", "path") else None)
+                for k in ("rel", "path", "size", "mtime", "offset", "length")}
+        if not rows:
+            cols = {k: np.zeros(0, object if k in ("rel", "path") else np.int64) for k in cols}
+        return {**cols, "sha1": np.array(self.sha1, dtype=object), "width": self.width,
+                "height": self.height, "semantic": self.semantic, "visual": self.visual,
+                "error": np.array([(e or "").encode("utf-8", "surrogateescape")
+                                   for e in self.error], dtype=object)}
+
+    @classmethod
+    def from_columns(cls, cols: dict) -> EmbeddedBatch:
+        n = len(cols["rel"])
+        items = [Item.from_row({k: cols[k][i] for k in ("rel", "path", "size", "mtime", "offset",
+                                                         "length")}) for i in range(n)]
+        errors = [bytes(e).decode("utf-8", "surrogateescape") or None for e in cols["error"]]
+        return cls(items, [str(s) for s in cols["sha1"]], np.asarray(cols["width"], np.int32),
+                   np.asarray(cols["height"], np.int32), _matrix(cols["semantic"]),
+                   _matrix(cols["visual"]), errors)
+
+
+def _matrix(col) -> np.ndarray:
+    """A column of vectors (a 2-D array, or an object array of rows) as (n, d) float32."""
+    arr = np.asarray(col)
+    if arr.dtype == object:
+        arr = np.stack(list(arr)) if len(arr) else arr.reshape(0, 0)
+    return np.ascontiguousarray(arr, np.float32)
+
+
+@dataclass
+class _Decoded:
+    sha1: str
+    width: int
+    height: int
+    pixels: np.ndarray
+
+
+def error_reason(exc: BaseException) -> str:
+    """What a failed file is reported with: the loader's own reason, else the exception."""
+    return exc.reason if isinstance(exc, ImageLoadError) else f"{type(exc).__name__}: {exc}"
+
+
+class Embedder:
+    """A model loaded once, turning items into an EmbeddedBatch. Called with a batch of Ray
+    Data columns it is a Ray Data callable class (one per actor of the pool)."""
+
+    def __init__(self, model: str | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                 threads: int | None = None, workers: int = 2, encoder=None):
+        if encoder is None:
+            from imagetext.models.registry import load_encoder
+
+            encoder = load_encoder(model)
+            if threads and getattr(encoder, "threads", 0) is None:
+                encoder.threads = threads  # ONNX Runtime sessions on this worker's CPUs only
+        self.encoder = encoder
+        self.max_file_bytes = max_file_bytes
+        self.workers = workers
+
+    def load(self, item: Item) -> _Decoded:
+        """Read, hash, decode and preprocess one item, as local indexing does."""
+        pre = self.encoder.preprocess
+        data = read_item(item, self.max_file_bytes)
+        sha1 = hashlib.sha1(data).hexdigest()
+        try:
+            img, (width, height) = open_image_sized(data, draft_size=pre.resize)
+        except ImageLoadError as exc:
+            raise ImageLoadError(item.rel, exc.reason) from None
+        del data
+        return _Decoded(sha1, width, height, pre(img))
+
+    def encode(self, loaded: Sequence) -> EmbeddedBatch:
+        """An EmbeddedBatch from `pipeline.Loaded` results of `load`."""
+        enc = self.encoder
+        n = len(loaded)
+        semantic = np.zeros((n, enc.dim), np.float32)
+        visual = np.zeros((n, enc.visual_dim), np.float32)
+        good = [i for i, x in enumerate(loaded) if x.error is None]
+        for start in range(0, len(good), ENCODE_CHUNK):
+            rows = good[start:start + ENCODE_CHUNK]
+            out = enc.encode_pixels(np.stack([loaded[i].value.pixels for i in rows]))
+            semantic[rows], visual[rows] = out.semantic, out.visual
+        ok = [x.error is None for x in loaded]
+        return EmbeddedBatch(
+            [x.item for x in loaded],
+            [x.value.sha1 if g else "" for x, g in zip(loaded, ok)],
+            np.array([x.value.width if g else 0 for x, g in zip(loaded, ok)], np.int32),
+            np.array([x.value.height if g else 0 for x, g in zip(loaded, ok)], np.int32),
+            semantic, visual,
+            [None if g else error_reason(x.error) for x, g in zip(loaded, ok)])
+
+    def embed(self, items: Iterable[Item], batch_size: int = 32) -> Iterator[EmbeddedBatch]:
+        """Batches of embedded items, decoding ahead in threads while the model runs."""
+        from imagetext.index.pipeline import batched, prefetch_map
+
+        loaded = prefetch_map(self.load, items, self.workers, prefetch=min(batch_size * 3, 128))
+        for group in batched(loaded, batch_size):
+            yield self.encode(group)
+
+    def __call__(self, columns: dict) -> dict:
+        items = [Item.from_row({k: columns[k][i] for k in ("rel", "path", "size", "mtime",
+                                                            "offset", "length")})
+                 for i in range(len(columns["rel"]))]
+        batches = list(self.embed(items, batch_size=max(1, len(items))))
+        return batches[0].to_columns() if batches else EmbeddedBatch(
+            [], [], np.zeros(0, np.int32), np.zeros(0, np.int32),
+            np.zeros((0, self.encoder.dim), np.float32),
+            np.zeros((0, self.encoder.visual_dim), np.float32), []).to_columns()
+
+
+def embed_local(items: Sequence[Item], model: str | None = None, batch_size: int = 32,
+                workers: int = 2, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                encoder=None) -> Iterator[EmbeddedBatch]:
+    """Embed `items` in this process (the model loaded once, decoding in `workers` threads)."""
+    embedder = Embedder(model, max_file_bytes, workers=workers, encoder=encoder)
+    yield from embedder.embed(items, batch_size)
+
+
+class RayUnavailableError(ImagetextError, RuntimeError):
+    """Ray is not installed, or its cluster cannot be reached."""
+
+
+def connect_ray(address: str | None) -> None:
+    """Join the Ray cluster at `address` (`auto`: the one started on this machine with `ray
+    start`, else a new local one), unless this process has joined one already."""
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailableError("--ray needs Ray: pip install 'imagetext[ray]'") from None
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=None if address in (None, "", "auto", "local") else address,
+                 log_to_driver=False, logging_level="ERROR", configure_logging=True,
+                 include_dashboard=False if address in (None, "", "auto", "local") else None)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise RayUnavailableError(f"cannot join the Ray cluster at {address}: "
+                                  f"{str(exc).splitlines()[0]}") from None
+
+
+def embed_ray(items: Sequence[Item], model: str | None = None, address: str | None = "auto",
+              batch_size: int = 32, actors: int | None = None, cpus_per_actor: int = 1,
+              max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+              on_start: Callable[[int], None] | None = None) -> Iterator[EmbeddedBatch]:
+    """Embed `items` on a Ray cluster: Ray Data hands batches of them to a pool of `actors`
+    actors (default: one per `cpus_per_actor` CPUs of the cluster, so every node gets its
+    share), each holding the model and reading the files itself (so they must be at the
+    same paths on every node: shared storage). Batches come back as they finish, in no
+    particular order."""
+    if not items:
+        return
+    connect_ray(address)
+    import logging
+
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its progress lines: ours instead
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    if actors is None:
+        actors = max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_actor)
+    if on_start:
+        on_start(actors)
+    # blocks of one batch each, so work spreads over the pool from the first batch
+    rows = [it.to_row() for it in items]
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
+    ds = ds.map_batches(
+        Embedder, fn_constructor_kwargs={"model": model, "max_file_bytes": max_file_bytes,
+                                         "threads": cpus_per_actor, "workers": cpus_per_actor + 1},
+        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=cpus_per_actor, zero_copy_batch=True)
+    for cols in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        yield EmbeddedBatch.from_columns(cols)
+
+
+def model_ref_for_workers(model: str | None) -> str | None:
+    """A model reference a worker on another machine can load: a folder as an absolute path
+    (it must be there too), anything else as given."""
+    if model and os.path.isdir(os.path.expanduser(model)):
+        return os.path.abspath(os.path.expanduser(model))
+    return model
