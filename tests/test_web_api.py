@@ -586,6 +586,42 @@ def test_openapi_docs_are_served_offline(client):
     assert "cdn." not in docs.text and "https://" not in docs.text.split("<body")[0]
 
 
+def test_openapi_documents_every_api_response(client):
+    """Every /api operation names its 200 answer (a JSON model, or an image for the files)
+    and the error model for its 4xx and 503; and what the server answers is that model."""
+    schema = client.get("/openapi.json").json()
+    models = schema["components"]["schemas"]
+    operations = [(path, method, op) for path, ops in schema["paths"].items()
+                  if path.startswith("/api/") for method, op in ops.items()]
+    assert len(operations) >= 10
+    for path, method, op in operations:
+        where = f"{method.upper()} {path}"
+        (media, content), = op["responses"]["200"]["content"].items()
+        if media == "application/json":
+            name = content["schema"]["$ref"].rsplit("/", 1)[-1]
+            assert models[name]["properties"], where
+        else:
+            assert media.startswith("image/") and content["schema"]["format"] == "binary", where
+        for status in ("400", "404", "413", "422", "503"):
+            error = op["responses"][status]["content"]["application/json"]["schema"]
+            assert error["$ref"].endswith("/ErrorResponse"), (where, status)
+    assert "HTTPValidationError" not in models  # the 422 is the readable ErrorResponse
+
+    def model_of(path: str, method: str = "get") -> dict:
+        ref = schema["paths"][path][method]["responses"]["200"]["content"]["application/json"]
+        return models[ref["schema"]["$ref"].rsplit("/", 1)[-1]]
+
+    body = client.get("/api/search", params={"q": "a cat", "k": 2}).json()
+    assert set(body) == set(model_of("/api/search")["properties"])
+    assert set(body["results"][0]) == set(models["ImageResult"]["properties"])
+    by_id = client.get("/api/similar", params={"id": body["results"][0]["id"], "k": 1}).json()
+    assert set(by_id) == {"id", "k", "results"} < set(model_of("/api/similar")["properties"])
+    error = client.get("/api/search", params={"q": "a cat", "k": 0}).json()
+    assert set(error) == set(models["ErrorResponse"]["properties"])
+    status = client.get("/api/status").json()
+    assert set(model_of("/api/status")["required"]) <= set(status)
+
+
 # -- the command ----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_imagetext_serve_demo_indexes_the_demo_photos_and_suggests_searches(tmp_path):

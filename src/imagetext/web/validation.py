@@ -6,13 +6,22 @@ letting bad input reach the models, so that nothing a client sends ends in a 500
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Annotated
+
 from fastapi import UploadFile
+from fastapi.exceptions import RequestValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from imagetext.api import parse_labels as split_labels
 
 MAX_QUERY_CHARS = 1000
 MAX_LABELS = 100
 MAX_LABEL_CHARS = 200
+DEFAULT_K = 12
+MAX_BEAM = 8
+MAX_ID = 2**62  # image ids are SQLite integers
 
 
 def shown(value, limit: int = 40) -> str:
@@ -46,16 +55,65 @@ def check_query(query: str | None, what: str = "query") -> str:
     return query
 
 
-def check_k(k: int | str | None, max_k: int, default: int = 12) -> int:
-    if k is None or (isinstance(k, str) and not k.strip()):
-        return default
-    try:
-        value = int(k)
-    except (TypeError, ValueError):
-        raise UserError(f"k must be a whole number between 1 and {max_k}, not {shown(k)}.") from None
-    if not 1 <= value <= max_k:
-        raise UserError(f"k must be between 1 and {max_k} (got {value}).")
-    return value
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _number(value) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
+@dataclass(frozen=True)
+class Bounded:
+    """A number a client sends and the range it must be in: the one validation of such a
+    parameter, for the API and the pages alike (pydantic's, as in `Query(ge=, le=)`).
+
+    The API declares the bounds that are fixed (`Query(ge=spec.low, le=spec.high)`) and checks
+    one known only per app (the server's max k) with `api()`, which answers as FastAPI does: a
+    422 that names the parameter. A page reads the text of its address or form with `page()`:
+    blank is the default, anything else a readable 400 shown on the page's form.
+    """
+
+    name: str  # as in the address or the form
+    low: float
+    high: float
+    kind: type = int
+    label: str = ""  # how a page names it in a sentence (default: the name)
+    say_bounds: bool = True  # False: a page's "not a number" leaves the bounds unsaid
+
+    @cached_property
+    def _adapter(self) -> TypeAdapter:
+        return TypeAdapter(Annotated[self.kind, Field(ge=self.low, le=self.high)])
+
+    def api(self, value, where: str = "query"):
+        try:
+            return self._adapter.validate_python(value)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**error, "loc": (where, self.name)} for error in exc.errors()]) from None
+
+    def page(self, value, default=None):
+        if _blank(value):
+            return default
+        try:
+            return self._adapter.validate_python(value.strip() if isinstance(value, str) else value)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+        label = self.label or self.name
+        bounds = f"between {_number(self.kind(self.low))} and {_number(self.kind(self.high))}"
+        if error["type"] in ("greater_than_equal", "less_than_equal"):
+            raise UserError(f"{label} must be {bounds} (got {_number(error['input'])}).")
+        number = "a whole number" if self.kind is int else "a number"
+        number += f" {bounds}" if self.say_bounds else ""
+        raise UserError(f"{label} must be {number}, not {shown(value)}.")
+
+
+# the parameters with fixed bounds (k's upper bound is the app's max_k: `WebState.k`)
+IMAGE_ID = Bounded("id", 0, MAX_ID, say_bounds=False)
+BEAM_SIZE = Bounded("beam_size", 1, MAX_BEAM, label="beam size")
+NUM_RETURN = Bounded("num_return", 1, MAX_BEAM, label="number of captions")
+THRESHOLD = Bounded("threshold", 0.0, 1.0, float, label="The threshold")
 
 
 def given_once(name: str, in_address, in_form):
@@ -64,41 +122,14 @@ def given_once(name: str, in_address, in_form):
     A client may put `k` in the address (`POST /api/similar?k=2`) or in the form; both are
     honoured, and the two disagreeing is an error rather than one silently winning.
     """
-    def blank(value) -> bool:
-        return value is None or (isinstance(value, str) and not value.strip())
-
-    if blank(in_address):
-        return None if blank(in_form) else in_form
-    if not blank(in_form) and str(in_address).strip() != str(in_form).strip():
+    if _blank(in_address):
+        return None if _blank(in_form) else in_form
+    if not _blank(in_form) and str(in_address).strip() != str(in_form).strip():
         raise UserError(
             f"{name} is given twice with different values ({shown(str(in_address).strip())} in "
             f"the address, {shown(str(in_form).strip())} in the form); give it once."
         )
     return in_address
-
-
-def check_int(value: int | str | None, name: str, low: int, high: int, default: int) -> int:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return default
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{name} must be a whole number, not {shown(value)}.") from None
-    if not low <= number <= high:
-        raise UserError(f"{name} must be between {low} and {high} (got {number}).")
-    return number
-
-
-def check_threshold(value: float | str | None) -> float | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    try:
-        threshold = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"The threshold must be a number between 0 and 1, not {shown(value)}.") from None
-    if not 0.0 <= threshold <= 1.0:
-        raise UserError(f"The threshold must be between 0 and 1 (got {threshold:g}).")
-    return threshold
 
 
 def parse_labels(text: str | list[str] | None) -> list[str]:
@@ -117,6 +148,17 @@ def parse_labels(text: str | list[str] | None) -> list[str]:
     if too_long:
         raise UserError(f"A label is longer than {MAX_LABEL_CHARS} characters: {too_long[0][:40]!r}…")
     return labels
+
+
+def classify_inputs(labels: str | None, preset: str | None,
+                    threshold: float | str | None) -> tuple[list[str] | None, float | None]:
+    """The labels (None: the moderation preset's) and the threshold of a classify request."""
+    preset = (preset or "").strip().lower()
+    if preset == "moderation":  # labels None: the preset labels, unsafe ones flaggable
+        return None, THRESHOLD.page(threshold)
+    if preset:
+        raise UserError(f"Unknown preset {shown(preset)}; the only preset is 'moderation'.")
+    return parse_labels(labels), THRESHOLD.page(threshold)
 
 
 def check_template(template: str | None, default: str) -> str:

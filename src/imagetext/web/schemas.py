@@ -1,0 +1,148 @@
+"""The JSON the web API answers with, as pydantic models: each /api route names its model as
+`response_model`, so `/openapi.json` (and /docs) documents every response, errors included.
+
+The fields are those `imagetext.web.service` returns (from `imagetext.api`'s results); the
+models document and check them, they do not compute anything.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ImageResult(BaseModel):
+    """An image of the collection: a search or similar result, or an image's record."""
+
+    id: int = Field(description="The image's id in the index.")
+    path: str = Field(description="The file's absolute path (bytes that are not UTF-8 as \\xNN).")
+    relative_path: str = Field(description="The file's path relative to the collection folder.")
+    score: float = Field(description="Similarity to the query (higher is closer); 1.0 for a "
+                                     "record.")
+    width: int
+    height: int
+    caption: str | None = Field(description="The caption indexed with the image, if any.")
+    relevance: float | None = Field(
+        description="Text search with a calibrated model: how likely this is a real match, 0..1.")
+    match: Literal["strong", "weak"] | None = Field(
+        description="Text search with a calibrated model: relevance at least 0.5 or not.")
+    image_url: str = Field(description="The original file.")
+    thumbnail_url: str = Field(description="A 256-pixel JPEG thumbnail.")
+    preview_url: str = Field(description="A 1024-pixel JPEG thumbnail.")
+    view_url: str = Field(description="The image's page.")
+    similar_url: str = Field(description="The page of images similar to this one.")
+
+
+class SearchResponse(BaseModel):
+    query: str = Field(description="The query, trimmed.")
+    k: int
+    results: list[ImageResult] = Field(description="Best first.")
+
+
+class SimilarResponse(BaseModel):
+    """Images similar to an indexed image (`id`), a collection file (`path`) or an upload."""
+
+    id: int | None = Field(None, description="The query image's id, when asked by id.")
+    path: str | None = Field(None, description="The query file, when asked by path.")
+    k: int
+    results: list[ImageResult] = Field(description="Best first, the query image left out.")
+
+
+class CaptionText(BaseModel):
+    text: str
+    score: float = Field(description="The decoder's length-normalised log-probability.")
+
+
+class CaptionResponse(BaseModel):
+    captioner: str = Field(description="The captioner's name.")
+    caption: str = Field(description="The best caption.")
+    captions: list[CaptionText] = Field(description="Best first; the first is `caption`.")
+
+
+class RankedLabel(BaseModel):
+    label: str
+    score: float
+    flagged: bool = Field(description="At or above the threshold (and flaggable).")
+    flaggable: bool = Field(description="Whether this label can be flagged at all (moderation: "
+                                        "the unsafe categories).")
+
+
+class ClassifyResponse(BaseModel):
+    """Zero-shot classification over the given labels, or content moderation (`preset`)."""
+
+    labels: list[str] = Field(description="The labels, in the order given.")
+    scores: list[float] = Field(description="One per label: softmax probabilities, or each "
+                                            "moderation category's calibrated score.")
+    similarities: list[float] = Field(description="One per label: the raw similarity.")
+    flagged: list[str] = Field(description="The labels at or above the threshold.")
+    calibrated: bool = Field(description="Whether the scores are on a calibrated scale.")
+    top: str = Field(description="The best-scoring label.")
+    ranked: list[RankedLabel] = Field(description="The labels, best first.")
+    threshold: float | None = Field(description="The threshold used, if any.")
+    template: str | None = Field(description="The prompt template (None: calibrated moderation, "
+                                             "whose categories have prompts of their own).")
+    preset: Literal["moderation"] | None = None
+
+
+class RankedUpload(BaseModel):
+    index: int = Field(description="Position of the file in the request.")
+    name: str = Field(description="The file's name as uploaded.")
+    score: float
+
+
+class RankResponse(BaseModel):
+    prompt: str
+    results: list[RankedUpload] = Field(description="Best first.")
+
+
+class CaptionerStatus(BaseModel):
+    installed: bool | None = Field(description="None until the captioner was first looked for.")
+    name: str | None = None
+    reason: str | None = Field(None, description="Why there is none.")
+
+
+class StatusResponse(BaseModel):
+    """The collection and its model (further keys: the index's state, such as a rebuild)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    root: str = Field(description="The collection folder.")
+    index_dir: str | None = None
+    model: str = Field(description="The model that built the index.")
+    n_images: int
+    n_failed: int = Field(description="Files the indexer could not read.")
+    n_captioned: int
+    index_type: str
+    index_bytes: int
+    read_only: bool
+    runtime: dict[str, str] | None = Field(None, description="What runs each tower.")
+    captioner: CaptionerStatus
+
+
+class ValidationProblem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error: `detail` says in a sentence what went wrong and what to do."""
+
+    detail: str
+    errors: list[ValidationProblem] | None = Field(
+        None, description="422 only: each invalid parameter.")
+
+
+# the error answers every /api route may give, for its `responses=`
+ERRORS: dict[int | str, dict] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "Bad input (an empty query, a file that is not an image, ...)."),
+        (403, "A path outside the collection."),
+        (404, "No such image or file."),
+        (413, "The upload is over the size or pixel limit."),
+        (422, "A parameter is missing or out of range."),
+        (503, "The server is busy (Retry-After) or the index or a model is unavailable."),
+    )
+}
