@@ -3,9 +3,9 @@ its captions or (`captions_per_image`) a fresh random subset of them each epoch.
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +17,7 @@ OWNER = {r: i for i, rows in enumerate(ROWS_OF_IMAGE) for r in rows}
 LENGTHS = torch.tensor([3 + (r * 7) % 11 for r in range(IMAGES * CAPTIONS)])
 
 
-def _epoch(arch: str, rng: random.Random, captions_per_image: int | None):
+def _epoch(arch: str, rng: np.random.Generator, captions_per_image: int | None):
     return _epoch_batches(arch, ROWS_OF_IMAGE, LENGTHS, images_per_batch=8,
                           rows_per_batch=8 * (captions_per_image or CAPTIONS), rng=rng,
                           captions_per_image=captions_per_image)
@@ -25,13 +25,13 @@ def _epoch(arch: str, rng: random.Random, captions_per_image: int | None):
 
 @pytest.mark.parametrize("arch", ["show-attend-tell", "transformer"])
 def test_all_captions_once_per_epoch_by_default(arch):
-    batches = _epoch(arch, random.Random(0), None)
+    batches = _epoch(arch, np.random.default_rng(0), None)
     assert sorted(r for b in batches for r in b) == list(range(IMAGES * CAPTIONS))
 
 
 @pytest.mark.parametrize("arch", ["show-attend-tell", "transformer"])
 def test_captions_per_image_reads_a_fresh_subset_of_each_images_captions(arch):
-    rng = random.Random(0)
+    rng = np.random.default_rng(0)
     seen: set[int] = set()
     subsets = []
     for _ in range(12):
@@ -48,6 +48,6 @@ def test_captions_per_image_reads_a_fresh_subset_of_each_images_captions(arch):
 
 
 def test_show_attend_tell_batches_keep_an_images_captions_together():
-    for batch in _epoch("show-attend-tell", random.Random(1), 2):
+    for batch in _epoch("show-attend-tell", np.random.default_rng(1), 2):
         images = Counter(OWNER[r] for r in batch)
         assert len(images) <= 8 and set(images.values()) == {2}

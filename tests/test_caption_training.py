@@ -216,7 +216,7 @@ def test_captioner_trains_the_tower_tail_with_the_decoder(tiny_dataset, tmp_path
     first = train_captioner(tiny_dataset, out, cfg, log=lambda *_: None)
     tower = load_efficientnet_lite0()
     frozen = TowerTail(tower, 1).state_dict()
-    trained = torch.load(out / "checkpoint.pt", weights_only=False)["image_tail"]
+    trained = torch.load(out / "checkpoint.pt", weights_only=False)["task"]["image_tail"]
     changed = [k for k, v in frozen.items() if v.is_floating_point() and not torch.equal(v, trained[k])]
     assert any(k.startswith("_blocks.15.") for k in changed) and any(k.startswith("_conv_head") for k in changed)
     # BatchNorm keeps the ImageNet running statistics

@@ -1,4 +1,5 @@
-"""Training loop for the in-house captioners on cached frozen tower features.
+"""Training of the in-house captioners on cached frozen tower features, as a task of the one
+training loop (train/loop.py: schedule, precision, checkpoint, resume, best epoch, one RNG).
 
 `train_captioner(data, arch=...)` reads a captioned dataset (any format
 `imagetext.data.read_pairs` understands, with train/val splits), builds the word
@@ -6,7 +7,7 @@ vocabulary from the training captions, caches the EfficientNet-Lite0 feature map
 training images (centre view + mirror image, optionally random resized crops, as
 augmentation) and of the validation images, and trains a decoder from `caption.decoders`
 with teacher forcing, label smoothing, AdamW and a warm-up + cosine learning-rate schedule
-(each epoch reads all captions of every image, or `captions_per_image` of them, drawn afresh).
+down to 5% of the peak (each epoch reads all captions of every image, or `captions_per_image` of them, drawn afresh).
 With `tune_image_tail`, the image tower's last MBConv block and head conv (an aligned
 model's tuned tail, or the frozen tower's) train with the decoder at their own learning
 rate: the cache then holds the 192x7x7 activation entering that block, and each batch runs
@@ -25,7 +26,6 @@ import copy
 import dataclasses
 import json
 import math
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,7 +46,9 @@ from imagetext.train.config import (  # CaptionTrainConfig and default_lr: re-ex
     CaptionTrainConfig,
     default_lr,
 )
-from imagetext.train.precision import check_precision, cpu_autocast
+from imagetext.train.loop import EpochStats, LoopSettings, Phase, Progress
+from imagetext.train.loop import train as train_loop
+from imagetext.train.precision import check_precision, full_precision
 
 FEATURE_OUTPUTS = ("logits", "pooled", "fmap")  # shared cache with the retrieval trainers
 
@@ -135,29 +137,26 @@ def _encode_captions(tokenizer: WordTokenizer, captions: list[list[str]], max_wo
     return inputs, targets, torch.tensor(owner)
 
 
-def _lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
-
-
 def scst_lr_at(cfg: CaptionTrainConfig, scst_step: int, steps_per_epoch: int) -> float:
     """The SCST learning rate at step `scst_step` (0-based, counted from the first SCST step):
     `scst_lr`, or with `scst_lr_end` a half cosine from `scst_lr` down to it over the SCST
-    epochs. A function of the step alone, so that a run resumed with the same `scst_epochs`
-    continues the same curve."""
-    if cfg.scst_lr_end is None:
-        return cfg.scst_lr
-    progress = min(1.0, scst_step / max(1, cfg.scst_epochs * steps_per_epoch))
-    return cfg.scst_lr_end + (cfg.scst_lr - cfg.scst_lr_end) * 0.5 * (1 + math.cos(math.pi * progress))
+    epochs (the loop's `warmup_cosine`, without warm-up). A function of the step alone, so that
+    a run resumed with the same `scst_epochs` continues the same curve."""
+    return _scst_phase(cfg).lr_at(scst_step, steps_per_epoch, cfg.scst_lr)
+
+
+def _xe_phase(cfg: CaptionTrainConfig) -> Phase:
+    """Cross-entropy epochs: warm-up, then a cosine down to 5% of the peak rate."""
+    return Phase(cfg.epochs, warmup_steps=cfg.warmup_steps, end=0.05, name="xe")
+
+
+def _scst_phase(cfg: CaptionTrainConfig) -> Phase:
+    end = cfg.scst_lr if cfg.scst_lr_end is None else cfg.scst_lr_end
+    return Phase(cfg.scst_epochs, lr=cfg.scst_lr, end_lr=end, name="scst")
 
 
 def _epoch_batches(arch: str, rows_of_image: list[list[int]], lengths: torch.Tensor,
-                   images_per_batch: int, rows_per_batch: int, rng: random.Random,
+                   images_per_batch: int, rows_per_batch: int, rng: np.random.Generator,
                    captions_per_image: int | None = None) -> list[list[int]]:
     """One epoch of batches (lists of caption rows); every caption once, or, with
     `captions_per_image`, that many of each image's captions (drawn with `rng`).
@@ -170,7 +169,8 @@ def _epoch_batches(arch: str, rows_of_image: list[list[int]], lengths: torch.Ten
     images = list(range(len(rows_of_image)))
     rng.shuffle(images)
     if captions_per_image is not None:
-        rows_of_image = [rng.sample(rows, min(captions_per_image, len(rows))) for rows in rows_of_image]
+        rows_of_image = [rng.choice(rows, min(captions_per_image, len(rows)), replace=False).tolist()
+                         for rows in rows_of_image]
     if arch == "show-attend-tell":
         return [[r for i in images[b : b + images_per_batch] for r in rows_of_image[i]]
                 for b in range(0, len(images), images_per_batch)]
@@ -222,6 +222,127 @@ def validate(captioner: EfficientNetCaptioner, fmap: np.ndarray, split: CaptionS
                           metrics=("bleu4", "cider"))
 
 
+class _CaptionerTask:
+    """The captioner's training as a task of the loop: teacher-forced cross-entropy epochs,
+    then self-critical (SCST) epochs, each validated by greedy BLEU-4 / CIDEr; the best epoch is
+    saved as a captioner folder `<out>/best`."""
+
+    def __init__(self, cfg: CaptionTrainConfig, captioner: EfficientNetCaptioner, tail: TowerTail | None,
+                 views: list[torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor, owner: torch.Tensor,
+                 train: CaptionSplit, val_sub: CaptionSplit, val_fmap: np.ndarray | None,
+                 val_inputs: np.ndarray | None, out: Path):
+        self.cfg, self.captioner, self.decoder = cfg, captioner, captioner.decoder
+        self.tokenizer, self.tail, self.tune = captioner.tokenizer, tail, cfg.tune_image_tail
+        self.views, self.inputs, self.targets, self.owner = views, inputs, targets, owner
+        self.train, self.val_sub, self.val_fmap, self.val_inputs, self.out = train, val_sub, val_fmap, val_inputs, out
+        self.lengths = (targets != self.tokenizer.pad_id).sum(1)
+        self.rows_of_image: list[list[int]] = [[] for _ in train.images]
+        for r, i in enumerate(owner.tolist()):
+            self.rows_of_image[i].append(r)
+        rows_per_image = len(owner) / len(train.images)  # on average (Flickr8k: 5)
+        if cfg.captions_per_image is not None:
+            rows_per_image = min(rows_per_image, cfg.captions_per_image)
+        self.rows_per_batch = round(cfg.images_per_batch * rows_per_image)
+        self.cider = None
+        self.improved = False
+
+    def param_groups(self) -> list[dict]:
+        groups = [{"params": list(self.decoder.parameters()), "lr": self.cfg.lr,
+                   "weight_decay": self.cfg.weight_decay}]
+        if self.tune:
+            groups.append({"params": list(self.tail.parameters()), "lr": self.cfg.image_lr,
+                           "weight_decay": self.cfg.weight_decay})
+        return groups
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train.images) / self.cfg.images_per_batch)
+
+    def train_mode(self, epoch: int, phase: Phase) -> None:
+        scst = phase.name == "scst"
+        # SCST trains the policy used at inference: no dropout while sampling
+        self.decoder.train(not scst)
+        if self.tune:
+            self.tail.train(not scst)
+        if scst and self.cider is None:
+            from imagetext.train.scst import CiderD
+
+            self.cider = CiderD([[split_words(c) + [EOS] for c in caps] for caps in self.train.captions])
+        self.total_loss, self.total_tokens, self.total_reward, self.n_samples = 0.0, 0, 0.0, 0
+
+    def batches(self, epoch: int, rng: np.random.Generator):
+        scst = epoch >= self.cfg.epochs
+        # SCST batches only name images (it samples its own captions): all rows
+        for rows in _epoch_batches("show-attend-tell" if scst else self.cfg.arch, self.rows_of_image,
+                                   self.lengths, self.cfg.images_per_batch, self.rows_per_batch, rng,
+                                   None if scst else self.cfg.captions_per_image):
+            rows_t = torch.tensor(rows)
+            rows_t = rows_t[self.lengths[rows_t].argsort(descending=True, stable=True)]
+            images, inverse = torch.unique(self.owner[rows_t], return_inverse=True)
+            view = rng.integers(len(self.views), size=len(images)).tolist()  # a random view of each image
+            features = torch.stack([self.views[v][i] for v, i in zip(view, images.tolist())])
+            yield rows_t, images, inverse, features
+
+    def batch_size(self, batch) -> int:
+        return len(batch[0])
+
+    def loss(self, batch, epoch: int, phase: Phase) -> torch.Tensor:
+        rows_t, images, inverse, features = batch
+        fmap = self.tail(features.float()).feature_map if self.tune else features
+        if phase.name == "scst":
+            loss, rewards = _scst_loss(self.decoder, fmap, images, self.tokenizer, self.cider, self.cfg)
+            self.total_reward += float(rewards.sum())
+            self.n_samples += len(rewards)
+            self.total_loss, self.total_tokens = self.total_loss + loss.item(), self.total_tokens + 1
+            return loss
+        row_lengths = self.lengths[rows_t]
+        width = int(row_lengths.max())
+        x, y = self.inputs[rows_t, :width], self.targets[rows_t, :width]
+        memory = select_rows(self.decoder.encode(fmap.float()), inverse)
+        logits, aux = self.decoder(memory, x, row_lengths)
+        with full_precision():
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                   ignore_index=self.tokenizer.pad_id, label_smoothing=self.cfg.label_smoothing)
+        n_tok = int((y != 0).sum())
+        self.total_loss, self.total_tokens = self.total_loss + loss.item() * n_tok, self.total_tokens + n_tok
+        return loss + aux
+
+    def evaluate(self, epoch: int, stats: EpochStats | None) -> dict:
+        t0 = time.time()
+        if self.tune:
+            self.val_fmap = tail_feature_maps(self.tail, self.val_inputs)
+        scores = validate(self.captioner, self.val_fmap[: len(self.val_sub.images)], self.val_sub, beam_size=1)
+        scst = stats.phase.name == "scst"
+        return {"epoch": epoch + 1, "objective": stats.phase.name,
+                "images_per_batch": self.cfg.images_per_batch, "loss": self.total_loss / self.total_tokens,
+                **scores, **({"train_reward_cider": self.total_reward / self.n_samples} if scst else {}),
+                "lr": stats.lr, "train_s": round(stats.seconds, 1), "val_s": round(time.time() - t0, 1)}
+
+    def state_dict(self) -> dict:
+        return {"decoder": self.decoder.state_dict(),
+                "image_tail": self.tail.state_dict() if self.tail is not None else None,
+                "tokenizer": self.tokenizer.words, "arch": self.cfg.arch, "config": asdict(self.cfg)}
+
+    def load_state_dict(self, state: dict) -> None:
+        where = self.out / "checkpoint.pt"
+        if state["tokenizer"] != self.tokenizer.words or state["arch"] != self.cfg.arch:
+            raise InvalidInputError(f"{where} was trained with another vocabulary or architecture")
+        saved_tail, tail = state.get("image_tail"), self.tail
+        if state["config"].get("tune_image_tail", False) != self.tune:
+            raise InvalidInputError(f"{where} was trained with tune_image_tail="
+                                    f"{state['config'].get('tune_image_tail', False)}; resume with the same setting")
+        if (saved_tail is None) != (tail is None) or (tail is not None and not self.tune and any(
+                not torch.equal(v, saved_tail[k]) for k, v in tail.state_dict().items())):
+            raise InvalidInputError(f"{where} was trained on other image features (--image-tower "
+                                    f"{state['config'].get('image_tower')}); resume with the same tower")
+        if self.tune:
+            tail.load_state_dict(saved_tail)
+        self.decoder.load_state_dict(state["decoder"])
+
+    def on_best(self, epoch: int, record: dict) -> None:
+        self.improved = True
+        self.captioner.save_pretrained(self.out / "best")
+
+
 def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfig | None = None,
                     train_split: str = "train", val_split: str = "val", resume: bool = False,
                     name: str | None = None, log=print) -> dict:
@@ -234,13 +355,13 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     if cfg.lr is None:
         cfg.lr = default_lr(cfg.arch)
     check_precision(cfg.precision)
+    if cfg.captions_per_image is not None and cfg.captions_per_image < 1:
+        raise InvalidInputError("captions_per_image must be at least 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the decoder's initial weights are part of the reproducible run
 
     train = load_caption_split(data, train_split)
     val = load_caption_split(data, val_split)
@@ -255,6 +376,7 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
 
         tail = TowerTail(load_efficientnet_lite0(), 1)
     view_names = ["center"] + (["flip"] if cfg.flip else []) + [f"crop{k}" for k in range(cfg.crop_views)]
+    val_fmap = val_inputs = None
     if tune:  # the cache holds what enters the tail; each batch runs the tail being trained
         views = [split_block_inputs(train, tail, v) for v in view_names]
         val_inputs = split_block_inputs(val, tail)
@@ -266,20 +388,8 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
         val_sub = CaptionSplit(val.images[: cfg.val_images], val.captions[: cfg.val_images],
                                val.ids[: cfg.val_images])
     log(f"features ready in {time.time() - t0:.0f}s")
-    views_t = [torch.from_numpy(v) for v in views]  # float16; cast per batch
 
     inputs, targets, owner = _encode_captions(tokenizer, train.captions, cfg.max_words)
-    lengths = (targets != tokenizer.pad_id).sum(1)
-    rows_of_image: list[list[int]] = [[] for _ in train.images]
-    for r, i in enumerate(owner.tolist()):
-        rows_of_image[i].append(r)
-    rows_per_image = len(owner) / len(train.images)  # on average (Flickr8k: 5)
-    if cfg.captions_per_image is not None:
-        if cfg.captions_per_image < 1:
-            raise InvalidInputError("captions_per_image must be at least 1")
-        rows_per_image = min(rows_per_image, cfg.captions_per_image)
-    rows_per_batch = round(cfg.images_per_batch * rows_per_image)
-
     decoder_args = {**cfg.decoder, "vocab_size": len(tokenizer)}  # sizes: the decoder's defaults
     decoder = build_decoder(cfg.arch, **decoder_args)
     extra = ({"image_tower": cfg.image_tower} if cfg.image_tower else {}) | (
@@ -287,120 +397,26 @@ def train_captioner(data: str | Path, out: str | Path, config: CaptionTrainConfi
     captioner = EfficientNetCaptioner(decoder, tokenizer, name=name or f"lite0-{cfg.arch}-flickr8k",
                                       generation={"beam_size": cfg.final_beam}, image_tail=tail,
                                       extra_config=extra or None)
-    groups = [{"params": list(decoder.parameters()), "lr_scale": 1.0}]
-    if tune:
-        groups.append({"params": list(tail.parameters()), "lr": cfg.image_lr, "lr_scale": cfg.image_lr / cfg.lr})
-    trained = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train.images) / cfg.images_per_batch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(cfg.warmup_steps, cfg.epochs * steps_per_epoch))
-    history: list[dict] = []
-    start_epoch, best_cider = 0, -1.0
+    task = _CaptionerTask(cfg, captioner, tail, [torch.from_numpy(v) for v in views],  # float16, cast per batch
+                          inputs, targets, owner, train, val_sub, val_fmap, val_inputs, out)
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ckpt["tokenizer"] != tokenizer.words or ckpt["arch"] != cfg.arch:
-            raise InvalidInputError(f"{ckpt_path} was trained with another vocabulary or architecture")
-        saved_tail = ckpt.get("image_tail")
-        if ckpt["config"].get("tune_image_tail", False) != tune:
-            raise InvalidInputError(f"{ckpt_path} was trained with tune_image_tail="
-                             f"{ckpt['config'].get('tune_image_tail', False)}; resume with the same setting")
-        if (saved_tail is None) != (tail is None) or (tail is not None and not tune and any(
-                not torch.equal(v, saved_tail[k]) for k, v in tail.state_dict().items())):
-            raise InvalidInputError(f"{ckpt_path} was trained on other image features (--image-tower "
-                             f"{ckpt['config'].get('image_tower')}); resume with the same tower")
-        if tune:
-            tail.load_state_dict(saved_tail)
-        decoder.load_state_dict(ckpt["decoder"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch, best_cider, history = ckpt["epoch"], ckpt["best_cider"], ckpt["history"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        random.setstate(ckpt["python_rng"])
-        log(f"resumed from {ckpt_path} after epoch {start_epoch}")
+        log(f"resuming from {ckpt_path}")
     n_params = sum(p.numel() for p in decoder.parameters())
     log(f"{cfg.arch}: {n_params / 1e6:.2f} M decoder parameters"
         + (f" + {sum(p.numel() for p in tail.parameters()) / 1e6:.2f} M in the tuned tower tail" if tune else "")
-        + f", {steps_per_epoch} steps/epoch")
+        + f", {task.steps_per_epoch()} steps/epoch")
 
-    total_epochs = cfg.epochs + cfg.scst_epochs
-    last_epoch = min(total_epochs, cfg.stop_after or total_epochs)
-    cider = None
-    autocast = cpu_autocast(cfg.precision)
-    for epoch in range(start_epoch, last_epoch):
-        t_epoch = time.time()
-        scst = epoch >= cfg.epochs
-        # SCST trains the policy used at inference: no dropout while sampling
-        decoder.train(not scst)
-        if tune:
-            tail.train(not scst)
-        if scst:
-            if cider is None:
-                from imagetext.train.scst import CiderD
+    def progress(p: Progress) -> None:
+        if p.record is not None:
+            log(json.dumps(p.record) + ("  *best*" if task.improved else ""))
+            task.improved = False
 
-                cider = CiderD([[split_words(c) + [EOS] for c in caps] for caps in train.captions])
-        # SCST batches only name images (it samples its own captions): all rows
-        batches = _epoch_batches("show-attend-tell" if scst else cfg.arch, rows_of_image, lengths,
-                                 cfg.images_per_batch, rows_per_batch, random,
-                                 None if scst else cfg.captions_per_image)
-        total_loss, total_tokens, total_reward, n_samples = 0.0, 0, 0.0, 0
-        for step, rows in enumerate(batches):
-            if scst:
-                lr = scst_lr_at(cfg, (epoch - cfg.epochs) * steps_per_epoch + step, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
-            rows_t = torch.tensor(rows)
-            rows_t = rows_t[lengths[rows_t].argsort(descending=True, stable=True)]
-            images, inverse = torch.unique(owner[rows_t], return_inverse=True)
-            features = torch.stack([views_t[random.randrange(len(views_t))][i] for i in images.tolist()])
-            if scst:
-                with autocast:
-                    fmap = tail(features.float()).feature_map if tune else features
-                    loss, rewards = _scst_loss(decoder, fmap, images, tokenizer, cider, cfg)
-                aux, n_tok = loss.new_zeros(()), 1
-                total_reward += float(rewards.sum())
-                n_samples += len(rewards)
-            else:
-                row_lengths = lengths[rows_t]
-                width = int(row_lengths.max())
-                x, y = inputs[rows_t, :width], targets[rows_t, :width]
-                with autocast:
-                    fmap = tail(features.float()).feature_map if tune else features
-                    memory = select_rows(decoder.encode(fmap.float()), inverse)
-                    logits, aux = decoder(memory, x, row_lengths)
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                       ignore_index=tokenizer.pad_id, label_smoothing=cfg.label_smoothing)
-                n_tok = int((y != 0).sum())
-            optimizer.zero_grad(set_to_none=True)
-            (loss + aux).backward()
-            torch.nn.utils.clip_grad_norm_(trained, 2.0)
-            optimizer.step()
-            if not scst:
-                scheduler.step()
-            total_loss += loss.item() * n_tok
-            total_tokens += n_tok
-        train_time = time.time() - t_epoch
-        if tune:
-            val_fmap = tail_feature_maps(tail, val_inputs)
-        scores = validate(captioner, val_fmap[: len(val_sub.images)], val_sub, beam_size=1)
-        record = {"epoch": epoch + 1, "objective": "scst" if scst else "xe",
-                  "images_per_batch": cfg.images_per_batch, "loss": total_loss / total_tokens, **scores,
-                  **({"train_reward_cider": total_reward / n_samples} if scst else {}),
-                  "lr": optimizer.param_groups[0]["lr"], "train_s": round(train_time, 1),
-                  "val_s": round(time.time() - t_epoch - train_time, 1)}
-        history.append(record)
-        improved = scores["cider"] > best_cider
-        if improved:
-            best_cider = scores["cider"]
-            captioner.save_pretrained(out / "best")
-        log(json.dumps(record) + ("  *best*" if improved else ""))
-        torch.save({"decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best_cider": best_cider,
-                    "history": history, "tokenizer": tokenizer.words, "arch": cfg.arch,
-                    "image_tail": tail.state_dict() if tail is not None else None,
-                    "config": asdict(cfg), "torch_rng": torch.get_rng_state(),
-                    "python_rng": random.getstate()}, ckpt_path)
+    phases = [_xe_phase(cfg)] + ([_scst_phase(cfg)] if cfg.scst_epochs else [])
+    loop = train_loop(task, LoopSettings(phases, select="cider", seed=cfg.seed, grad_clip=2.0,
+                                         precision=cfg.precision, checkpoint=ckpt_path, resume=resume,
+                                         stop_after=cfg.stop_after, progress=progress))
+    history = loop.history
 
     best = EfficientNetCaptioner.from_pretrained(out / "best")
     if tune:
