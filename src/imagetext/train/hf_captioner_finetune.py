@@ -3,7 +3,7 @@
 The captioner training loop of `imagetext train captioner` trains the in-house decoders on
 cached EfficientNet features; a pretrained BLIP / VisionEncoderDecoder model is instead
 trained end to end through its own hook, `HFCaptioner.forward_train(pixels, captions)`
-(teacher-forced cross-entropy). This loop reads the pairs with the same data readers
+(teacher-forced cross-entropy), as a task of the same training loop (train/loop.py). It reads the pairs with the same data readers
 (`imagetext.train.clip_train.load_train_val`), keeps the epoch with the lowest validation
 loss and writes an `hf-captioner` model folder that `--model` accepts.
 
@@ -14,21 +14,74 @@ loss and writes an `hf-captioner` model folder that `--model` accepts.
 
 from __future__ import annotations
 
-import copy
 import os
-import random
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from imagetext.errors import InvalidInputError
+from imagetext.train.loop import EpochStats, LoopSettings, Phase, Progress, train
+
+
+class _FinetuneTask:
+    """Teacher-forced cross-entropy of a transformers captioner, as a task of the training loop;
+    the record's `val_loss` (on the first validation pairs) selects the best epoch."""
+
+    def __init__(self, captioner, pairs: list, val_pairs: list, lr: float, batch_size: int,
+                 weight_decay: float, log=print):
+        self.log = log
+        self.captioner, self.model, self.pairs, self.val_pairs = captioner, captioner.model, pairs, val_pairs
+        self.lr, self.size, self.weight_decay = lr, batch_size, weight_decay
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": self.lr,
+                 "weight_decay": self.weight_decay}]
+
+    def steps_per_epoch(self) -> int:
+        return len(self.pairs) // self.size
+
+    def batches(self, epoch: int, rng: np.random.Generator):
+        order = rng.permutation(len(self.pairs))
+        return [[self.pairs[i] for i in order[b : b + self.size]]
+                for b in range(0, len(order) - self.size + 1, self.size)]
+
+    def train_mode(self, epoch: int, phase: Phase) -> None:
+        self.model.train()
+
+    def loss(self, batch: list, epoch: int = 0, phase: Phase | None = None) -> torch.Tensor:
+        pixels = torch.from_numpy(np.stack([self.captioner.preprocess.load(p.image_path) for p in batch]))
+        return self.captioner.forward_train(pixels, [p.caption for p in batch])
+
+    def batch_size(self, batch: list) -> int:
+        return len(batch)
+
+    def evaluate(self, epoch: int, stats: EpochStats | None) -> dict:
+        self.model.eval()
+        losses = [float(self.loss(self.val_pairs[i : i + self.size]))
+                  for i in range(0, len(self.val_pairs), self.size)]
+        val_loss = float(np.mean(losses)) if losses else float("nan")
+        if stats is None:
+            self.log(f"epoch 0: val loss {val_loss:.4f} (the starting weights)")
+        return {"epoch": epoch + 1, **({"train_loss": stats.loss} if stats else {}), "val_loss": val_loss}
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+
+    def on_best(self, epoch: int, record: dict) -> None:
+        pass
 
 
 def finetune_hf_captioner(data: str | os.PathLike, init: str | os.PathLike, out: str | os.PathLike,
                           epochs: int = 1, lr: float = 1e-5, batch_size: int = 8,
                           weight_decay: float = 0.05, max_pairs: int | None = None, seed: int = 0,
                           name: str | None = None, log=print) -> dict:
-    """Train `init` (a folder or hub id of a BLIP / VisionEncoderDecoder model) on `data`;
-    save the best epoch (validation loss) to `out`. Returns the per-epoch history."""
+    """Train `init` (a folder or hub id of a BLIP / VisionEncoderDecoder model) on `data` at a
+    constant learning rate; save the best epoch (validation loss; epoch 0 = the starting
+    weights) to `out`. Returns the per-epoch history."""
     from imagetext.caption.hf_captioners import HFCaptioner
     from imagetext.caption.registry import resolve_captioner
     from imagetext.models.hub import is_hub_id, resolve_hub_model
@@ -38,51 +91,27 @@ def finetune_hf_captioner(data: str | os.PathLike, init: str | os.PathLike, out:
     if not (folder / "config.json").is_file():
         folder = resolve_hub_model(str(init)) if is_hub_id(str(init)) else resolve_captioner(init)
     captioner = HFCaptioner.from_pretrained(folder)
-    train, val = load_train_val(DataSpec(sources=[str(data)], seed=seed), log=log)
-    pairs = list(train.pairs)
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    if max_pairs:
-        rng.shuffle(pairs)
-        pairs = pairs[:max_pairs]
-    model = captioner.model
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                            weight_decay=weight_decay)
+    train_data, val = load_train_val(DataSpec(sources=[str(data)], seed=seed), log=log)
+    pairs = list(train_data.pairs)
+    if max_pairs:  # a random subset, drawn once from the seed
+        pairs = [pairs[i] for i in np.random.default_rng(seed).permutation(len(pairs))[:max_pairs]]
+    if not pairs:
+        raise InvalidInputError(f"no training pairs in {data}")
+    if len(pairs) < batch_size:
+        log(f"batch size {batch_size} is larger than the {len(pairs)} training pairs: batches of {len(pairs)}")
+        batch_size = len(pairs)
+    task = _FinetuneTask(captioner, pairs, list(val.pairs)[: max(batch_size * 8, 64)], lr, batch_size,
+                         weight_decay, log)
 
-    def batch_loss(batch) -> torch.Tensor:
-        pixels = torch.from_numpy(np.stack([captioner.preprocess.load(p.image_path) for p in batch]))
-        return captioner.forward_train(pixels, [p.caption for p in batch])
+    def progress(p: Progress) -> None:
+        if p.record is not None:
+            log(f"epoch {p.record['epoch']}: train loss {p.record['train_loss']:.4f}, "
+                f"val loss {p.record['val_loss']:.4f}")
 
-    @torch.no_grad()
-    def val_loss() -> float:
-        model.eval()
-        vpairs = list(val.pairs)[: max(batch_size * 8, 64)]
-        losses = [float(batch_loss(vpairs[i : i + batch_size]))
-                  for i in range(0, len(vpairs), batch_size)]
-        return float(np.mean(losses)) if losses else float("nan")
-
-    history = [{"epoch": 0, "val_loss": val_loss()}]
-    log(f"epoch 0: val loss {history[0]['val_loss']:.4f}")
-    best_state, best = copy.deepcopy(model.state_dict()), history[0]["val_loss"]
-    for epoch in range(1, epochs + 1):
-        model.train()
-        rng.shuffle(pairs)
-        total = 0.0
-        steps = 0
-        for i in range(0, len(pairs) - batch_size + 1, batch_size):
-            loss = batch_loss(pairs[i : i + batch_size])
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            total, steps = total + float(loss.detach()), steps + 1
-        record = {"epoch": epoch, "train_loss": total / max(steps, 1), "val_loss": val_loss()}
-        history.append(record)
-        log(f"epoch {epoch}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
-        if record["val_loss"] < best:
-            best, best_state = record["val_loss"], copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
-    model.eval()
+    result = train(task, LoopSettings([Phase(epochs, end=1.0)], select="val_loss", minimize=True, seed=seed,
+                                      baseline=True, progress=progress))
+    task.load_state_dict(result.best_state)
+    captioner.model.eval()
     captioner.name = name or Path(out).name
     captioner.save_pretrained(out)
-    return {"out": str(out), "history": history, "best_val_loss": best}
+    return {"out": str(out), "history": result.history, "best_val_loss": result.best_record["val_loss"]}
