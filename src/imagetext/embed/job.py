@@ -96,13 +96,21 @@ class Embedder:
     Data columns it is a Ray Data callable class (one per actor of the pool)."""
 
     def __init__(self, model: str | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-                 threads: int | None = None, workers: int = 2, encoder=None):
+                 threads: int | None = None, workers: int = 2, encoder=None,
+                 fingerprint: str | None = None):
         if encoder is None:
             from imagetext.models.registry import load_encoder
 
             encoder = load_encoder(model)
             if threads and getattr(encoder, "threads", 0) is None:
                 encoder.threads = threads  # ONNX Runtime sessions on this worker's CPUs only
+        if fingerprint and encoder.fingerprint and encoder.fingerprint != fingerprint:
+            import socket
+
+            raise WorkerModelError(
+                f"model {encoder.name!r} on {socket.gethostname()} has other weights (fingerprint "
+                f"{encoder.fingerprint}, not {fingerprint}): install the same imagetext and "
+                f"model on every node")
         self.encoder = encoder
         self.max_file_bytes = max_file_bytes
         self.workers = workers
@@ -170,6 +178,10 @@ class RayUnavailableError(ImagetextError, RuntimeError):
     """Ray is not installed, or its cluster cannot be reached."""
 
 
+class WorkerModelError(ImagetextError, RuntimeError):
+    """A worker's model is not the driver's (another version installed on its node)."""
+
+
 def connect_ray(address: str | None) -> None:
     """Join the Ray cluster at `address` (`auto`: the one started on this machine with `ray
     start`, else a new local one), unless this process has joined one already."""
@@ -190,13 +202,14 @@ def connect_ray(address: str | None) -> None:
 
 def embed_ray(items: Sequence[Item], model: str | None = None, address: str | None = "auto",
               batch_size: int = 32, actors: int | None = None, cpus_per_actor: int = 1,
-              max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+              max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, fingerprint: str | None = None,
               on_start: Callable[[int], None] | None = None) -> Iterator[EmbeddedBatch]:
     """Embed `items` on a Ray cluster: Ray Data hands batches of them to a pool of `actors`
     actors (default: one per `cpus_per_actor` CPUs of the cluster, so every node gets its
     share), each holding the model and reading the files itself (so they must be at the
     same paths on every node: shared storage). Batches come back as they finish, in no
-    particular order."""
+    particular order. `fingerprint`: the weights the workers' model must have (else
+    WorkerModelError)."""
     if not items:
         return
     connect_ray(address)
@@ -217,11 +230,18 @@ def embed_ray(items: Sequence[Item], model: str | None = None, address: str | No
     ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
     ds = ds.map_batches(
         Embedder, fn_constructor_kwargs={"model": model, "max_file_bytes": max_file_bytes,
-                                         "threads": cpus_per_actor, "workers": cpus_per_actor + 1},
+                                         "threads": cpus_per_actor, "workers": cpus_per_actor + 1,
+                                         "fingerprint": fingerprint},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus_per_actor, zero_copy_batch=True)
-    for cols in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        yield EmbeddedBatch.from_columns(cols)
+    try:
+        for cols in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            yield EmbeddedBatch.from_columns(cols)
+    except ray.exceptions.RayError as exc:
+        known = [line for line in str(exc).splitlines() if WorkerModelError.__name__ in line]
+        if known:  # a worker refused its model: say why in one line
+            raise WorkerModelError(known[-1].split(WorkerModelError.__name__ + ": ")[-1]) from None
+        raise
 
 
 def model_ref_for_workers(model: str | None) -> str | None:
