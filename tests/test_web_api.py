@@ -446,6 +446,21 @@ def test_a_bad_k_in_the_address_of_an_upload_is_refused(client, server, k):
     assert page.status_code == 400 and 'role="alert"' in page.text
 
 
+@pytest.mark.parametrize("form, api, data, page_words, api_words", [
+    ("/caption", "/api/caption", {"beam_size": "99"}, "beam size must be between 1 and 8",
+     "beam_size must be at most 8"),
+    ("/caption", "/api/caption", {"num_return": "x"}, "number of captions must be a whole number",
+     "num_return must be a whole number"),
+    ("/classify", "/api/classify", {"labels": "cat, dog", "threshold": "2"},
+     "The threshold must be between 0 and 1", "threshold must be at most 1"),
+])
+def test_pages_and_api_check_a_number_by_the_same_bounds(client, server, form, api, data,
+                                                         page_words, api_words):
+    page = client.post(form, files=cat_upload(server), data=data)
+    assert page.status_code == 400 and page_words in html.unescape(page.text), page.text
+    assert_clear_error(client.post(api, files=cat_upload(server), data=data), 422, api_words)
+
+
 # -- the upload forms keep their upload -----------------------------------------------------
 def kept_token(page) -> str:
     match = re.search(r'name="upload_token" value="([^"]+)"', page.text)
