@@ -42,7 +42,13 @@ def test_train_clip_command_writes_a_loadable_model(tmp_path):
                            "--split", "val", "--model", str(out), "--json"],
                           check=False, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["n_images"] == 8
+    scores = json.loads(proc.stdout)
+    assert scores["n_images"] == 8
+    # the card is a huggingface_hub ModelCard whose model-index holds the saved model's recalls
+    from huggingface_hub import ModelCard
+
+    recalls = {r.metric_type: r.metric_value for r in ModelCard.load(out / "README.md").data.eval_results}
+    assert recalls == pytest.approx({k: scores[k] for k in recalls}) and len(recalls) == 6
 
     bad = subprocess.run([sys.executable, "-m", "imagetext.cli", "train", "clip", "--data", str(data),
                           "--out", str(out), "--mode", "nonsense"], check=False, capture_output=True, text=True, env=env)

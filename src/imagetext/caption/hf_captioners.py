@@ -224,11 +224,13 @@ class HFCaptioner(Captioner):
         if self.prompt:
             config["imagetext_prompt"] = self.prompt
         config_path.write_text(json.dumps(config, indent=2) + "\n")
-        card = folder / "README.md"
-        if not card.exists():
-            card.write_text(
+        if not (folder / "README.md").exists():  # a huggingface_hub ModelCard, unless the original's is there
+            from imagetext.models.card import write_model_card
+
+            write_model_card(folder, (
                 f"# {self.name}\n\nA {self.model_type} captioner in transformers format, loaded "
                 f"by imagetext's `hf-captioner` backend (`imagetext caption --model {folder}`).\n\n"
                 f"- image input: {self.preprocess.crop}px, mean {list(self.preprocess.mean)}, "
                 f"std {list(self.preprocess.std)}\n\nWeights, licence and training data are "
-                "those of the original checkpoint; see its model card on the Hugging Face hub.\n")
+                "those of the original checkpoint; see its model card on the Hugging Face hub.\n"),
+                self.name, pipeline_tag="image-to-text", tags=["hf-captioner", self.model_type])

@@ -124,7 +124,7 @@ def _batch_text(history: list[dict], captions_per_image: int | None = None,
             phases.append([n, h["epoch"], h["epoch"]])
     if not phases:
         return ""
-    span = lambda a, b: f"epoch {a}" if a == b else f"epochs {a}-{b}"  # noqa: E731
+    span = lambda a, b: f"epoch {a}" if a == b else f"epochs {a}-{b}"
     captions = (f"x their {captions_in_data} captions" if captions_per_image is None else
                 f"x {captions_per_image} of their {captions_in_data} captions, drawn afresh each "
                 "cross-entropy epoch")
@@ -148,7 +148,24 @@ def _run_minutes(history: list[dict]) -> str:
     return f"{sum(h['train_s'] + h.get('val_s', 0.0) for h in history) / 60:.0f}"
 
 
+METRIC_NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
+                "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr"}
+
+
 def model_card(results: list[dict], chosen: dict, size_mb: float) -> str:
+    """README.md of the installed captioner: a huggingface_hub ModelCard whose model-index
+    holds the shipped run's scores on Flickr8k val."""
+    from imagetext.models.card import model_card as hub_card
+
+    card = hub_card(_card_text(results, chosen, size_mb), "lite0-flickr8k",
+                    scores={m: chosen[m] for m in METRICS if m in chosen}, score_names=METRIC_NAMES,
+                    task="image-to-text", dataset="flickr8k", dataset_split=chosen.get("split", "val"),
+                    license="other", datasets=["flickr8k"], pipeline_tag="image-to-text",
+                    tags=["image-captioning", chosen["arch"]])
+    return str(card)
+
+
+def _card_text(results: list[dict], chosen: dict, size_mb: float) -> str:
     cfg = chosen["config"]
     rows = "\n".join(_row(r, r is chosen) for r in results)
     history = "\n".join(

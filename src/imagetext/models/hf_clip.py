@@ -244,10 +244,12 @@ class HFClipDualEncoder(torch.nn.Module):
 
 
 def write_model_card(folder: Path, encoder: HFClipEncoder) -> None:
-    card = folder / "README.md"
-    if card.exists():
+    """README.md (a huggingface_hub ModelCard), unless the folder has one (the original's)."""
+    from imagetext.models.card import write_model_card as save_card
+
+    if (folder / "README.md").exists():
         return
-    card.write_text(
+    save_card(folder, (
         f"# {encoder.name}\n\n"
         f"A {encoder.model_type.upper()} image-text encoder in transformers format, loaded by "
         f"imagetext's `hf-clip` backend (`imagetext search --model {folder}`).\n\n"
@@ -256,5 +258,4 @@ def write_model_card(folder: Path, encoder: HFClipEncoder) -> None:
         f"std {list(encoder.preprocess.std)}\n"
         f"- text: up to {encoder.max_tokens} tokens\n\n"
         "Weights, licence and training data are those of the original checkpoint; see its "
-        "model card on the Hugging Face hub.\n"
-    )
+        "model card on the Hugging Face hub.\n"), encoder.name, tags=["hf-clip", encoder.model_type])

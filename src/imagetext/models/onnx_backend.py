@@ -203,13 +203,16 @@ def export_onnx(model: str | os.PathLike | ImageTextEncoder, out: str | os.PathL
             config["hubness"] = {"k": hubness.k, "beta": hubness.beta,
                                  "offsets_key": encoder.offsets_key}
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / "README.md").write_text(
+        from imagetext.models.card import write_model_card
+
+        write_model_card(tmp, (
             f"# {name} (ONNX)\n\n"
             f"`{encoder.name}` exported to ONNX ({config['quantize']}) by `imagetext export onnx`; "
             "loads with imagetext's `onnx` backend and runs with ONNX Runtime on the CPU.\n\n"
             f"- embedding size: {encoder.dim}\n"
             f"- checked against PyTorch: min cosine image {image_cos:.5f}, text {text_cos:.5f}\n\n"
-            "Weights, licence and training data are those of the source model.\n")
+            "Weights, licence and training data are those of the source model.\n"),
+            name, tags=["onnx"])
         out.mkdir(parents=True, exist_ok=True)
         for f in tmp.iterdir():
             shutil.move(str(f), out / f.name)

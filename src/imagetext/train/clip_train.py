@@ -94,10 +94,22 @@ def recall_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+RECALL_NAMES = {n: n.replace("t2i_r", "T→I R@").replace("i2t_r", "I→T R@") for n in RECALLS}
+
+
+def _dataset_name(sources: Sequence[str]) -> str:
+    """The data's name for the card: each source's folder (a file's parent folder)."""
+    return ", ".join(dict.fromkeys(Path(s).parent.name if Path(s).suffix else Path(s).name for s in sources))
+
+
 def write_model_card(folder: Path, result: TrainResult, mode: str, train: PairDataset, val: PairDataset,
                      config: TrainConfig, compared: dict[str, dict] | None = None, extra: str = "") -> None:
+    """README.md (a huggingface_hub ModelCard: its model-index holds the validation recalls)
+    and training_history.json."""
+    from imagetext.models.card import write_model_card as save_card
+
     rows = {**(compared or {}), f"{folder.name} (this model)": result.best_metrics}
-    card = f"""# {folder.name}
+    body = f"""# {folder.name}
 
 Trained with `imagetext train clip --mode {mode}` on {train.summary()}
 (sources: {', '.join(train.sources)}); selected on the validation data ({val.summary()}) by
@@ -117,7 +129,9 @@ the exported tower, texts through the text tower), next to the models named by `
 - learned temperature: {result.temperature:.4f}; training time {result.seconds / 60:.1f} min
 {extra}
 """
-    (folder / "README.md").write_text(card)
+    save_card(folder, body, folder.name, scores={k: result.best_metrics[k] for k in RECALLS},
+              score_names=RECALL_NAMES, task="image-text-retrieval", dataset=_dataset_name(val.sources),
+              dataset_split="validation", tags=["image-text-retrieval", f"train-clip-{mode}"])
     (folder / "training_history.json").write_text(json.dumps(result.history, indent=1) + "\n")
 
 
