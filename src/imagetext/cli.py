@@ -536,8 +536,9 @@ def train_captioner_cmd(
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for PyTorch.")] = None,
     init: Annotated[str | None, typer.Option(
         "--init", help="Fine-tune a pretrained transformers captioner instead (BLIP or "
-        "VisionEncoderDecoder: a folder or hub id), end to end in batches of 8 pairs; uses "
-        "--epochs, --lr (default 1e-5), --seed, --name; writes the model to --out.")] = None,
+        "VisionEncoderDecoder: a folder or hub id), end to end in batches of 8 pairs (all of "
+        "them when fewer); uses --epochs, --lr (constant, default 1e-5), --seed, --name; keeps "
+        "the epoch of lowest validation loss (the starting weights count) in --out.")] = None,
 ):
     """Train a captioner (Show-Attend-Tell or transformer) on cached image features."""
     if init:
