@@ -85,10 +85,10 @@ def test_the_end_of_a_caption_is_rewarded_too():
     plain = CiderD([[r.split() for r in refs] for refs in REFS])
     full, cut = tok.encode("a dog runs on the grass"), tok.encode("a dog runs on the")
     assert _reward_words(tok, full)[-1] == EOS
-    assert _reward_words(tok, full[:-1]) == "a dog runs on the grass".split()  # never ended
+    assert _reward_words(tok, full[:-1]) == ["a", "dog", "runs", "on", "the", "grass"]  # never ended
     # with the end marker scored, the cut-off caption loses more against the complete one
     gap_with_end = cider.score(_reward_words(tok, full), 0) - cider.score(_reward_words(tok, cut), 0)
-    gap_without = plain.score("a dog runs on the grass".split(), 0) - plain.score("a dog runs on the".split(), 0)
+    gap_without = plain.score(["a", "dog", "runs", "on", "the", "grass"], 0) - plain.score(["a", "dog", "runs", "on", "the"], 0)
     assert gap_with_end > gap_without > 0
 
 
