@@ -86,11 +86,11 @@ def pipeline(files: list[Path], model_name: str, batch_size: int) -> tuple[float
             shutil.copy(f, root / f.name)
         col = Collection.open(root, model=model_name)
         start = time.perf_counter()
-        report = col.index(progress=False, batch_size=batch_size)
+        report = col.index(batch_size=batch_size)
         seconds = time.perf_counter() - start
         assert report.embedded == len(files), report
         start = time.perf_counter()
-        again = col.index(progress=False)
+        again = col.index()
         noop = time.perf_counter() - start
         assert again.embedded == 0
     return len(files) / seconds, noop

@@ -46,6 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from imagetext.api import Collection
+    from imagetext.index.search import ScoreOffsets
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "photos"
@@ -54,9 +55,10 @@ def main() -> None:
             shutil.copy(p, folder / p.name)
         col = Collection.open(folder, index_dir=Path(tmp) / "index")
         t = time.perf_counter()
-        col.index(progress=False)
+        col.index()
         print(f"indexed {len(col)} photos in {time.perf_counter() - t:.1f}s with {col.encoder.name}")
         encoder = col.encoder
+        offsets = ScoreOffsets(col)
         if not encoder.offsets_key:
             raise SystemExit(f"{encoder.name} has no hubness correction: nothing to compare")
         for k in args.k:
@@ -64,11 +66,11 @@ def main() -> None:
             stored_ms, computed_ms, search_ms = [], [], []
             for q in QUERIES:
                 vec = encoder.encode_texts([q])[0]
-                _, ids = col._vector_index("semantic").search(vec[None], pool)
+                _, ids = col.vector_index("semantic").search(vec[None], pool)
                 ids = [int(i) for i in ids[0] if i >= 0]
                 vecs_by_id = col.store.vectors(ids, "semantic")
                 vecs = np.stack([vecs_by_id[i] for i in ids])
-                stored_ms.append(median_ms(lambda: col._image_offsets(ids, vecs)))
+                stored_ms.append(median_ms(lambda: offsets.of(ids, vecs)))
                 computed_ms.append(median_ms(lambda: encoder.image_offsets(vecs)))
                 search_ms.append(median_ms(lambda: col.search(q, k=k)))
             stored, computed = statistics.median(stored_ms), statistics.median(computed_ms)

@@ -161,7 +161,7 @@ def indexed_gallery(tmp_path_factory) -> Path:
     for path in flickr_images(24):
         shutil.copy(path, root / "flickr" / path.name)
     with Collection.open(root, model="aligned-flickr8k") as col:
-        col.index(progress=False)
+        col.index()
     return root
 
 
@@ -215,7 +215,7 @@ def test_search_without_a_calibration_has_no_relevance(tmp_path, photos):
     for name in ("chelsea", "coffee"):
         shutil.copy(photos[name], tmp_path / photos[name].name)
     with Collection.open(tmp_path, model="conse") as col:
-        col.index(progress=False)
+        col.index()
         hits = col.search("a cat", k=2)
     assert Path(hits[0].path).name == "chelsea.png"
     assert [(h.relevance, h.match) for h in hits] == [(None, None)] * 2
@@ -225,13 +225,13 @@ def test_search_without_a_calibration_has_no_relevance(tmp_path, photos):
 def test_captioned_results_are_rated_by_the_captioned_map(tmp_path, default):
     from imagetext.api import Collection
     from imagetext.caption.registry import load_captioner
-    from imagetext.index.collection import CAPTION_WEIGHT
+    from imagetext.index.fusion import CAPTION_WEIGHT
     from imagetext.models.calibration import search_relevance
 
     for path in flickr_images(8):
         shutil.copy(path, tmp_path / path.name)
     with Collection.open(tmp_path, model="aligned-flickr8k") as col:
-        col.index(progress=False, captioner=load_captioner(None))
+        col.index(captioner=load_captioner(None))
         hits = col.search("Three dogs on a grassy hill", k=8)
     assert all(h.caption for h in hits)  # every result fused with its caption
     assert Path(hits[0].path).name == "1032122270_ea6f0beedb.jpg" and hits[0].match == "strong"

@@ -73,7 +73,7 @@ def test_the_example_searches_find_their_photo_with_the_default_model(tmp_path):
 
     root = prepare_demo_gallery(tmp_path / "demo")
     with Collection.open(root) as col:
-        report = col.index(progress=False)
+        report = col.index()
         assert report.added == len(demo_photos()) and not report.failed
         for query, expected in EXAMPLE_QUERIES:
             top3 = [Path(hit.path).name for hit in col.search(query, k=3)]

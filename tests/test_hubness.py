@@ -84,7 +84,7 @@ def test_search_rank_and_classify_order_by_the_corrected_scores(hub_model, galle
 
     encoder = AlignedEncoder.from_pretrained(hub_model)
     col = Collection.open(gallery, model=str(hub_model))
-    col.index(progress=False, batch_size=8)
+    col.index(batch_size=8)
     paths = sorted(str(p) for p in gallery.rglob("*") if p.suffix in (".png", ".jpg"))
     images = encoder.encode_images(paths).semantic
     for query in ("a cat", "a dog runs through the grass"):
@@ -109,7 +109,7 @@ def test_index_stores_each_images_offset_and_search_reports_the_query_scale(hub_
     encoder = AlignedEncoder.from_pretrained(hub_model)
     index_dir = tmp_path / "index"
     col = Collection.open(gallery, index_dir=index_dir, model=str(hub_model))
-    col.index(progress=False, batch_size=8)
+    col.index(batch_size=8)
     store = col.store
     assert store.ids_without_offset() == []
     ids = [i for _, _, i in store.file_states().values()]

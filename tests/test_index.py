@@ -20,7 +20,7 @@ from imagetext.api import Collection, ModelMismatchError
 
 def _index(root: Path, **kw):
     col = Collection.open(root)
-    return col, col.index(progress=False, batch_size=8, **kw)
+    return col, col.index(batch_size=8, **kw)
 
 
 def test_search_and_similar_on_real_photos(gallery, photos, tmp_path):
@@ -49,7 +49,7 @@ def test_incremental_reindex(gallery, photos):
     col, first = _index(gallery)
     assert first.embedded == 30
 
-    again = col.index(progress=False)
+    again = col.index()
     assert (again.embedded, again.added, again.removed, again.unchanged) == (0, 0, 0, 30)
 
     # a touched file (same content, new mtime) is not re-embedded
@@ -60,7 +60,7 @@ def test_incremental_reindex(gallery, photos):
     (gallery / "rocket.jpg").unlink()
     # a changed file is re-embedded under the same path
     Image.open(photos["rocket"]).convert("RGB").save(gallery / "astronaut.png")
-    report = col.index(progress=False)
+    report = col.index()
     assert report.embedded == 1 and report.updated == 1
     assert report.duplicates == 1 and report.removed == 1 and report.added == 1
     assert len(col) == 30
@@ -84,28 +84,28 @@ def test_corrupt_files_are_skipped_and_reported(gallery):
     assert "not an image" in failed["broken.jpg"]
     assert Path(col.search("a cat", k=1)[0].path).name == "chelsea.png"
     # reported again on the next run, without trying (and failing) to decode them again
-    again = col.index(progress=False)
+    again = col.index()
     assert set(dict(again.failed)) == {"broken.jpg", "flickr/half.png"} and again.embedded == 0
     # once fixed, the file is indexed
     shutil.copy(gallery / "coffee.png", gallery / "broken.jpg")
-    fixed = col.index(progress=False)
+    fixed = col.index()
     assert dict(fixed.failed).keys() == {"flickr/half.png"} and len(col) == 31
 
 
 def test_interrupted_run_keeps_finished_batches_and_resumes(gallery):
     col = Collection.open(gallery)
 
-    def stop_after_two_batches(done, total):
-        if done == 17:
+    def stop_after_two_batches(event):
+        if event.stage == "embed" and event.done == 17:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        col.index(progress=False, batch_size=8, on_progress=stop_after_two_batches)
+        col.index(batch_size=8, on_progress=stop_after_two_batches)
     kept = len(col)
     assert 8 <= kept < 30
     reopened = Collection.open(gallery)
     assert len(reopened.search("a photo", k=50)) == kept  # FAISS in step with SQLite
-    report = reopened.index(progress=False, batch_size=8)
+    report = reopened.index(batch_size=8)
     assert report.embedded == 30 - kept and len(reopened) == 30
 
 
@@ -138,7 +138,7 @@ def test_killed_indexer_leaves_an_index_that_opens(tmp_path):
     kept = len(col)
     assert 16 <= kept < 160
     assert len(col.search("a dog", k=500)) == kept
-    report = col.index(progress=False)
+    report = col.index()
     assert report.embedded == 160 - kept and len(col) == 160
 
 
@@ -153,7 +153,7 @@ def test_damaged_faiss_file_is_rebuilt(gallery):
 def test_approximate_index_types_agree_with_exact(gallery, kind):
     col, _ = _index(gallery)
     exact = [r.id for r in col.search("a cup of coffee", k=3)]
-    col.index(progress=False, index_type=kind)
+    col.index(index_type=kind)
     assert col.status()["index_type"] == kind
     assert col.search("a cup of coffee", k=3)[0].id == exact[0]
 
@@ -167,7 +167,7 @@ def test_index_refuses_vectors_from_another_model(gallery):
         Collection.open(gallery, model="conse")
     rebuilt = Collection.open(gallery, model="conse", reindex=True)
     assert len(rebuilt) == 0
-    rebuilt.index(progress=False)
+    rebuilt.index()
     assert len(rebuilt) == 30 and rebuilt.status()["model"] == rebuilt.encoder.name
 
 
@@ -197,13 +197,13 @@ def test_stored_captions_are_searched_as_text_too(gallery):
     records = {Path(r.path).name: r.id for r in col.search("a photo", k=30)}
     vecs = col.encoder.encode_texts(list(captions.values()))
     col.store.set_captions([(records[name], text, v) for (name, text), v in zip(captions.items(), vecs)])
-    col._vector_index("caption").rebuild()
+    col.vector_index("caption").rebuild()
     after = col.search(query, k=3)
     assert Path(after[0].path).name == target and after[0].caption == query
     assert before.index(target) >= 0  # it was in the collection all along
     assert Collection.open(gallery).status()["n_captioned"] == len(captions)
     # semantic and visual FAISS files stay current: captions change only the caption index
-    assert col._vector_index("semantic").is_current() and col._vector_index("visual").is_current()
+    assert col.vector_index("semantic").is_current() and col.vector_index("visual").is_current()
 
 
 def test_index_records_the_model_itself_not_the_default_alias(gallery, monkeypatch):
@@ -251,7 +251,7 @@ def test_index_notices_new_weights_under_the_same_model_name(gallery, tmp_path):
 
     model = _retrained_copy(registry.PRETRAINED_DIR / registry.DEFAULT_MODEL, tmp_path / "model", seed=0)
     col = Collection.open(gallery, model=str(model))
-    col.index(progress=False, batch_size=8)
+    col.index(batch_size=8)
     assert col.store.get_meta("model_fingerprint") == col.encoder.fingerprint
     col.close()
 
@@ -261,7 +261,7 @@ def test_index_notices_new_weights_under_the_same_model_name(gallery, tmp_path):
         Collection.open(gallery).search("a cat", k=1)
     rebuilt = Collection.open(gallery, model=str(model), reindex=True)
     assert len(rebuilt) == 0 and "other weights" in rebuilt.cleared_because
-    rebuilt.index(progress=False, batch_size=8)
+    rebuilt.index(batch_size=8)
     assert Path(rebuilt.search("a cat", k=1)[0].path).name == "chelsea.png"
 
     # an index written before fingerprints were recorded is checked once by re-encoding
@@ -301,7 +301,7 @@ def test_serve_rebuilds_a_stale_demo_index(tmp_path, capsys):
     root = prepare_demo_gallery(tmp_path / "demo")
     model = _retrained_copy(registry.PRETRAINED_DIR / registry.DEFAULT_MODEL, tmp_path / "m", seed=0)
     with Collection.open(root, model=str(model)) as col:
-        col.index(progress=False)
+        col.index()
         col.store.set_meta("model_ref", registry.DEFAULT_MODEL)  # as if an older default built it
     registry._CACHE.clear()
     query, expected = EXAMPLE_QUERIES[0]
@@ -312,3 +312,97 @@ def test_serve_rebuilds_a_stale_demo_index(tmp_path, capsys):
     with Collection.open(root) as col:
         assert col.store.get_meta("model_fingerprint") == col.encoder.fingerprint
         assert Path(col.search(query, k=1)[0].path).name == expected
+
+
+def _embedded_elsewhere(root: Path, encoder) -> list:
+    """Every photo under `root` embedded outside the collection, as a distributed indexer
+    would: the collection's model through the encoder, file facts from the file."""
+    import hashlib
+
+    from imagetext.index.records import EmbeddedImage
+
+    files = sorted(p for p in root.rglob("*") if p.is_file() and ".imagetext" not in p.parts)
+    emb = encoder.encode_images(files)
+    records = []
+    for j, path in enumerate(files):
+        st, data = path.stat(), path.read_bytes()
+        with Image.open(path) as img:
+            width, height = img.size
+        records.append(EmbeddedImage(path.relative_to(root).as_posix(), st.st_size, st.st_mtime,
+                                     hashlib.sha1(data).hexdigest(), width, height,
+                                     emb.semantic[j], emb.visual[j]))
+    return records
+
+
+def test_embedded_images_added_from_outside_search_like_local_indexing(gallery, tmp_path):
+    import dataclasses
+
+    from imagetext.errors import InvalidInputError
+    from imagetext.index.records import IndexProgress
+
+    local, _ = _index(gallery)
+    other = tmp_path / "other"
+    shutil.copytree(gallery, other, ignore=shutil.ignore_patterns(".imagetext"))
+    records = _embedded_elsewhere(other, local.encoder)
+    col = Collection.open(other)
+
+    # vectors of another size, or a path outside the folder, are refused before anything is stored
+    bad = dataclasses.replace(records[0], visual=records[0].visual[:10])
+    with pytest.raises(InvalidInputError, match="visual vector has shape"):
+        col.add_embedded([bad])
+    escaping = dataclasses.replace(records[0], path="../outside.png")
+    with pytest.raises(InvalidInputError, match="not a path relative"):
+        col.add_embedded([escaping])
+    assert len(col) == 0
+
+    # interrupted after the first batch: that batch is kept, FAISS in step with SQLite
+    def stop_after_one_batch(event):
+        if event.done == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        col.add_embedded(records, batch_size=8, on_progress=stop_after_one_batch)
+    reopened = Collection.open(other)
+    assert len(reopened) == 8 and len(reopened.search("a photo", k=50)) == 8
+
+    events = []
+    report = reopened.add_embedded(records, batch_size=8, on_progress=events.append)
+    assert (report.added, report.updated, report.failed) == (22, 8, [])
+    assert events[-1] == IndexProgress("add", 30, 30) and len(reopened) == 30
+
+    def answers(c, results):
+        return [(Path(r.path).relative_to(c.root).as_posix(), round(r.score, 4)) for r in results]
+
+    for query in ("a cat", "a cup of coffee", "a dog running on the grass", "a rocket launch"):
+        assert answers(reopened, reopened.search(query, k=10)) == answers(local, local.search(query, k=10))
+    assert (answers(reopened, reopened.similar(str(other / "chelsea.png"), k=5))
+            == answers(local, local.similar(str(gallery / "chelsea.png"), k=5)))
+    # a local run afterwards finds every file indexed: nothing goes through the model again
+    again = reopened.index()
+    assert (again.embedded, again.added, again.unchanged) == (0, 0, 30)
+    # a caption that comes without its vector gets one from the model's text tower
+    coffee = next(r for r in records if r.path == "coffee.png")
+    caption = "a white cup of black coffee on a saucer"
+    assert reopened.add_embedded([dataclasses.replace(coffee, caption=caption)]).updated == 1
+    assert reopened.status()["n_captioned"] == 1
+    assert reopened.search(caption, k=1)[0].caption == caption
+
+
+def test_cli_index_draws_its_progress_bars_unless_quiet(gallery):
+    import json
+
+    def index(*args):
+        cmd = [sys.executable, "-m", "imagetext.cli", "index", str(gallery), "--batch-size", "8", *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    drawn = index()
+    assert "scanning" in drawn.stderr and "indexing" in drawn.stderr, drawn.stderr
+    assert "30/30" in drawn.stderr and "img/s" in drawn.stderr
+    assert "30 images indexed" in drawn.stdout
+    (gallery / "rocket.jpg").unlink()
+    quiet = index("-q")
+    assert quiet.stderr == "" and "1 removed" in quiet.stdout
+    as_json = index("--json")
+    assert as_json.stderr == "" and json.loads(as_json.stdout)["n_images"] == 29

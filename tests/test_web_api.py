@@ -367,7 +367,7 @@ def test_a_model_without_calibration_shows_no_numbers_it_cannot_explain(server, 
     from tests.web_server import start_server
 
     with Collection.open(server.root, index_dir=tmp_path / "index", model="conse") as col:
-        col.index(progress=False)
+        col.index()
     app = create_app(server.root, model="conse", index_dir=tmp_path / "index", captioner=None)
     uvicorn_server, thread, url = start_server(app)
     try:

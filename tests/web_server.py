@@ -87,7 +87,7 @@ def shared_server() -> WebServer:
     outside = workdir / "outside.png"
     shutil.copy(root / "coffee.png", outside)
     with Collection.open(root) as col:
-        report = col.index(progress=False)
+        report = col.index()
         n_images = len(col)
         model = col.status()["model"]
     assert not report.failed, report.failed

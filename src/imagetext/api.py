@@ -2,7 +2,7 @@
 
     from imagetext.api import Collection, caption, classify, rank
     col = Collection.open("~/Pictures")
-    col.index()                         # incremental, with a progress bar
+    col.index()                         # incremental; on_progress= gets progress events
     col.search("a dog on a beach", k=10)
     col.similar("query.jpg", k=10)
     classify(["cat.jpg"], ["cat", "dog", "car"])

@@ -47,6 +47,11 @@ IndexDirOpt = Annotated[Path | None, typer.Option(
     "--index-dir", help="Where the index lives (default: <folder>/.imagetext).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 KOpt = Annotated[int, typer.Option("-k", "--top-k", min=1, max=10000, help="Number of results.")]
+RayOpt = Annotated[str | None, typer.Option(
+    "--ray", metavar="ADDRESS", help="Embed on a Ray cluster: its address (HOST:PORT of the "
+    "head), or `auto` for the one started on this machine with `ray start` (else a new local "
+    "one). Every node must see the files at the same paths. Needs `pip install "
+    "'imagetext[ray]'`; see docs/DISTRIBUTED.md.")]
 
 
 class CliError(ImagetextError):
@@ -147,10 +152,15 @@ def index(
         from imagetext.caption.registry import load_captioner
 
         captioner = load_captioner(None)
+    from imagetext.progress import IndexProgressBars
+
     try:
-        report = col.index(progress=not (quiet or as_json), batch_size=batch_size,
-                           workers=workers, index_type=index_type, captioner=captioner,
-                           max_file_bytes=int(max_file_mb * 2**20), follow_links=follow_links)
+        with IndexProgressBars() as bars:  # draws only when called
+            report = col.index(on_progress=None if quiet or as_json else bars,
+                               batch_size=batch_size, workers=workers,
+                               index_type=index_type, captioner=captioner,
+                               max_file_bytes=int(max_file_mb * 2**20),
+                               follow_links=follow_links)
     except KeyboardInterrupt:  # typer turns it into exit 130 without a word
         print("interrupted; finished batches are kept, run the command again to resume",
               file=sys.stderr)
@@ -169,17 +179,6 @@ def index(
         print(f"{len(report.failed)} files not indexed:", file=sys.stderr)
         for path, reason in report.failed:
             print(f"  {_printable(path)}: {reason}", file=sys.stderr)
-
-
-@app.command()
-def search(
-    query: Annotated[str, typer.Argument(help="What to look for, in words.")],
-    k: KOpt = 10,
-RayOpt = Annotated[str | None, typer.Option(
-    "--ray", metavar="ADDRESS", help="Embed on a Ray cluster: its address (HOST:PORT of the "
-    "head), or `auto` for the one started on this machine with `ray start` (else a new local "
-    "one). Every node must see the files at the same paths. Needs `pip install "
-    "'imagetext[ray]'`; see docs/DISTRIBUTED.md.")]
 
 
 @app.command()
@@ -227,29 +226,24 @@ def embed(
         items, skipped = list_items(files, root, max_bytes)
     else:
         items, skipped = tar_items(tar, max_bytes)
-    bar, done, start = None, 0, time.perf_counter()
+    from imagetext.index.records import IndexProgress
+    from imagetext.progress import IndexProgressBars
 
-    def begin(todo: int) -> None:
-        nonlocal bar, start
-        start = time.perf_counter()
-        if todo and not (quiet or as_json):
-            from imagetext.index.collection import _progress_bar
+    done, todo, start = 0, 0, time.perf_counter()
+    with IndexProgressBars() as bars:
+        def begin(n: int) -> None:
+            nonlocal todo, start
+            todo, start = n, time.perf_counter()
 
-            bar = _progress_bar(todo, "embedding")
+        def advance(batch) -> None:
+            nonlocal done
+            done += len(batch)
+            if not (quiet or as_json):
+                bars(IndexProgress("embedding", done, todo))
 
-    def advance(batch) -> None:
-        nonlocal done
-        done += len(batch)
-        if bar:
-            bar.update(done)
-
-    try:
         meta = write_embeddings(items, out, model=model, ray=ray, shard_size=shard_size,
                                 dtype=dtype, batch_size=batch_size, workers=workers,
                                 max_file_bytes=max_bytes, on_start=begin, on_batch=advance)
-    finally:
-        if bar:
-            bar.close()
     seconds = time.perf_counter() - start
     if as_json:
         _print_json({**meta, "embedded_now": done, "seconds": round(seconds, 2),
@@ -272,6 +266,10 @@ def _shard_failures(out: Path) -> list[tuple[str, str]]:
     return [f for batch in read_shards(out) for f in batch.failed]
 
 
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in words.")],
+    k: KOpt = 10,
     collection: CollectionOpt = None,
     index_dir: IndexDirOpt = None,
     model: ModelOpt = None,

@@ -1,6 +1,6 @@
 """How search fuses an image's score with its stored caption's similarity to the query.
 
-Written once: search (index/collection.py), the fit of its relevance map
+Written once: search (index/search.py), the fit of its relevance map
 (train/calibrate.py) and `imagetext eval retrieval --with-captions` all call it, so that
 what is evaluated and calibrated is what search does.
 """

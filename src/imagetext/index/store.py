@@ -1,7 +1,7 @@
 """SQLite metadata store: one row per indexed image, with its vectors.
 
 SQLite is the source of truth. Each image row holds its path (relative to the collection
-root), size, mtime, content hash, pixel size, room for a caption and labels, both
+root), size, mtime, content hash, pixel size, room for a caption, both
 vectors as blobs, and the image's score offset under the model's hubness correction
 (computed once per image at indexing time, so that search does not recompute it per
 query; NULL until computed, and all reset when the model's correction changes); the FAISS
@@ -41,6 +41,7 @@ from imagetext.errors import (
     IndexReadOnlyError,
     IndexWriteError,
 )
+from imagetext.index.records import EmbeddedImage
 
 # Version 2: caption vectors and score offsets are columns of every index, and the unused
 # `labels` column is gone. An older index is brought up to date by MIGRATIONS when it is
@@ -84,20 +85,6 @@ class ImageRecord:
     width: int
     height: int
     caption: str | None = None
-
-
-@dataclass
-class NewImage:
-    path: str
-    size: int
-    mtime: float
-    sha1: str
-    width: int
-    height: int
-    semantic: np.ndarray
-    visual: np.ndarray
-    caption: str | None = None
-    caption_vector: np.ndarray | None = None  # the caption through the text encoder
 
 
 _COLUMNS = "id, path, size, mtime, sha1, width, height, caption"
@@ -458,7 +445,7 @@ class MetadataStore:
             yield ids, np.stack([blob_to_vector(r[1], kind) for r in rows])
 
     # -- writes (each call is one transaction) ------------------------------------------
-    def add_batch(self, images: list[NewImage], replace_ids: Iterable[int] = ()) -> list[int]:
+    def add_batch(self, images: list[EmbeddedImage], replace_ids: Iterable[int] = ()) -> list[int]:
         """Insert images (replacing the rows `replace_ids` of changed files); returns new ids."""
         now = time.time()
         ids = []

@@ -379,7 +379,7 @@ def _search_rows(encoder, d: _Data, images: np.ndarray, texts: np.ndarray,
                 for k, p in concept.items()}
 
     def search_scores(query_vecs: np.ndarray) -> np.ndarray:
-        """(n_queries, n_images): Collection._scored_search's scores."""
+        """(n_queries, n_images): the scores of Searcher.scored_search (index/search.py)."""
         scores = query_vecs @ images.T - image_off[None, :]
         if caption_vecs is not None:
             scores = fuse_caption_scores(scores, query_vecs @ caption_vecs.T, caption_weight)

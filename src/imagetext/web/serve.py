@@ -18,7 +18,10 @@ def index_collection(root: Path, model: Any = None, index_dir: Path | None = Non
     with Collection.open(root, index_dir=index_dir, model=model, reindex=rebuild_if_stale) as collection:
         if collection.cleared_because:
             print(f"{collection.cleared_because}\nRebuilding the demo gallery's index.", file=sys.stderr)
-        report = collection.index(progress=sys.stderr.isatty())
+        from imagetext.progress import IndexProgressBars
+
+        with IndexProgressBars() as bars:
+            report = collection.index(on_progress=bars if sys.stderr.isatty() else None)
         print(
             f"{len(collection)} images indexed in {root}: {report.added} added, "
             f"{report.updated} updated, {report.removed} removed, {report.unchanged} unchanged.",
