@@ -66,8 +66,10 @@ def test_a_schema_1_index_migrates_and_answers_as_before(legacy):
     db = sqlite3.connect(legacy / ".imagetext" / "index.sqlite")
     version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
     columns = {r[1] for r in db.execute("PRAGMA table_info(images)")}
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     db.close()
-    assert int(version) == SCHEMA_VERSION == 2
+    assert int(version) == SCHEMA_VERSION == 3
+    assert {"clusters", "cluster_members"} <= tables  # version 3: albums (index/clusters.py)
     if sqlite3.sqlite_version_info >= (3, 35):
         assert "labels" not in columns
 

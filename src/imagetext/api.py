@@ -8,6 +8,7 @@
     classify(["cat.jpg"], ["cat", "dog", "car"])
     rank("a sunset over the sea", ["a.jpg", "b.jpg"])
     caption(["a.jpg"]).results[0].caption
+    cluster("~/Pictures", k=16).clusters      # albums: PCA + k-means, named from the photos
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from imagetext.errors import InvalidInputError
+from imagetext.index.clusters import Cluster, Clustering  # noqa: F401  (re-exported)
 from imagetext.index.collection import (  # noqa: F401  (re-exported)
     Collection,
     IndexBusyError,
@@ -294,3 +296,24 @@ def caption(images: Sequence[ImageSource], model: str | Captioner | None = None,
         results.extend(CaptionResult(name, [(c, float(s)) for c, s in hyps])
                        for name, hyps in zip(batch, out))
     return CaptionReport(captioner.name, results, failed)
+
+
+def cluster(collection: Collection | str, k: int | None = None,
+            vectors: str = "semantic", seed: int = 0) -> Clustering:
+    """Group a collection (a Collection, or its folder as a str or Path) into albums: PCA
+    then FAISS k-means over the images' `vectors` ("semantic": what they show, or "visual":
+    how they look), `k` clusters (default: index.clusters.default_k of its size), each named
+    from its members' captions, or from everyday labels the model reads when there are none.
+    Stored in the index, replacing earlier albums (see index/clusters.py)."""
+    if isinstance(collection, Collection):
+        return collection.cluster(k, vectors, seed)
+    with Collection.open(collection) as col:
+        return col.cluster(k, vectors, seed)
+
+
+def clusters(collection: Collection | str) -> Clustering | None:
+    """The albums stored in a collection's index, or None when it has none for its model."""
+    if isinstance(collection, Collection):
+        return collection.clusters()
+    with Collection.open(collection) as col:
+        return col.clusters()

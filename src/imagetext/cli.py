@@ -433,6 +433,49 @@ def info(
                  if runtime.get("runtime_fallback") else ""))
 
 
+@app.command()
+def cluster(
+    folder: Annotated[Path | None, typer.Argument(
+        help="The indexed folder. Default: as for search (-c, $IMAGETEXT_COLLECTION, or the "
+        "nearest indexed folder at or above this one).")] = None,
+    k: Annotated[int | None, typer.Option(
+        "--k", "-k", min=2, max=64, help="Number of albums. Default: sqrt(n/4) for n images, "
+        "2 to 32 (16 for 1000 images).")] = None,
+    vectors: Annotated[str, typer.Option(
+        help="semantic (what the photos show) or visual (how they look).")] = "semantic",
+    seed: Annotated[int, typer.Option(help="k-means seed (the same seed, the same albums).")] = 0,
+    show: Annotated[bool, typer.Option(
+        "--show", help="Show the stored albums instead of clustering again.")] = False,
+    collection: CollectionOpt = None,
+    index_dir: IndexDirOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Group the collection into albums by what is in the photos (PCA, then k-means).
+
+    Each album is named by the caption words most particular to it (an index made with
+    --caption), or else by the everyday labels the model finds most particular to its
+    photos; it is stored in the index (the web app's Explore page shows it) until the next
+    run, or until the index is rebuilt for another model.
+    """
+    col = _open_collection(folder or collection, index_dir, None)
+    with col:
+        result = col.clusters() if show else col.cluster(k, vectors, seed)
+        if result is None:
+            raise CliError(f"no albums stored for {col.root}; run `imagetext cluster` first")
+        if as_json:
+            _print_json(result.to_dict())
+            return
+        print(f"{len(result.clusters)} albums of {result.n_images} images ({result.vectors} "
+              f"vectors, PCA to {result.dims} dimensions, k-means k={result.k}; named from "
+              f"{result.named_by}; {result.seconds:.1f} s)")
+        for c in result.clusters:
+            typical = f'  "{c.captions[0]}"' if c.captions else ""
+            print(f"{c.id:3d}. {c.size:5d}  {c.name}{typical}")
+        if result.stale:
+            print(f"{result.unclustered} images were indexed since: run `imagetext cluster` "
+                  f"again to place them", file=sys.stderr)
+
+
 @eval_app.command("retrieval")
 def eval_retrieval(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder or caption file "

@@ -28,13 +28,16 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
+
 from imagetext.errors import (  # ModelMismatchError, IndexBusyError: also imported from here
     IndexBusyError,
     IndexCorruptError,
     IndexLocationError,
     ModelMismatchError,
 )
-from imagetext.index import compat
+from imagetext.index import clusters, compat
+from imagetext.index.clusters import Cluster, Clustering
 from imagetext.index.compat import DB_NAME, REBUILD_DIRNAME
 from imagetext.index.indexer import Indexer
 from imagetext.index.lock import WriterLock
@@ -226,6 +229,16 @@ class Collection:
                                               writing=self.lock.try_writing)
         return self._vectors[kind]
 
+    def vectors(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every image that has a vector of `kind` ("semantic", "visual" or
+        "caption"), in id order, as float32: the one way to read the stored vectors whole."""
+        parts = list(self.store.iter_vectors(kind))
+        if not parts:
+            dim = int(self.store.get_meta("visual_dim" if kind == "visual" else "dim") or 0)
+            return np.empty(0, dtype=np.int64), np.empty((0, dim), dtype=np.float32)
+        return (np.concatenate([ids for ids, _ in parts]),
+                np.concatenate([vecs for _, vecs in parts]).astype(np.float32, copy=False))
+
     # -- writing (indexer.py) ----------------------------------------------------------------
     def index(
         self,
@@ -314,6 +327,20 @@ class Collection:
     def similar(self, image, k: int = 10) -> list[SearchResult]:
         """Images most like `image`: a path, bytes or PIL image, or the id of an indexed image."""
         return self._searcher.similar(image, k)
+
+    def cluster(self, k: int | None = None, vectors: str = "semantic", seed: int = 0) -> Clustering:
+        """Group the images into `k` albums (default: clusters.default_k of the collection's
+        size) by PCA + FAISS k-means over their `vectors`, name each from its members, and store
+        them in the index, replacing earlier ones (index/clusters.py)."""
+        return clusters.cluster_collection(self, k, vectors, seed)
+
+    def clusters(self) -> Clustering | None:
+        """The stored albums, or None when there are none for this model and build."""
+        return clusters.load(self)
+
+    def cluster_members(self, cluster_id: int) -> tuple[Cluster, list[SearchResult]]:
+        """One album and its photos, most typical first; KeyError if there is no such album."""
+        return clusters.cluster_of(self, cluster_id)
 
     def get(self, image_id: int) -> SearchResult:
         return self._searcher.result(self.store.get(image_id), 1.0)

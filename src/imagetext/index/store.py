@@ -46,7 +46,23 @@ from imagetext.index.records import EmbeddedImage
 # Version 2: caption vectors and score offsets are columns of every index, and the unused
 # `labels` column is gone. An older index is brought up to date by MIGRATIONS when it is
 # opened for writing (one transaction per step); read-only, it is read as it is.
-SCHEMA_VERSION = 2
+# Version 3: the tables of `imagetext cluster`'s albums (index/clusters.py).
+SCHEMA_VERSION = 3
+
+CLUSTER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS clusters (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    keywords TEXT NOT NULL,
+    captions TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cluster_members (
+    image_id INTEGER PRIMARY KEY,
+    cluster_id INTEGER NOT NULL,
+    score REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cluster_members_cluster ON cluster_members (cluster_id, score);
+"""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,7 +88,7 @@ CREATE TABLE IF NOT EXISTS failures (
     mtime REAL NOT NULL,
     reason TEXT NOT NULL
 );
-"""
+""" + CLUSTER_SCHEMA
 
 
 @dataclass
@@ -129,8 +145,14 @@ def _migrate_to_2(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE images DROP COLUMN labels")
 
 
+def _migrate_to_3(db: sqlite3.Connection) -> None:
+    for statement in CLUSTER_SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 # schema version -> the step that brings an index of the version before it up to it
-MIGRATIONS = {2: _migrate_to_2}
+MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3}
 
 
 def _uri(path: Path, **params: str) -> str:
