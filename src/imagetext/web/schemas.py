@@ -120,6 +120,46 @@ class StatusResponse(BaseModel):
     captioner: CaptionerStatus
 
 
+class Album(BaseModel):
+    """An album of `imagetext cluster`: a cluster of the collection, named from its photos."""
+
+    id: int = Field(description="The album's number (1 is the largest).")
+    name: str = Field(description="Its keywords, joined.")
+    keywords: list[str] = Field(description="The caption words (or, without captions, the "
+                                            "everyday labels) most particular to it.")
+    captions: list[str] = Field(description="Its most typical captions (those of the photos "
+                                            "nearest its centre); empty without captions.")
+    size: int = Field(description="Its photos still indexed.")
+    cover: list[ImageResult] = Field(description="Its most typical photos (score: cosine to "
+                                                 "the album's mean direction).")
+    url: str = Field(description="The album's page.")
+    api_url: str = Field(description="The album's photos as JSON.")
+
+
+class ClustersResponse(BaseModel):
+    """The albums stored in the index; `clusters` is empty until `imagetext cluster` (or POST
+    /api/clusters) makes them, and after the index is rebuilt for another model."""
+
+    clusters: list[Album] = Field(description="Largest first.")
+    k: int | None = Field(None, description="Clusters asked for.")
+    vectors: Literal["semantic", "visual"] | None = Field(
+        None, description="The vectors clustered: semantic (what photos show) or visual.")
+    dims: int | None = Field(None, description="Dimensions after PCA.")
+    n_images: int | None = Field(None, description="Images clustered.")
+    named_by: Literal["captions", "vocabulary"] | None = None
+    model: str | None = None
+    seed: int | None = None
+    seconds: float | None = Field(None, description="Time the clustering took.")
+    created_at: float | None = Field(None, description="When it was made (Unix time).")
+    unclustered: int = Field(description="Indexed images in no album (indexed since).")
+    stale: bool = Field(description="Whether images were indexed since the albums were made.")
+
+
+class AlbumResponse(BaseModel):
+    album: Album
+    results: list[ImageResult] = Field(description="The album's photos, most typical first.")
+
+
 class ValidationProblem(BaseModel):
     loc: list[str | int]
     msg: str

@@ -218,6 +218,38 @@ class WebService:
         # (by id, Collection.similar leaves the query image itself out)
         return [self.result_dict(r) for r in self.collection.similar(source, k=k)]
 
+    # -- albums (index/clusters.py) ----------------------------------------------------
+    def album_dict(self, cluster) -> dict:
+        data = cluster.to_dict()
+        data["cover"] = [self.result_dict(self.collection.get(i)) for i in cluster.cover]
+        data["url"] = f"/explore/{cluster.id}"
+        data["api_url"] = f"/api/clusters/{cluster.id}"
+        return data
+
+    def clusters(self) -> dict:
+        """The stored albums with their covers; `clusters` empty when there are none."""
+        clustering = self.collection.clusters()
+        if clustering is None:
+            return {"clusters": [], "unclustered": len(self.collection), "stale": False}
+        data = clustering.to_dict()
+        data["clusters"] = [self.album_dict(c) for c in clustering.clusters]
+        return data
+
+    def cluster(self, k: int | None, vectors: str) -> dict:
+        """Group the collection into albums again (stored in the index), then list them (bad
+        input: InvalidInputError, a 400; an index busy or read-only: its ImagetextError, a 503)."""
+        self.collection.cluster(k, vectors)
+        return self.clusters()
+
+    def album(self, cluster_id: int) -> dict:
+        """One album and its photos, most typical first; a 404 when there is no such album."""
+        try:
+            cluster, members = self.collection.cluster_members(cluster_id)
+        except KeyError:
+            raise UserError(f"No album {cluster_id} in this collection (albums are numbered "
+                            "from 1; the Explore page lists them).", 404) from None
+        return {"album": self.album_dict(cluster), "results": [self.result_dict(r) for r in members]}
+
     def caption(self, image: Image.Image, beam_size: int, num_return: int) -> dict:
         captioner = self.load_captioner()
         if captioner is None:

@@ -114,6 +114,7 @@ IMAGE_ID = Bounded("id", 0, MAX_ID, say_bounds=False)
 BEAM_SIZE = Bounded("beam_size", 1, MAX_BEAM, label="beam size")
 NUM_RETURN = Bounded("num_return", 1, MAX_BEAM, label="number of captions")
 THRESHOLD = Bounded("threshold", 0.0, 1.0, float, label="The threshold")
+ALBUMS = Bounded("k", 2, 64, label="The number of albums")  # index/clusters.py: MIN_K, MAX_K
 
 
 def given_once(name: str, in_address, in_form):

@@ -1,17 +1,19 @@
 """The JSON API under /api (documented at /docs): every route answers a model of
 `imagetext.web.schemas`, and its errors `schemas.ErrorResponse`."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from imagetext.web.deps import Heavy, K, Service, State, UploadK, WebState
 from imagetext.web.limits import MAX_RANK_IMAGES
 from imagetext.web.schemas import (
     ERRORS,
+    AlbumResponse,
     CaptionResponse,
     ClassifyResponse,
+    ClustersResponse,
     ImageResult,
     RankResponse,
     SearchResponse,
@@ -20,6 +22,7 @@ from imagetext.web.schemas import (
 )
 from imagetext.web.service import CLASSIFY_TEMPLATE, decode_upload
 from imagetext.web.validation import (
+    ALBUMS,
     BEAM_SIZE,
     IMAGE_ID,
     MAX_QUERY_CHARS,
@@ -180,3 +183,30 @@ async def api_rank(
 async def api_image_record(service: Service, image_id: int) -> dict:
     """What the index knows about one image: path, size, caption."""
     return await service.call(service.record, image_id)
+
+
+@router.get("/clusters", tags=["albums"], response_model=ClustersResponse, **json_route)
+async def api_clusters(service: Service) -> dict:
+    """The albums stored in the index (`imagetext cluster`), largest first, with covers."""
+    return await service.call(service.clusters)
+
+
+@router.post("/clusters", tags=["albums"], response_model=ClustersResponse, **json_route)
+async def api_make_clusters(
+    service: Service,
+    heavy: Heavy,
+    k: Annotated[int | None, Query(ge=ALBUMS.low, le=ALBUMS.high, description="Number of albums (default: "
+                                   "sqrt(n/4) for n images, 2 to 32).")] = None,
+    vectors: Annotated[Literal["semantic", "visual"], Query(
+        description="semantic (what the photos show) or visual (how they look).")] = "semantic",
+) -> dict:
+    """Group the collection into albums again (PCA, then k-means) and store them in the index."""
+    async with heavy():
+        return await service.call(service.cluster, k, vectors)
+
+
+@router.get("/clusters/{cluster_id}", tags=["albums"], response_model=AlbumResponse, **json_route)
+async def api_album(service: Service,
+                    cluster_id: Annotated[int, Path(ge=0, le=2**31)]) -> dict:
+    """One album and its photos, most typical first."""
+    return await service.call(service.album, cluster_id)

@@ -1,4 +1,4 @@
-"""The HTML pages: /search, /similar, /caption, /classify and /images/{id}.
+"""The HTML pages: /search, /similar, /caption, /classify, /explore and /images/{id}.
 
 Plain form posts (they work without JavaScript). A page's own bad input is shown on the
 page's form with a 4xx, the form filled in as it was sent; the upload forms keep their
@@ -17,6 +17,7 @@ from imagetext.web.deps import Heavy, State, WebState
 from imagetext.web.service import CLASSIFY_TEMPLATE, decode_upload, preview_data_url
 from imagetext.web.uploads import KeptUpload
 from imagetext.web.validation import (
+    ALBUMS,
     BEAM_SIZE,
     DEFAULT_K,
     IMAGE_ID,
@@ -204,6 +205,40 @@ async def classify_upload_page(request: Request, web: State, heavy: Heavy,
         context["error"], status, headers = exc.message, exc.status, exc.headers
     return await web.render(request, "classify.html", context, status, tab="classify",
                             headers=headers)
+
+
+@router.get("/explore")
+async def explore_page(request: Request, web: State):
+    context = await web.service.call(web.service.clusters)
+    return await web.render(request, "explore.html", context, tab="explore")
+
+
+@router.post("/explore")
+async def explore_make_albums(request: Request, web: State, heavy: Heavy, k: FormText = None,
+                              vectors: FormText = None):
+    """The Explore page's button: group the collection again, then show the albums."""
+    status = 200
+    try:
+        n = ALBUMS.page(k, None) if k else None
+        kind = (vectors or "semantic").strip()
+        if kind not in ("semantic", "visual"):
+            raise UserError(f"Group photos by {shown(kind)}? Choose what they show (semantic) "
+                            "or how they look (visual).")
+        async with heavy():
+            context = await web.service.call(web.service.cluster, n, kind)
+    except UserError as exc:
+        context = await web.service.call(web.service.clusters)
+        context["error"], status = exc.message, exc.status
+    return await web.render(request, "explore.html", context, status, tab="explore")
+
+
+@router.get("/explore/{cluster_id}")
+async def album_page(request: Request, web: State, cluster_id: str):
+    if not re.fullmatch(r"[0-9]{1,9}", cluster_id):
+        raise UserError(f"There is no album {shown(cluster_id)}: album pages are /explore/ and "
+                        "a number, as in the links of the Explore page.", 404)
+    context = await web.service.call(web.service.album, int(cluster_id))
+    return await web.render(request, "explore_album.html", context, tab="explore")
 
 
 @router.get("/images/{image_id}")
