@@ -162,10 +162,11 @@ def test_webdataset_tars_and_file_lists(photos, indexed, tmp_path):
 
     listing = tmp_path / "list.txt"
     listing.write_text("# photos\n" + "\n".join(str(photos / n) for n in names[:4])
-                       + "\nmissing.jpg\n")
+                       + f"\n{photos / 'missing.jpg'}\nelsewhere.jpg\n")
     items, skipped = list_items(listing, root=photos)
     assert [it.rel for it in items] == names[:4]
-    assert skipped == [(str(tmp_path / "missing.jpg"), "file not found")]
+    assert skipped == [("missing.jpg", "file not found"),
+                       (str(tmp_path / "elsewhere.jpg"), f"outside the --root folder {photos}")]
     assert_same_vectors(vectors_of(embed_local(items)), {n: indexed[n] for n in names[:4]})
 
 

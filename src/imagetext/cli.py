@@ -49,9 +49,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 KOpt = Annotated[int, typer.Option("-k", "--top-k", min=1, max=10000, help="Number of results.")]
 RayOpt = Annotated[str | None, typer.Option(
     "--ray", metavar="ADDRESS", help="Embed on a Ray cluster: its address (HOST:PORT of the "
-    "head), or `auto` for the one started on this machine with `ray start` (else a new local "
-    "one). Every node must see the files at the same paths. Needs `pip install "
-    "'imagetext[ray]'`; see docs/DISTRIBUTED.md.")]
+    "head), or `auto` for the one started on this machine with `ray start`. Every node must "
+    "see the files at the same paths. Needs `pip install 'imagetext[ray]'`; see "
+    "docs/DISTRIBUTED.md.")]
 
 
 class CliError(ImagetextError):
@@ -137,11 +137,24 @@ def index(
     follow_links: Annotated[bool, typer.Option(
         "--follow-links", help="Also follow symbolic links that point outside the folder "
         "(links inside it are always followed).")] = False,
+    ray: RayOpt = None,
+    from_embeddings: Annotated[Path | None, typer.Option(
+        "--from-embeddings", metavar="DIR", help="Add the images of `imagetext embed --out DIR` "
+        "(stored relative to FOLDER) instead of reading FOLDER; their model must be the "
+        "index's. Adds and replaces, never removes.")] = None,
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
     """Index a folder: embed new and changed images, drop deleted ones (incremental)."""
     from imagetext.api import Collection
+
+    if from_embeddings is not None:
+        if ray is not None or caption:
+            raise CliError("--from-embeddings adds vectors made already: not with --ray or --caption")
+        if model is None:  # a new index takes the embeddings' model
+            from imagetext.embed.shards import read_meta
+
+            model = read_meta(from_embeddings).get("model_ref")
 
     col = Collection.open(folder, index_dir=index_dir, model=model, reindex=reindex, rebuild=rebuild)
     if col.cleared_because:
@@ -156,11 +169,22 @@ def index(
 
     try:
         with IndexProgressBars() as bars:  # draws only when called
-            report = col.index(on_progress=None if quiet or as_json else bars,
-                               batch_size=batch_size, workers=workers,
-                               index_type=index_type, captioner=captioner,
-                               max_file_bytes=int(max_file_mb * 2**20),
-                               follow_links=follow_links)
+            on_progress = None if quiet or as_json else bars
+            if from_embeddings is not None:
+                from imagetext.embed.distributed import index_from_embeddings
+
+                report = index_from_embeddings(col, from_embeddings, batch_size, on_progress)
+            elif ray is not None:
+                from imagetext.embed.distributed import index_on_ray
+
+                report = index_on_ray(col, ray, batch_size, workers, index_type, on_progress,
+                                      captioner, int(max_file_mb * 2**20), follow_links)
+            else:
+                report = col.index(on_progress=on_progress,
+                                   batch_size=batch_size, workers=workers,
+                                   index_type=index_type, captioner=captioner,
+                                   max_file_bytes=int(max_file_mb * 2**20),
+                                   follow_links=follow_links)
     except KeyboardInterrupt:  # typer turns it into exit 130 without a word
         print("interrupted; finished batches are kept, run the command again to resume",
               file=sys.stderr)

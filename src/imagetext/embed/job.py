@@ -183,21 +183,41 @@ class WorkerModelError(ImagetextError, RuntimeError):
 
 
 def connect_ray(address: str | None) -> None:
-    """Join the Ray cluster at `address` (`auto`: the one started on this machine with `ray
-    start`, else a new local one), unless this process has joined one already."""
+    """Join the Ray cluster at `address` (HOST:PORT of its head; `auto`: the one started on
+    this machine with `ray start`), unless this process has joined one already. Never starts
+    a cluster of its own."""
     try:
         import ray
     except ImportError:
         raise RayUnavailableError("--ray needs Ray: pip install 'imagetext[ray]'") from None
     if ray.is_initialized():
         return
+    address = address or "auto"
+    if address != "auto" and not address.startswith("ray://"):
+        _check_reachable(address)
     try:
-        ray.init(address=None if address in (None, "", "auto", "local") else address,
-                 log_to_driver=False, logging_level="ERROR", configure_logging=True,
-                 include_dashboard=False if address in (None, "", "auto", "local") else None)
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise RayUnavailableError(f"cannot join the Ray cluster at {address}: "
-                                  f"{str(exc).splitlines()[0]}") from None
+        hint = ("no Ray cluster runs on this machine: start one with `ray start --head` (see "
+                "docs/DISTRIBUTED.md) or give the head's HOST:PORT" if address == "auto"
+                else str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
+        raise RayUnavailableError(f"cannot join the Ray cluster at {address}: {hint}") from None
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A one-line error now for a head that does not answer (Ray itself retries for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailableError(f"--ray takes HOST:PORT (the head's address) or auto, not "
+                                  f"{address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RayUnavailableError(f"cannot join the Ray cluster at {address}: nothing answers "
+                                  f"there ({exc.strerror or exc}); is `ray start --head` "
+                                  f"running on it?") from None
 
 
 def embed_ray(items: Sequence[Item], model: str | None = None, address: str | None = "auto",

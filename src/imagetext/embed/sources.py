@@ -80,11 +80,7 @@ def folder_items(root: str | os.PathLike, max_bytes: int = DEFAULT_MAX_FILE_BYTE
     """The image files under `root`, as a collection's index scan finds them (same rules:
     regular files, links inside the folder, no hidden entries), and those skipped with why."""
     from imagetext.index.collection import INDEX_DIRNAME
-
-    try:
-        from imagetext.index.scan import scan_folder
-    except ImportError:  # before the collection module was split
-        from imagetext.index.collection import scan_folder
+    from imagetext.index.scan import scan_folder
 
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
@@ -103,7 +99,8 @@ def list_items(list_file: str | os.PathLike, root: str | os.PathLike | None = No
                max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[list[Item], list[tuple[str, str]]]:
     """The files named in `list_file`, one path a line (blank lines and `#` comments
     skipped; relative paths are relative to the list's folder). Each is stored relative to
-    `root` (default: the list's folder), or as its absolute path when outside it."""
+    `root` (default: the list's folder), where a collection will find it; one outside `root`
+    is skipped and reported."""
     list_file = Path(list_file).expanduser()
     try:
         lines = list_file.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
@@ -120,7 +117,8 @@ def list_items(list_file: str | os.PathLike, root: str | os.PathLike | None = No
         try:
             rel = path.relative_to(root).as_posix()
         except ValueError:
-            rel = str(path)
+            skipped.append((str(path), f"outside the --root folder {root}"))
+            continue
         if rel in seen:
             continue
         seen.add(rel)
