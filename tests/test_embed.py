@@ -189,3 +189,14 @@ def test_embed_command(photos, tmp_path):
     both = run_cli("embed", str(photos), "--files", "x.txt", "--out", str(out))
     assert both.returncode == 1 and both.stderr.strip() == (
         "error: give exactly one of FOLDER, --files LIST or --tar PATTERN")
+
+
+def test_a_worker_with_other_weights_refuses_to_start():
+    from imagetext.embed import Embedder
+    from imagetext.embed.job import WorkerModelError
+    from imagetext.models.registry import load_encoder
+
+    fingerprint = load_encoder(None).fingerprint
+    assert Embedder(None, fingerprint=fingerprint).encoder.fingerprint == fingerprint
+    with pytest.raises(WorkerModelError, match="has other weights .*on every node"):
+        Embedder(None, fingerprint="0123456789abcdef")
