@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from imagetext.classify.linear_probe import LinearProbe, embedding_features, is_classifier_folder
 from imagetext.errors import InvalidInputError
 from imagetext.index.clusters import Cluster, Clustering  # noqa: F401  (re-exported)
 from imagetext.index.collection import (  # noqa: F401  (re-exported)
@@ -132,21 +134,29 @@ def _image_name(image: ImageSource) -> str:
 
 def classify(
     images: Sequence[ImageSource],
-    labels: str | Sequence[str],
+    labels: str | Sequence[str] | None = None,
     model: str | ImageTextEncoder | None = None,
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     threshold: float | None = None,
     flag_labels: Sequence[str] | None = None,
+    classifier: str | os.PathLike | LinearProbe | None = None,
 ) -> list[Classification]:
-    """Zero-shot classification of each image against `labels`.
+    """Zero-shot classification of each image against `labels`, or, with `classifier` (a
+    folder from `imagetext train classifier`, or a `model` that is one), by that trained
+    classifier over its own labels.
 
     Scores are a softmax over the labels: of similarity / T with the temperature T fitted on
     held-out photos when the model has a calibration.json (the default model does:
-    `calibrated` is then True), else at the model's logit scale. With `threshold`,
+    `calibrated` is then True), else at the model's logit scale; a trained classifier's are
+    its probabilities (`similarities` then holds its logits). With `threshold`,
     every label (or only those in `flag_labels`) scoring at least `threshold` is flagged,
     which is how multi-label uses such as content moderation read the result.
     """
-    labels = parse_labels(labels)
+    if classifier is None and not isinstance(model, ImageTextEncoder) and is_classifier_folder(model):
+        classifier, model = model, None
+    if classifier is not None:
+        return _classify_trained(images, labels, model, classifier, threshold, flag_labels)
+    labels = parse_labels(labels or [])
     if len(labels) < 2:
         raise InvalidInputError("give at least two labels to choose between")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
@@ -158,6 +168,34 @@ def classify(
     calibrated = "temperature" in encoder.calibration.get("classify", {})
     return _classifications(images, labels, probs, sims, threshold,
                             set(flag_labels) if flag_labels is not None else set(labels), calibrated)
+
+
+def load_classifier(classifier: str | os.PathLike | LinearProbe) -> LinearProbe:
+    """A trained classifier folder (`imagetext train classifier`), loaded once per process."""
+    if isinstance(classifier, LinearProbe):
+        return classifier
+    key = os.path.abspath(os.path.expanduser(str(classifier)))
+    if key not in _CLASSIFIERS:
+        _CLASSIFIERS[key] = LinearProbe.from_pretrained(key)
+    return _CLASSIFIERS[key]
+
+
+_CLASSIFIERS: dict[str, LinearProbe] = {}
+
+
+def _classify_trained(images, labels, model, classifier, threshold, flag_labels):
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise InvalidInputError("threshold must be between 0 and 1")
+    probe = load_classifier(classifier)
+    if labels and parse_labels(labels) != probe.labels:
+        raise InvalidInputError(f"the classifier {probe.name} has its own labels "
+                                f"({', '.join(probe.labels)}); leave the labels out")
+    encoder = probe.load_base_model(model)
+    emb = encoder.encode_images(list(images))
+    logits = probe.logits(embedding_features(emb, probe.features))
+    return _classifications(images, probe.labels, probe.predict_proba(emb), logits, threshold,
+                            set(flag_labels) if flag_labels is not None else set(probe.labels),
+                            False)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -353,12 +353,20 @@ def classify(
     moderation: Annotated[bool, typer.Option(
         "--moderation", help=MODERATION_HELP)] = False,
     top: Annotated[int, typer.Option(min=1, help="Labels shown per image.")] = 5,
+    classifier: Annotated[Path | None, typer.Option(
+        "--classifier", help="A trained classifier folder (`imagetext train classifier`): "
+        "classify by it over its own labels (--model may name the folder too).")] = None,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ):
     """Classify images zero-shot against your labels (softmax scores; the default model's
-    temperature is fitted on held-out photos), or flag unsafe content (--moderation)."""
+    temperature is fitted on held-out photos), by a trained classifier (--classifier), or
+    flag unsafe content (--moderation)."""
     from imagetext import api
+    from imagetext.classify import is_classifier_folder
+
+    if classifier is None and is_classifier_folder(model):
+        classifier, model = Path(model), None
 
     if moderation:
         results = api.moderate([str(p) for p in images], model=model,
@@ -368,9 +376,12 @@ def classify(
             print("warning: this model has no calibration.json, so moderation uses the "
                   "uncalibrated preset, which flags many ordinary photos (on the default model "
                   "without its calibration: 37% of Flickr8k val)", file=sys.stderr)
+    elif classifier is not None:
+        results = api.classify([str(p) for p in images], labels, model=model,
+                               threshold=threshold, classifier=classifier)
     else:
         if not labels:
-            raise CliError("give --labels \"a,b,c\" (or --moderation)")
+            raise CliError("give --labels \"a,b,c\" (or --moderation, or --classifier FOLDER)")
         results = api.classify([str(p) for p in images], labels, model=model,
                                templates=template, threshold=threshold)
     if as_json:
@@ -768,7 +779,8 @@ def serve(
     from imagetext.web.serve import serve as run_server
 
     run_server(collection, host=host, port=port, demo=demo, model=model, index=index,
-               index_dir=index_dir, captioner=captioner or "auto", max_upload_mb=max_upload_mb)
+               index_dir=index_dir, captioner=captioner or "auto", max_upload_mb=max_upload_mb,
+               classifier=classifier)
 
 
 @app.callback()
@@ -787,6 +799,158 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     not there or not allowed. Anything else is a bug and keeps its traceback (a ValueError
     from deep inside used to pass for bad input)."""
     return (ImagetextError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+LabelledDataOpt = Annotated[Path, typer.Option("--data", help=(
+    "Labelled images: a folder of class folders (root/<class>/*.jpg, or root/train/<class>/ and "
+    "root/val/<class>/), a CSV/TSV/JSONL of image,label[,split], or a folder holding labels.csv "
+    "(scripts/build_flickr8k_labels.py builds one from Flickr8k)."))]
+ValFractionOpt = Annotated[float, typer.Option(
+    min=0.01, max=0.99, help="Data without splits: hold out this share of each class as val.")]
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@eval_app.command("classify")
+def eval_classify(
+    data: LabelledDataOpt,
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
+    model: ModelOpt = None,
+    prompts: Annotated[Path | None, typer.Option(
+        "--prompts", help="Prompt templates of the ensemble, one a line with {} for the label "
+        "(default: the built-in ensemble of imagetext.prompts.ENSEMBLE_TEMPLATES).")] = None,
+    classifier: Annotated[list[Path] | None, typer.Option(
+        "--classifier", help="Also evaluate this trained classifier folder (repeatable).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Folder for the confusion-matrix PNGs (one per method).")] = Path("eval-classify"),
+    val_fraction: ValFractionOpt = 0.2,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    as_json: JsonOpt = False,
+):
+    """Classification accuracy on a labelled set: top-1, top-5, per-class accuracy, mean
+    per-class recall and a confusion-matrix PNG, for zero-shot with one template and with a
+    prompt ensemble (and trained classifiers), in one run."""
+    from imagetext.eval.classification import evaluate_classification, read_templates
+
+    templates = read_templates(prompts) if prompts else None
+    r = evaluate_classification(str(data), split, model=model, templates=templates,
+                                classifiers=classifier or (), out_dir=out,
+                                val_fraction=val_fraction, batch_size=batch_size,
+                                progress=not as_json)
+    if as_json:
+        _print_json(r)
+        return
+    methods = [k for k in r if k.startswith(("zero_shot", "classifier"))]
+    print(f"{r['model']} on {data} ({split}): {r['n_images']} images, {len(r['classes'])} classes")
+    print(f"{'method':52s} {'top-1':>6s} {'top-5':>6s} {'mean per-class recall':>22s}")
+    for k in methods:
+        m = r[k]
+        print(f"{m['method'][:52]:52s} {m['top1']:6.1f} {m['top5']:6.1f} {m['mean_per_class_recall']:22.1f}")
+    print("per-class accuracy: " + ", ".join(
+        f"{c} " + "/".join(f"{r[k]['per_class'].get(c, 0):.0f}" for k in methods) for c in r["classes"])
+        + f"  ({' / '.join(methods)})")
+    if out:
+        print(f"confusion matrices: {', '.join(r[k]['confusion_png'] for k in methods)}")
+    if r["unreadable"]:
+        print(f"{len(r['unreadable'])} unreadable images left out, e.g. "
+              f"{r['unreadable'][0]['image']}: {r['unreadable'][0]['error']}", file=sys.stderr)
+
+
+@eval_app.command("robustness")
+def eval_robustness(
+    data: Annotated[Path, typer.Option("--data", help="retrieval: an image-caption dataset "
+                                       "(captions.tsv + images/, ...); classify: labelled images "
+                                       "(as `eval classify --data`).")],
+    task: Annotated[str, typer.Option(help="retrieval (Recall@K) or classify (top-1).")] = "retrieval",
+    blur: Annotated[str | None, typer.Option(
+        help="Gaussian blur sigmas in pixels of the 224 px model input, e.g. 0,1,2,4,8.")] = None,
+    jpeg: Annotated[str | None, typer.Option(help="JPEG qualities, e.g. 90,50,20,10.")] = None,
+    noise: Annotated[str | None, typer.Option(
+        help="Gaussian noise standard deviations on the 0-255 scale, e.g. 0,10,25,50.")] = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
+    model: ModelOpt = None,
+    classifier: Annotated[Path | None, typer.Option(
+        "--classifier", help="classify: also this trained classifier's top-1.")] = None,
+    blur_aware: Annotated[bool, typer.Option(
+        "--blur-aware/--no-blur-aware", help="retrieval: also score the blur-aware query "
+        "vectors (see eval/robustness.py).")] = True,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N images.")] = None,
+    png: Annotated[Path | None, typer.Option(
+        "--png", help="The curve PNG (one per kind: its name gets _blur, _jpeg, _noise when "
+        "several are given).")] = Path("robustness.png"),
+    val_fraction: ValFractionOpt = 0.2,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    as_json: JsonOpt = False,
+):
+    """How retrieval or classification degrade with blur, JPEG compression or noise: the
+    metric at every level, and the curve as a PNG (default --blur 0,1,2,4,8)."""
+    from imagetext.eval.robustness import evaluate_robustness, parse_levels
+
+    levels = {kind: parse_levels(text, kind) for kind, text in
+              (("blur", blur), ("jpeg", jpeg), ("noise", noise))}
+    if not any(levels.values()):
+        levels["blur"] = [0, 1, 2, 4, 8]
+    r = evaluate_robustness(str(data), task, levels, split=split, model=model, limit=limit,
+                            classifier=str(classifier) if classifier else None,
+                            blur_aware=blur_aware, out_png=png, batch_size=batch_size,
+                            val_fraction=val_fraction, progress=None if as_json else _say)
+    if as_json:
+        _print_json(r)
+        return
+    key = r["headline"]
+    print(f"{r['model']} on {data} ({split}, {r['n_images']} images): "
+          f"{'T->I R@5' if key == 't2i_r5' else 'top-1'} in %")
+    variants = list(r["variants"])
+    print(f"{'kind':6s} {'level':>6s} " + " ".join(f"{v[:24]:>24s}" for v in variants))
+    for row in r["rows"]:
+        print(f"{row['kind']:6s} {row['level']:6g} " + " ".join(f"{row[v][key]:24.2f}" for v in variants))
+    print("variants: " + "; ".join(f"{k} = {v}" for k, v in r["variants"].items()))
+    if r.get("png"):
+        print(f"curves: {', '.join(r['png'])}")
+
+
+@train_app.command("classifier")
+def train_classifier_cmd(
+    data: LabelledDataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Output classifier folder (config.json, "
+                                      "model.safetensors, README.md); use it with "
+                                      "`classify --classifier`.")] = Path("classifier"),
+    model: ModelOpt = None,
+    features: Annotated[str, typer.Option(
+        help="Image embedding the probe reads: semantic, visual or semantic+visual.")] = "semantic+visual",
+    c: Annotated[str, typer.Option(
+        "--c", help="Inverse regularisation strengths to choose from by 5-fold cross-validation "
+        "on train, comma-separated.")] = "0.001,0.003,0.01,0.03,0.1,0.3,1",
+    val_fraction: ValFractionOpt = 0.2,
+    seed: Annotated[int, typer.Option()] = 0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    as_json: JsonOpt = False,
+):
+    """Train a linear probe (logistic regression) on a frozen model's image embeddings;
+    report its val accuracy beside zero-shot's (one template, prompt ensemble)."""
+    from imagetext.errors import InvalidInputError
+    from imagetext.train.classifier import train_classifier
+
+    try:
+        cs = [float(x) for x in c.split(",") if x.strip()]
+    except ValueError:
+        raise InvalidInputError(f"--c takes numbers separated by commas, got {c!r}") from None
+    r = train_classifier(str(data), out, model=model, features=features, cs=cs,
+                         val_fraction=val_fraction, seed=seed, batch_size=batch_size,
+                         progress=not as_json, log=None if as_json else _say)
+    if as_json:
+        _print_json(r)
+        return
+    print(f"{r['n_train']} train / {r['n_val']} val images, {len(r['classes'])} classes; "
+          f"C = {r['C']}")
+    print(f"val (%)                    {'top-1':>6s} {'top-5':>6s} {'mean per-class recall':>22s}")
+    for name, k in (("zero-shot, one template", "zero_shot_single"),
+                    ("zero-shot, ensemble", "zero_shot_ensemble"), ("linear probe", "classifier")):
+        m = r["val"][k]
+        print(f"{name:26s} {m['top1']:6.1f} {m['top5']:6.1f} {m['mean_per_class_recall']:22.1f}")
+    print(f"the classifier is in {out}")
+
+
             PermissionError)
 
 
@@ -807,6 +971,9 @@ def _environment_error(exc: BaseException) -> str | None:
     return None
 
 
+    classifier: Annotated[Path | None, typer.Option(
+        "--classifier", help="A trained classifier folder (`imagetext train classifier`, on the "
+        "collection's model) that the Classify tab offers beside your labels.")] = None,
 def main() -> None:
     import warnings
 

@@ -66,6 +66,7 @@ def create_app(
     max_heavy_requests: int = 2,
     max_waiting_requests: int = 16,
     release_memory: bool = True,
+    classifier: str | os.PathLike | None = None,
 ) -> FastAPI:
     """Build the web app for the collection at `collection_root`.
 
@@ -86,9 +87,12 @@ def create_app(
         models at once, and how many may wait for that; the next gets a 503 (Retry-After).
     release_memory: hand freed heap memory back to the system after heavy requests (glibc
         malloc_trim; see `imagetext.web.limits`).
+    classifier: a trained classifier folder (`imagetext train classifier`) on the collection's
+        model, offered by the Classify tab and /api/classify as the preset "classifier".
     The collection is opened (not re-indexed) here; `imagetext serve` indexes first.
     """
-    service = WebService(collection_root, model=model, index_dir=index_dir, captioner=captioner)
+    service = WebService(collection_root, model=model, index_dir=index_dir, captioner=captioner,
+                         classifier=classifier)
     index_folder = Path(getattr(service.collection, "index_dir", None)
                         or index_dir or service.root / ".imagetext")
     state = WebState(

@@ -82,7 +82,9 @@ class ClassifyResponse(BaseModel):
     threshold: float | None = Field(description="The threshold used, if any.")
     template: str | None = Field(description="The prompt template (None: calibrated moderation, "
                                              "whose categories have prompts of their own).")
-    preset: Literal["moderation"] | None = None
+    preset: Literal["moderation", "classifier"] | None = None
+    classifier: str | None = Field(None, description="The trained classifier's name (preset "
+                                   "'classifier'), whose labels and probabilities these are.")
 
 
 class RankedUpload(BaseModel):

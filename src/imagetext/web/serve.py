@@ -43,6 +43,7 @@ def serve(
     index_dir: str | os.PathLike | None = None,
     captioner: str | None = "auto",
     max_upload_mb: float = 20.0,
+    classifier: str | os.PathLike | None = None,
 ) -> None:
     import uvicorn
 
@@ -66,7 +67,8 @@ def serve(
     if index:
         index_collection(root, model=model, index_dir=index_path, rebuild_if_stale=not collection)
     app = create_app(root, model=model, index_dir=index_path, captioner=captioner,
-                     max_upload_mb=max_upload_mb, example_queries=examples)
+                     max_upload_mb=max_upload_mb, example_queries=examples,
+                     classifier=classifier)
     print(f"imagetext is running at http://{host}:{port}/  (API docs: /docs; Ctrl+C stops)",
           file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="warning")

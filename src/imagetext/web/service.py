@@ -49,8 +49,9 @@ class WebService:
         model: Any = None,
         index_dir: str | os.PathLike | None = None,
         captioner: Any = "auto",
+        classifier: str | os.PathLike | None = None,
     ):
-        from imagetext.api import Collection
+        from imagetext.api import Collection, load_classifier
 
         self.root = Path(collection_root).expanduser().resolve()
         if not self.root.is_dir():
@@ -61,6 +62,10 @@ class WebService:
         # load the model now, so that an index built with another model (or other weights)
         # is refused at start-up with ModelMismatchError rather than on every query
         self.call_sync(lambda: self.collection.encoder)
+        # a trained classifier must read this model's embeddings: checked at start-up too
+        self.classifier = load_classifier(classifier) if classifier else None
+        if self.classifier is not None:
+            self.call_sync(self.classifier.load_base_model, self.collection.encoder)
         self.model = model
         self._captioner_spec = captioner
         self._captioner = None
@@ -269,11 +274,19 @@ class WebService:
         }
 
     def classify(self, image: Image.Image, labels: list[str] | None, template: str,
-                 threshold: float | None) -> dict:
-        """Zero-shot scores of `image` over `labels`; labels=None is the moderation preset."""
+                 threshold: float | None, preset: str | None = None) -> dict:
+        """Zero-shot scores of `image` over `labels`; labels=None is a preset: the moderation
+        one, or (preset "classifier") the served trained classifier over its own labels."""
         from imagetext import api
 
-        if labels is None:
+        if preset == "classifier":
+            if self.classifier is None:
+                raise UserError("This server has no trained classifier; start it with `imagetext "
+                                "serve --classifier FOLDER`.")
+            (result,) = api.classify([image], model=self.encoder, threshold=threshold,
+                                     classifier=self.classifier)
+            flaggable, limit = set(result.labels), threshold
+        elif labels is None:
             limit = api.DEFAULT_MODERATION_THRESHOLD if threshold is None else threshold
             (result,) = api.moderate([image], model=self.encoder, threshold=limit)
             # calibrated: every label is an unsafe category; else the softmax preset, whose
@@ -295,8 +308,11 @@ class WebService:
         data["threshold"] = limit
         # calibrated moderation scores each category by prompts of its own, not by one template
         data["template"] = (template if labels is not None else
-                            None if data.get("calibrated") else api.DEFAULT_TEMPLATES[0])
-        data["preset"] = "moderation" if labels is None else None
+                            None if data.get("calibrated") or preset == "classifier"
+                            else api.DEFAULT_TEMPLATES[0])
+        data["preset"] = preset if labels is None else None
+        if preset == "classifier":
+            data["classifier"] = self.classifier.name
         return data
 
     def moderation_labels(self) -> list[str]:
@@ -307,6 +323,12 @@ class WebService:
         if section:
             return [c["name"] for c in section["categories"]]
         return list(api.FALLBACK_SAFE_LABELS + api.FALLBACK_UNSAFE_LABELS)
+
+    def classifier_info(self) -> dict | None:
+        """The served trained classifier's name and labels (None: there is none)."""
+        if self.classifier is None:
+            return None
+        return {"name": self.classifier.name, "labels": list(self.classifier.labels)}
 
     def rank(self, prompt: str, images: list[Image.Image], names: list[str]) -> list[dict]:
         """`images` best first for `prompt` (the order and scores of `api.rank`), encoded

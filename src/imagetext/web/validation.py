@@ -155,10 +155,11 @@ def classify_inputs(labels: str | None, preset: str | None,
                     threshold: float | str | None) -> tuple[list[str] | None, float | None]:
     """The labels (None: the moderation preset's) and the threshold of a classify request."""
     preset = (preset or "").strip().lower()
-    if preset == "moderation":  # labels None: the preset labels, unsafe ones flaggable
+    if preset in ("moderation", "classifier"):  # labels None: the preset's own labels
         return None, THRESHOLD.page(threshold)
     if preset:
-        raise UserError(f"Unknown preset {shown(preset)}; the only preset is 'moderation'.")
+        raise UserError(f"Unknown preset {shown(preset)}; the presets are 'moderation' and "
+                        "'classifier' (a server started with --classifier).")
     return parse_labels(labels), THRESHOLD.page(threshold)
 
 

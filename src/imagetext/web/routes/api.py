@@ -134,7 +134,8 @@ async def api_classify(
     labels: Annotated[str | None, Form(
         description="Labels separated by commas or new lines (ignored with a preset).")] = None,
     preset: Annotated[str | None, Form(
-        description="'moderation' for the content-moderation label set.")] = None,
+        description="'moderation' for the content-moderation label set; 'classifier' for "
+        "the trained classifier the server was started with (`serve --classifier`).")] = None,
     threshold: Annotated[float | None, Form(
         ge=THRESHOLD.low, le=THRESHOLD.high,
         description="Labels scoring at least this are flagged.")] = None,
@@ -142,12 +143,14 @@ async def api_classify(
         CLASSIFY_TEMPLATE,
 ) -> dict:
     """Zero-shot classification: softmax scores of the image over the given labels, or
-    content moderation with `preset=moderation`."""
+    content moderation with `preset=moderation`, or the served trained classifier's
+    probabilities with `preset=classifier`."""
     label_list, limit = classify_inputs(labels, preset, threshold)
     prompt = check_template(template, CLASSIFY_TEMPLATE)
     async with heavy():
         image = await upload_image(web, file)
-        return await service.call(service.classify, image, label_list, prompt, limit)
+        return await service.call(service.classify, image, label_list, prompt, limit,
+                                  (preset or "").strip().lower() or None)
 
 
 @router.post("/rank", tags=["classify"], response_model=RankResponse, **json_route)

@@ -174,7 +174,8 @@ async def caption_upload_page(request: Request, web: State, heavy: Heavy,
 def classify_defaults(web: WebState) -> dict:
     return {"labels": "", "preset": "", "threshold": "", "template": CLASSIFY_TEMPLATE,
             "moderation_threshold": f"{_default_moderation_threshold():g}",
-            "moderation_labels": web.service.moderation_labels()}
+            "moderation_labels": web.service.moderation_labels(),
+            "classifier": web.service.classifier_info()}
 
 
 @router.get("/classify")
@@ -200,7 +201,8 @@ async def classify_upload_page(request: Request, web: State, heavy: Heavy,
             prompt = check_template(template, CLASSIFY_TEMPLATE)
             image = uploaded_image(upload)
             context["result"] = await web.service.call(web.service.classify, image, label_list,
-                                                       prompt, limit)
+                                                       prompt, limit,
+                                                       (preset or "").strip().lower() or None)
     except UserError as exc:
         context["error"], status, headers = exc.message, exc.status, exc.headers
     return await web.render(request, "classify.html", context, status, tab="classify",
