@@ -542,6 +542,50 @@ def eval_retrieval(
         print(f"{name:10s} " + " ".join(f"{result[f'{d}_r{k}']:6.1f}" for k in (1, 5, 10)))
 
 
+@eval_app.command("instance")
+def eval_instance(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder or caption file with the "
+                                       "evaluated and the reference split (e.g. Flickr8k).")],
+    split: Annotated[str, typer.Option(help="Split whose photos are transformed and searched.")] = "val",
+    reference_split: Annotated[str, typer.Option(
+        help="Split the whitening and the duplicate thresholds are learnt on.")] = "train",
+    n: Annotated[int, typer.Option("--n", min=1, help="Originals, each transformed by every "
+                                   "transformation; the rest of the split are distractors.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the originals and the transformations.")] = 0,
+    resolution: Annotated[list[int] | None, typer.Option(
+        help="Square input size of the tower for the map features (repeat to compare).")] = None,
+    limit: Annotated[int | None, typer.Option(min=2, help="Only the first N photos of the split.")] = None,
+    model: ModelOpt = None,
+    baseline: Annotated[bool, typer.Option(help="Also the model's pooled visual and semantic "
+                                           "vectors.")] = True,
+    as_json: JsonOpt = False,
+):
+    """Instance retrieval: transformed copies of photos found among the split's other photos
+    (mAP and Recall@1 per transformation, duplicate precision/recall per preset)."""
+    from imagetext.eval.instance import evaluate_instance
+
+    say = None if as_json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    r = evaluate_instance(str(data), split=split, n=n, seed=seed, reference_split=reference_split,
+                          resolutions=tuple(resolution or (224,)), model=model, limit=limit,
+                          baseline=baseline, progress=say)
+    if as_json:
+        _print_json(r)
+        return
+    print(f"{r['n_queries']} queries ({r['n_originals']} originals x {len(r['transforms'])} "
+          f"transformations) among {r['n_database']} {split} photos; whitening and thresholds "
+          f"from {reference_split}")
+    print(f"{'feature':24s} {'dim':>5s} {'R@1':>6s} {'mAP':>6s} {'muAP':>6s} {'edits P':>8s} "
+          f"{'edits R':>8s} {'ms/img':>7s}")
+    for name, f in r["features"].items():
+        e = f["duplicates"]["edits"]
+        print(f"{name:24s} {f['dim']:5d} {f['mean_r1']:6.3f} {f['mean_map']:6.3f} "
+              f"{f['micro_ap']:6.3f} {e['precision']:8.3f} {e['recall']:8.3f} {f['ms_per_image']:7.1f}")
+    shown = [k for k in ("pooled-1280", r["best"]) if k in r["features"]]
+    print("\nRecall@1 per transformation: " + ", ".join(shown))
+    for t in r["transforms"]:
+        print(f"  {t:10s} " + " ".join(f"{r['features'][k]['per_transform'][t]['r1']:6.3f}" for k in shown))
+
+
 @app.command()
 def caption(
     images: Annotated[list[Path], typer.Argument(help="Images to caption.")],
@@ -754,51 +798,6 @@ def export_onnx_cmd(
           f"use it with --model {summary['out']}")
 
 
-@app.command()
-def serve(
-    collection: Annotated[Path | None, typer.Option(
-        "--collection", "-c", help="Folder of images to serve (indexed incrementally first). "
-        "Default: the demo gallery of sample photos.")] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: all interfaces).")]
-    = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    demo: Annotated[bool, typer.Option(
-        "--demo", help="Serve the demo gallery (real photos of people, animals, food, cities "
-        "and landscapes shipped with imagetext, indexed on first start).")] = False,
-    model: ModelOpt = None,
-    index_dir: IndexDirOpt = None,
-    index: Annotated[bool, typer.Option(
-        "--index/--no-index", help="Bring the index up to date before serving.")] = True,
-    captioner: Annotated[str | None, typer.Option(
-        help="Captioner name or folder for the Caption tab (default: the installed default).")]
-    = None,
-    max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Upload limit per request.")]
-    = 20.0,
-):
-    """Serve the web app: search, similar images, captions and classification in a browser."""
-    from imagetext.web.serve import serve as run_server
-
-    run_server(collection, host=host, port=port, demo=demo, model=model, index=index,
-               index_dir=index_dir, captioner=captioner or "auto", max_upload_mb=max_upload_mb,
-               classifier=classifier)
-
-
-@app.callback()
-def _global_options(
-    allow_download: Annotated[bool, typer.Option(
-        "--allow-download", help="Let a --model hub id (org/name) missing from the local Hugging "
-        "Face cache be downloaded (same as IMAGETEXT_ALLOW_DOWNLOAD=1). Off: nothing is fetched.")]
-    = False,
-):
-    if allow_download:
-        os.environ["IMAGETEXT_ALLOW_DOWNLOAD"] = "1"
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    """What a user can cause: imagetext's own errors (imagetext/errors.py) and a path that is
-    not there or not allowed. Anything else is a bug and keeps its traceback (a ValueError
-    from deep inside used to pass for bad input)."""
-    return (ImagetextError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
 LabelledDataOpt = Annotated[Path, typer.Option("--data", help=(
     "Labelled images: a folder of class folders (root/<class>/*.jpg, or root/train/<class>/ and "
     "root/val/<class>/), a CSV/TSV/JSONL of image,label[,split], or a folder holding labels.csv "
@@ -951,6 +950,54 @@ def train_classifier_cmd(
     print(f"the classifier is in {out}")
 
 
+@app.command()
+def serve(
+    collection: Annotated[Path | None, typer.Option(
+        "--collection", "-c", help="Folder of images to serve (indexed incrementally first). "
+        "Default: the demo gallery of sample photos.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: all interfaces).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    demo: Annotated[bool, typer.Option(
+        "--demo", help="Serve the demo gallery (real photos of people, animals, food, cities "
+        "and landscapes shipped with imagetext, indexed on first start).")] = False,
+    model: ModelOpt = None,
+    index_dir: IndexDirOpt = None,
+    index: Annotated[bool, typer.Option(
+        "--index/--no-index", help="Bring the index up to date before serving.")] = True,
+    captioner: Annotated[str | None, typer.Option(
+        help="Captioner name or folder for the Caption tab (default: the installed default).")]
+    = None,
+    max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Upload limit per request.")]
+    = 20.0,
+    classifier: Annotated[Path | None, typer.Option(
+        "--classifier", help="A trained classifier folder (`imagetext train classifier`, on the "
+        "collection's model) that the Classify tab offers beside your labels.")] = None,
+):
+    """Serve the web app: search, similar images, captions and classification in a browser."""
+    from imagetext.web.serve import serve as run_server
+
+    run_server(collection, host=host, port=port, demo=demo, model=model, index=index,
+               index_dir=index_dir, captioner=captioner or "auto", max_upload_mb=max_upload_mb,
+               classifier=classifier)
+
+
+@app.callback()
+def _global_options(
+    allow_download: Annotated[bool, typer.Option(
+        "--allow-download", help="Let a --model hub id (org/name) missing from the local Hugging "
+        "Face cache be downloaded (same as IMAGETEXT_ALLOW_DOWNLOAD=1). Off: nothing is fetched.")]
+    = False,
+):
+    if allow_download:
+        os.environ["IMAGETEXT_ALLOW_DOWNLOAD"] = "1"
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """What a user can cause: imagetext's own errors (imagetext/errors.py) and a path that is
+    not there or not allowed. Anything else is a bug and keeps its traceback (a ValueError
+    from deep inside used to pass for bad input)."""
+    return (ImagetextError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
             PermissionError)
 
 
@@ -971,9 +1018,6 @@ def _environment_error(exc: BaseException) -> str | None:
     return None
 
 
-    classifier: Annotated[Path | None, typer.Option(
-        "--classifier", help="A trained classifier folder (`imagetext train classifier`, on the "
-        "collection's model) that the Classify tab offers beside your labels.")] = None,
 def main() -> None:
     import warnings
 
