@@ -125,6 +125,24 @@ def test_an_edited_copy_is_nearest_its_original():
     assert extractor(pixels[:0]).shape == (0, extractor.dim)
 
 
+def test_the_compiled_default_model_gives_the_instance_feature_in_its_image_run():
+    from imagetext.instance.features import InstanceExtractor
+    from imagetext.models.registry import load_encoder
+
+    encoder = load_encoder(None)  # the compiled default model
+    if not hasattr(encoder, "image_outputs"):
+        pytest.skip(f"the default model runs in {encoder.runtime}, not compiled")
+    extractor = InstanceExtractor.default()
+    photos = sorted(GALLERY.glob("*.jpg"))[:4]
+    pixels = np.stack([encoder.preprocess.load(p) for p in photos])
+    outs = encoder.image_outputs(pixels)
+    emb = encoder.encode_pixels(pixels)
+    np.testing.assert_allclose(l2n(outs["semantic"]), emb.semantic, atol=1e-6)
+    np.testing.assert_allclose(l2n(outs["visual"]), emb.visual, atol=1e-6)
+    # one image run of the index's batch gives what the extractor's own tower run gives
+    np.testing.assert_allclose(extractor.vectors_from_maps(outs), extractor(pixels), atol=1e-4)
+
+
 # -- the benchmark -------------------------------------------------------------------------
 def test_transformations_are_deterministic():
     from imagetext.eval.instance import TRANSFORMS, transform_image

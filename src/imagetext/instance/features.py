@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from imagetext.errors import InvalidInputError
-from imagetext.instance.pooling import POOLINGS, pool
+from imagetext.instance.pooling import POOLINGS, l2n, pool
 from imagetext.instance.whitening import PCAWhitening
 from imagetext.io.images import Preprocess, open_image
 
@@ -154,8 +154,15 @@ class InstanceExtractor:
         return self._runner(pixels)
 
     def vectors_from_maps(self, maps: dict[str, np.ndarray]) -> np.ndarray:
+        """Vectors from `maps` (this extractor's `maps`), or from a map already pooled as this
+        extractor pools it, under "POOLING-STAGE" (the compiled default model's image graph
+        gives "mac-head": `OnnxEncoder.image_outputs`)."""
         c = self.config
-        v = describe(maps, c.stage, c.pooling, c.gem_p, c.rmac_levels)
+        pooled = maps.get(f"{c.pooling}-{c.stage}")
+        if pooled is not None and c.resolution == 224 and c.fit == "crop":
+            v = l2n(np.asarray(pooled, np.float32))
+        else:
+            v = describe(maps, c.stage, c.pooling, c.gem_p, c.rmac_levels)
         return self.whitening(v) if self.whitening is not None else v
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:

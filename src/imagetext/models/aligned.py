@@ -48,6 +48,7 @@ from imagetext.models.registry import register_backend
 
 WEIGHTS_FILE = "model.safetensors"
 TAIL_PREFIX = "image_tower_tail."  # + the tower's own names (`_blocks.15...`) of the tuned tail
+INSTANCE_OUTPUT = "mac-head"  # the compiled image graph's MAC of the head map (instance/features.py)
 
 
 class TowerWithHead(nn.Module):
@@ -58,39 +59,45 @@ class TowerWithHead(nn.Module):
     features of the head.
     """
 
-    def __init__(self, tower: EfficientNetLite, head: ImageHead, tail: TowerTail | None = None):
+    def __init__(self, tower: EfficientNetLite, head: ImageHead, tail: TowerTail | None = None,
+                 with_map: bool = False):
         super().__init__()
         self.tower, self.head, self.tail = tower, head, tail
+        self.with_map = with_map  # also return the frozen tower's head feature map
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.tail is None:
             f = self.tower.forward_features(x)
-            return self.head(pooled=f.pooled, fmap=f.feature_map, logits=f.logits), f.pooled, f.logits
-        x = self.tower.forward_trunk(x, self.tail.first)
-        f = self.tower.forward_tail(x, self.tail.first)
-        t = self.tail(x)
-        return self.head(pooled=t.pooled, fmap=t.feature_map, logits=f.logits), f.pooled, f.logits
+            out = self.head(pooled=f.pooled, fmap=f.feature_map, logits=f.logits), f.pooled, f.logits
+        else:
+            x = self.tower.forward_trunk(x, self.tail.first)
+            f = self.tower.forward_tail(x, self.tail.first)
+            t = self.tail(x)
+            out = self.head(pooled=t.pooled, fmap=t.feature_map, logits=f.logits), f.pooled, f.logits
+        return (*out, f.feature_map) if self.with_map else out
 
 
 class AlignedImageGraph(nn.Module):
-    """pixels -> (semantic vectors as encode_pixels mixes them, L2-normalised visual vectors):
-    the whole image path of an AlignedEncoder, ConSE ensemble included, for export."""
+    """pixels -> (semantic vectors as encode_pixels mixes them, the MAC of the frozen tower's
+    head map (the instance feature before whitening, imagetext.instance), L2-normalised visual
+    vectors): the whole image path of an AlignedEncoder, ConSE ensemble included, for export."""
 
     def __init__(self, encoder: AlignedEncoder):
         super().__init__()
         self.path = encoder.image_module()
+        self.path.with_map = True
         self.weight = encoder.conse_weight
         if self.weight:
             self.register_buffer("class_embeddings", encoder._conse.class_embeddings)
             self.top_k = encoder._conse.top_k
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        semantic, pooled, logits = self.path(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        semantic, pooled, logits, fmap = self.path(x)
         semantic = nn.functional.normalize(semantic, dim=-1)
         if self.weight:
             conse = conse_vectors(logits, self.class_embeddings, self.top_k)
             semantic = mix_conse(semantic, conse, self.weight)
-        return semantic, nn.functional.normalize(pooled, dim=-1)
+        return semantic, fmap.amax(dim=(2, 3)), nn.functional.normalize(pooled, dim=-1)
 
 
 class AlignedTextGraph(nn.Module):
@@ -232,7 +239,9 @@ class AlignedEncoder(ImageTextEncoder):
         """This model's inference path for export (models/onnx_backend.py)."""
         from imagetext.models.onnx_backend import OnnxGraphs
 
-        return OnnxGraphs(image=AlignedImageGraph(self), image_outputs=["semantic", "visual"],
+        # the visual vector stays the last output (OnnxEncoder reads the first and the last)
+        return OnnxGraphs(image=AlignedImageGraph(self),
+                          image_outputs=["semantic", INSTANCE_OUTPUT, "visual"],
                           text=AlignedTextGraph(self), text_inputs=["input_ids", "attention_mask"],
                           tokenizer=self.text_tower.tokenizer, padding="longest",
                           max_length=self.text_tower.max_tokens)

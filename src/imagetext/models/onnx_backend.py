@@ -50,7 +50,7 @@ OPSET = 17
 SAMPLE_TEXTS = ["a photo of a cat", "two dogs run across a grassy field in the sun", "x"]
 MIN_COSINE = {"float32": 0.9999, "int8": 0.98}
 # bump when the compiled folder's layout or graphs change: old compilations are then redone
-COMPILED_VERSION = 1
+COMPILED_VERSION = 2  # 2: the aligned image graph also gives the MAC of the tower's head map
 
 
 @dataclass
@@ -58,7 +58,9 @@ class OnnxGraphs:
     """An encoder's inference path as PyTorch modules, for `export_onnx`."""
 
     image: Any  # nn.Module: pixels -> one output, or one per name in image_outputs
-    image_outputs: list[str]  # ["embeddings"] (semantic = visual) or ["semantic", "visual"]
+    # ["embeddings"] (semantic = visual) or ["semantic", ..., "visual"]: the first output is
+    # read as the semantic vectors, the last as the visual ones
+    image_outputs: list[str]
     text: Any  # nn.Module: *text_inputs -> L2-normalised text vectors
     text_inputs: list[str]  # names of the token tensors, in the order `text` takes them
     tokenizer: Any  # the transformers tokenizer (saved with the export)
@@ -385,6 +387,14 @@ class OnnxEncoder(ImageTextEncoder):
         outs = self._session(IMAGE_FILE).run(None, {"pixels": x})
         # one output: a CLIP-style model whose one image vector serves both kinds of search
         return ImageEmbeddings(l2_normalize(outs[0]), l2_normalize(outs[-1]))
+
+    def image_outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the image graph by name, from one run: "semantic" and "visual" (not
+        normalised here) and, for a compiled aligned model, "mac-head" (the instance feature's
+        pooled map, which `InstanceExtractor.vectors_from_maps` whitens)."""
+        session = self._session(IMAGE_FILE)
+        outs = session.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})
+        return {o.name: v for o, v in zip(session.get_outputs(), outs)}
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
