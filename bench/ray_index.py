@@ -46,7 +46,7 @@ def val_photos(n: int) -> list[Path]:
 def stored_vectors(col) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     states = col.store.file_states()
     ids = [i for _, _, i in states.values()]
-    sem, vis = col.store.vectors(ids, "semantic"), col.store.vectors(ids, "visual")
+    sem, vis = col.vector_index("semantic").get(ids), col.vector_index("visual").get(ids)
     return {rel: (sem[i], vis[i]) for rel, (_, _, i) in states.items()}
 
 

@@ -68,7 +68,7 @@ def main() -> None:
                 vec = encoder.encode_texts([q])[0]
                 _, ids = col.vector_index("semantic").search(vec[None], pool)
                 ids = [int(i) for i in ids[0] if i >= 0]
-                vecs_by_id = col.store.vectors(ids, "semantic")
+                vecs_by_id = col.vector_index("semantic").get(ids)
                 vecs = np.stack([vecs_by_id[i] for i in ids])
                 stored_ms.append(median_ms(lambda: offsets.of(ids, vecs)))
                 computed_ms.append(median_ms(lambda: encoder.image_offsets(vecs)))

@@ -113,7 +113,7 @@ def test_index_stores_each_images_offset_and_search_reports_the_query_scale(hub_
     store = col.store
     assert store.ids_without_offset() == []
     ids = [i for _, _, i in store.file_states().values()]
-    vecs = store.vectors(ids, "semantic")
+    vecs = col.vector_index("semantic").get(ids)
     offsets = store.offsets(ids)
     np.testing.assert_allclose([offsets[i] for i in ids],
                                encoder.image_offsets(np.stack([vecs[i] for i in ids])), atol=1e-5)

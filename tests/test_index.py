@@ -142,19 +142,26 @@ def test_killed_indexer_leaves_an_index_that_opens(tmp_path):
     assert report.embedded == 160 - kept and len(col) == 160
 
 
-def test_damaged_faiss_file_is_rebuilt(gallery):
+def test_damaged_vector_file_is_a_clear_error_and_rebuild_recovers(gallery):
+    from imagetext.errors import IndexCorruptError
+
     col, _ = _index(gallery)
-    (col.index_dir / "semantic.faiss").write_bytes(b"garbage")
+    col.vector_index("semantic").path.write_bytes(b"garbage")  # the vectors' only copy
     reopened = Collection.open(gallery)
-    assert Path(reopened.search("a cat", k=1)[0].path).name == "chelsea.png"
+    with pytest.raises(IndexCorruptError, match="--rebuild"):
+        reopened.search("a cat", k=1)
+    rebuilt = Collection.open(gallery, rebuild=True)
+    rebuilt.index()
+    assert Path(rebuilt.search("a cat", k=1)[0].path).name == "chelsea.png"
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
-def test_approximate_index_types_agree_with_exact(gallery, kind):
+def test_hnsw_is_refused_and_ivf_agrees_with_exact(gallery):
     col, _ = _index(gallery)
     exact = [r.id for r in col.search("a cup of coffee", k=3)]
-    col.index(index_type=kind)
-    assert col.status()["index_type"] == kind
+    with pytest.raises(ValueError, match="auto, flat, ivf"):
+        col.index(index_type="hnsw")
+    col.index(index_type="ivf")
+    assert col.status()["index_type"] == "ivf"
     assert col.search("a cup of coffee", k=3)[0].id == exact[0]
 
 
@@ -197,7 +204,6 @@ def test_stored_captions_are_searched_as_text_too(gallery):
     records = {Path(r.path).name: r.id for r in col.search("a photo", k=30)}
     vecs = col.encoder.encode_texts(list(captions.values()))
     col.store.set_captions([(records[name], text, v) for (name, text), v in zip(captions.items(), vecs)])
-    col.vector_index("caption").rebuild()
     after = col.search(query, k=3)
     assert Path(after[0].path).name == target and after[0].caption == query
     assert before.index(target) >= 0  # it was in the collection all along

@@ -12,12 +12,12 @@ work to the module of each concern:
 - search.py: search, similar, score offsets and relevance;
 - records.py: what goes in and comes out (EmbeddedImage, IndexProgress, IndexReport,
   SearchResult), importable without torch;
-- store.py and vectors.py: the SQLite store (source of truth, versioned schema) and the
-  FAISS indexes derived from it.
+- store.py and vectors.py: the SQLite store (metadata, versioned schema, the journal of
+  vector changes) and the FAISS files, the one stored copy of the vectors.
 
 Readers never wait for a writer: SQLite runs in WAL mode, the writer commits batch by batch
 and checkpoints between batches, and a reader searches the FAISS file the writer last saved
-(files are replaced atomically) instead of rebuilding it from a store that changes under it.
+(files are replaced atomically, IVF ones memory-mapped) plus the journal rows committed since.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from imagetext.errors import (  # ModelMismatchError, IndexBusyError: also impor
     IndexBusyError,
     IndexCorruptError,
     IndexLocationError,
+    InvalidInputError,
     ModelMismatchError,
 )
 from imagetext.index import clusters, compat
@@ -44,7 +45,7 @@ from imagetext.index.lock import WriterLock
 from imagetext.index.records import EmbeddedImage, IndexProgress, IndexReport, SearchResult
 from imagetext.index.search import Searcher
 from imagetext.index.store import MetadataStore
-from imagetext.index.vectors import VectorIndex, choose_kind
+from imagetext.index.vectors import KINDS, VectorIndex, choose_kind
 from imagetext.io.images import DEFAULT_MAX_FILE_BYTES
 
 __all__ = ["INDEX_DIRNAME", "Collection", "EmbeddedImage", "IndexBusyError", "IndexProgress",
@@ -219,25 +220,35 @@ class Collection:
         return self._encoder
 
     def vector_index(self, kind: str) -> VectorIndex:
-        """The FAISS index of one kind ("semantic", "visual" or "caption"), loaded on use."""
+        """The stored vectors of one kind (vectors.KINDS: "semantic", "visual", "caption"),
+        searchable, loaded on use."""
+        if kind not in KINDS:
+            raise InvalidInputError(f"unknown vector kind {kind!r}: one of {', '.join(KINDS)}")
         if kind not in self._vectors:
-            # captions live in the text space, like the semantic vectors
-            dim = int(self.store.get_meta("visual_dim" if kind == "visual" else "dim") or 0)
-            if not dim:
-                dim = self.encoder.visual_dim if kind == "visual" else self.encoder.dim
+            key = KINDS[kind].dim_key
+            dim = int(self.store.get_meta(key) or 0) or int(getattr(self.encoder, key))
             self._vectors[kind] = VectorIndex(self.faiss_dir, self.store, kind, dim,
                                               writing=self.lock.try_writing)
         return self._vectors[kind]
 
-    def vectors(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of every image that has a vector of `kind` ("semantic", "visual" or
-        "caption"), in id order, as float32: the one way to read the stored vectors whole."""
-        parts = list(self.store.iter_vectors(kind))
-        if not parts:
-            dim = int(self.store.get_meta("visual_dim" if kind == "visual" else "dim") or 0)
+    def vectors(self, kind: str, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every image that has a vector of `kind` ("semantic", "visual",
+        "caption"), in id order, as float32 (as stored: fp16, or SQ8 for large visual
+        indexes): the one way to read the stored vectors. `ids`: only those (the ones that
+        have such a vector), in the order given."""
+        if kind not in KINDS:
+            raise InvalidInputError(f"unknown vector kind {kind!r}: one of {', '.join(KINDS)}")
+        if not self.store.count():
+            dim = int(self.store.get_meta(KINDS[kind].dim_key) or 0)
             return np.empty(0, dtype=np.int64), np.empty((0, dim), dtype=np.float32)
-        return (np.concatenate([ids for ids, _ in parts]),
-                np.concatenate([vecs for _, vecs in parts]).astype(np.float32, copy=False))
+        index = self.vector_index(kind)
+        if ids is None:
+            return index.vectors()
+        found = index.get(ids)
+        order = [int(i) for i in ids if int(i) in found]
+        if not order:
+            return np.empty(0, dtype=np.int64), np.empty((0, index.dim), dtype=np.float32)
+        return np.array(order, np.int64), np.stack([found[i] for i in order]).astype(np.float32)
 
     # -- writing (indexer.py) ----------------------------------------------------------------
     def index(
@@ -298,7 +309,7 @@ class Collection:
             self.refresh()
             if not self._rebuilding:
                 compat.remove_finished_rebuild(self.index_dir, self.store)
-            VectorIndex.remove_stale_files(self.faiss_dir)
+            VectorIndex.remove_stale_files(self.faiss_dir, self.store.get_meta("build"))
             store = self.store
             store.auto_checkpoint(False)  # checkpoints happen between batches (sync_vectors)
             try:

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 DB_NAME = "index.sqlite"
 REBUILD_DIRNAME = "rebuild"  # inside the index folder: a rebuild in progress
-_FAISS_KINDS = ("semantic", "visual", "caption")
 
 
 def stable_model_ref(ref: str | None) -> str:
@@ -86,7 +85,10 @@ def _reencodes_stored_vectors(col: Collection, encoder) -> bool:
             fresh = encoder.encode_images([file]).semantic[0]
         except Exception:  # noqa: BLE001, S112  (an unreadable file proves nothing: try another)
             continue
-        return float(fresh @ col.store.vector(image_id, "semantic")) >= 0.99
+        stored = col.vector_index("semantic").get([image_id]).get(image_id)
+        if stored is None:
+            continue
+        return float(fresh @ stored) >= 0.99
     return True  # no indexed file left to compare with: nothing to mix either
 
 
@@ -113,14 +115,15 @@ def open_staging(index_dir: Path, live: MetadataStore | None, encoder) -> Metada
 def swap_in(index_dir: Path, live: MetadataStore | None, staging: MetadataStore,
             rebuild_hint: str) -> MetadataStore:
     """Make the finished rebuild `staging` the index and return the store of the index:
-    one transaction copies it over the old one `live` (which readers keep until then), then
-    its FAISS files move into place. Should the copy fail (a full disk), the old index stays
+    its FAISS files (named by its build) move beside the old ones, then one transaction copies
+    it over the old index `live` (which readers keep until then). Should the copy fail (a full disk), the old index stays
     as it was and the rebuild resumes next time. `live` None: the old index could not even be
     read, and its files are replaced."""
     staging_dir = index_dir / REBUILD_DIRNAME
-    faiss_meta = {k: staging.get_meta(k) for kind in _FAISS_KINDS
-                  for k in (f"faiss_generation_{kind}", f"faiss_type_{kind}")}
     staging.checkpoint(truncate=True)
+    # its vector files first: named by its build, which no reader of the old index opens
+    for file in staging_dir.glob("*.faiss"):
+        os.replace(file, index_dir / file.name)
     db = index_dir / DB_NAME
     if live is None:
         staging.close()
@@ -131,12 +134,6 @@ def swap_in(index_dir: Path, live: MetadataStore | None, staging: MetadataStore,
     else:
         live.replace_with(staging_dir / DB_NAME)
         staging.close()
-    for kind in _FAISS_KINDS:
-        file = staging_dir / f"{kind}.faiss"
-        if file.is_file() and faiss_meta[f"faiss_generation_{kind}"]:
-            os.replace(file, index_dir / file.name)
-            live.set_meta(f"faiss_type_{kind}", faiss_meta[f"faiss_type_{kind}"])
-            live.set_meta(f"faiss_generation_{kind}", faiss_meta[f"faiss_generation_{kind}"])
     shutil.rmtree(staging_dir, ignore_errors=True)
     return live
 

@@ -5,14 +5,14 @@ folder plans from a scan (new and changed files to embed, deleted ones to drop, 
 ones and known failures to skip), decodes files in threads while the model embeds earlier
 ones, recognises content it already has by hash (a touched file or a copy costs no model
 time), and commits batch by batch; `add_embedded` stores images that were embedded
-elsewhere. Both end in the same step, `commit`: a batch of EmbeddedImage rows in one SQLite
-transaction, the FAISS indexes following from the vectors it held (saved for readers now and
-then, and always at the end, even on Ctrl-C). An interrupted run keeps every batch it
-committed, and the next run resumes from there.
+elsewhere. Both end in the same step, `commit`: a batch of EmbeddedImage rows, and their
+vectors in the journal, in one SQLite transaction; the writer's in-memory FAISS indexes then
+take them in (vectors.py), and are saved now and then (at most 1/SAVE_COST_SHARE of the
+run's time) and always at the end, even on Ctrl-C. An interrupted run keeps every batch it
+committed (the journal holds what no saved file does), and the next run resumes from there.
 
-The run's state lives in the Indexer (the report, the rows committed and not yet in FAISS,
-the failures to record) and its progress goes to an `on_progress` callback as IndexProgress
-events: the index package draws nothing.
+The run's state lives in the Indexer (the report, the failures to record) and its progress
+goes to an `on_progress` callback as IndexProgress events: the index package draws nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import posixpath
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +36,7 @@ from imagetext.index.records import EmbeddedImage, IndexProgress, IndexReport
 from imagetext.index.scan import scan_folder
 from imagetext.index.search import ScoreOffsets
 from imagetext.index.store import path_to_db
-from imagetext.index.vectors import VectorIndex, choose_kind
+from imagetext.index.vectors import KINDS, VectorIndex, choose_kind
 from imagetext.io.images import (
     DEFAULT_MAX_FILE_BYTES,
     ImageLoadError,
@@ -77,21 +77,6 @@ class _Decoded:
     pixels: np.ndarray
 
 
-@dataclass
-class _Uncommitted:
-    """What the run committed to SQLite and not yet to the FAISS indexes."""
-
-    ids: list[int] = field(default_factory=list)
-    vecs: dict[str, list[np.ndarray]] = field(default_factory=lambda: {"semantic": [], "visual": []})
-    gone: list[int] = field(default_factory=list)
-
-    def clear(self) -> None:
-        self.ids.clear()
-        self.gone.clear()
-        for v in self.vecs.values():
-            v.clear()
-
-
 class Indexer:
     """One write run on a collection (its writer lock held by the caller)."""
 
@@ -105,7 +90,6 @@ class Indexer:
         self.workers = workers
         self.max_file_bytes = max_file_bytes
         self.on_progress = on_progress
-        self.uncommitted = _Uncommitted()
         self.vectors: dict[str, VectorIndex] = {}
         self._next_save = time.monotonic() + FAISS_SAVE_SECONDS
 
@@ -122,7 +106,6 @@ class Indexer:
         encoder = self.col.encoder if todo or self.store.get_meta("model_name") is None else None
         self._begin(encoder)
         self.report.removed = self.store.remove(removed_ids)
-        self.uncommitted.gone.extend(removed_ids)
         try:
             if todo:
                 self.embed(todo, encoder)
@@ -138,21 +121,18 @@ class Indexer:
         self._set_index_type(None)
         self._begin(encoder)
         total = len(records) if hasattr(records, "__len__") else None
-        done, captioned = 0, False
+        done = 0
         try:
             for batch in batched(records, self.batch_size):
                 images = _with_caption_vectors([_checked(r, encoder) for r in batch], encoder)
                 old = [self.store.find_path(im.path) for im in images]
                 old_ids = [None if r is None else r.id for r in old]
                 self.commit(images, old_ids)
-                captioned = captioned or any(im.caption is not None for im in images)
                 done += len(batch)
                 self._progress("add", done, total)
                 self._after_commit()
         finally:
             self.sync_vectors()
-            if captioned:
-                self.col.vector_index("caption").rebuild()
         ScoreOffsets(self.col).fill(encoder)
 
     # -- steps -----------------------------------------------------------------------------
@@ -164,8 +144,8 @@ class Indexer:
             self.store.set_meta("index_type", "auto")
 
     def _begin(self, encoder) -> None:
-        """Record the model the index is for; load the FAISS indexes as they are before the
-        store changes, so that the run can update them incrementally."""
+        """Record the model the index is for; read the FAISS indexes into memory, where the
+        run updates them in place."""
         if encoder is not None:
             if encoder.fingerprint:
                 self.store.set_meta("model_fingerprint", encoder.fingerprint)
@@ -173,7 +153,9 @@ class Indexer:
             self.store.set_meta("model_ref", stable_model_ref(self.col.model_ref))
             self.store.set_meta("dim", str(encoder.dim))
             self.store.set_meta("visual_dim", str(encoder.visual_dim))
-        self.vectors = {k: self.col.vector_index(k) for k in ("semantic", "visual")}
+        if self.store.get_meta("dim") is None:
+            return  # nothing indexed yet, no model: no vectors either
+        self.vectors = {k: self.col.vector_index(k).for_writing() for k in KINDS}
         for v in self.vectors.values():
             v.load()
 
@@ -274,7 +256,14 @@ class Indexer:
         known = self.store.copy_by_sha1(d.sha1)
         if known is None:
             return False
-        image = EmbeddedImage(f.rel, f.size, f.mtime, d.sha1, d.width, d.height, **known)
+        known_id, caption = known
+        vecs = {spec.field: self.col.vector_index(kind).get([known_id]).get(known_id)
+                for kind, spec in KINDS.items()}
+        if any(vecs[spec.field] is None for spec in KINDS.values() if spec.every_image):
+            return False  # (no vectors for it: embed it)
+        image = EmbeddedImage(f.rel, f.size, f.mtime, d.sha1, d.width, d.height,
+                              caption=caption if vecs.get("caption_vector") is not None else None,
+                              **vecs)
         if self.commit([image], [f.old_id]):
             self.report.duplicates += 1
         return True
@@ -284,7 +273,7 @@ class Indexer:
         Should a row be refused (a name SQLite cannot hold), the batch is stored row by row
         and the refused ones reported: one bad file never loses the others. Returns whether
         all were stored."""
-        report, uncommitted = self.report, self.uncommitted
+        report = self.report
         replace = [i for i in old_ids if i is not None]
         try:
             ids = self.store.add_batch(images, replace_ids=replace)
@@ -294,17 +283,16 @@ class Indexer:
                 return False
             stored = [self.commit([im], [old]) for im, old in zip(images, old_ids)]  # every one
             return all(stored)
-        uncommitted.gone.extend(replace)
         report.updated += len(replace)
-        report.added += len(images) - len(replace)
-        uncommitted.ids.extend(ids)
-        uncommitted.vecs["semantic"].append(np.stack([im.semantic for im in images]).astype(np.float32))
-        uncommitted.vecs["visual"].append(np.stack([im.visual for im in images]).astype(np.float32))
+        report.added += len(ids) - len(replace)
         return True
 
     def _after_commit(self) -> None:
-        """Save the FAISS files for readers now and then (only where that is cheap)."""
-        if time.monotonic() < self._next_save or not all(v.incremental() for v in self.vectors.values()):
+        """Take the committed vectors into the in-memory indexes; save the FAISS files now
+        and then (readers read the journal past them meanwhile)."""
+        for v in self.vectors.values():
+            v.sync(save=False)
+        if time.monotonic() < self._next_save:
             return
         began = time.monotonic()
         self.sync_vectors()
@@ -313,16 +301,10 @@ class Indexer:
 
     def sync_vectors(self) -> None:
         """Bring the FAISS indexes in step with what was committed, and save them."""
-        pending = self.uncommitted
-        gone = np.asarray(pending.gone, np.int64)
-        new_ids = np.asarray(pending.ids, np.int64)
-        for kind, v in self.vectors.items():
-            if not len(gone) and not len(new_ids) and v.is_current():
-                continue
-            vecs = (np.concatenate(pending.vecs[kind]) if pending.vecs[kind]
-                    else np.zeros((0, v.dim), np.float32))
-            v.apply(new_ids, vecs, gone)
-        pending.clear()
+        if not self.vectors and self.store.get_meta("dim") is not None:
+            self._begin(None)
+        for v in self.vectors.values():
+            v.sync()
         self.store.checkpoint()
 
     def caption_missing(self, captioner) -> int:
@@ -348,7 +330,7 @@ class Indexer:
                 store.set_captions([(b.item, t, v) for b, t, v in zip(ok, texts, vecs)])
             done += len(batch)
             self._progress("caption", done, len(ids))
-        self.col.vector_index("caption").rebuild()
+        self.sync_vectors()
         return done
 
 

@@ -1,7 +1,8 @@
 """Answering queries from a collection's index: text search, similar images, the results.
 
 Text search takes candidates from FAISS (the semantic index, and the caption index when
-images have captions) and scores each exactly from its stored vectors: the model's
+images have captions) and scores each exactly from its stored vectors (read back from the
+same FAISS files, fp16): the model's
 `query_scores` (the cosine, less the image's score offset for a model with a hubness
 correction), fused with the query-caption similarity for captioned images
 (index/fusion.py), then adds the calibrated relevance where the model has a calibration.
@@ -56,10 +57,9 @@ class ScoreOffsets:
         store = self.col.store
         todo = store.ids_without_offset()
         for i in range(0, len(todo), chunk):
-            vecs = store.vectors(todo[i : i + chunk], "semantic")
-            ids = list(vecs)
-            offsets = encoder.image_offsets(np.stack([vecs[j] for j in ids]))
-            store.set_offsets(zip(ids, offsets.tolist()))
+            ids, vecs = self.col.vectors("semantic", todo[i : i + chunk])
+            if len(ids):
+                store.set_offsets(zip(ids.tolist(), encoder.image_offsets(vecs).tolist()))
 
     def of(self, ids: list[int], vecs: np.ndarray) -> np.ndarray | None:
         """The offsets of these images (`vecs`: their semantic vectors); any missing (images
@@ -117,8 +117,8 @@ class Searcher:
         for kind in kinds:
             _, ids = col.vector_index(kind).search(query[None], pool)
             candidates.update(int(i) for i in ids[0] if i >= 0)
-        image_vecs = store.vectors(candidates, "semantic")
-        caption_vecs = store.vectors(candidates, "caption") if len(kinds) == 2 else {}
+        image_vecs = col.vector_index("semantic").get(sorted(candidates))
+        caption_vecs = col.vector_index("caption").get(sorted(candidates)) if len(kinds) == 2 else {}
         if not image_vecs:
             return []
         ids = list(image_vecs)
@@ -154,7 +154,10 @@ class Searcher:
         self.col.refresh()
         exclude = None
         if isinstance(image, (int, np.integer)):
-            vec = self.col.store.vector(int(image), "visual")[None]
+            found = self.col.vector_index("visual").get([int(image)])
+            if int(image) not in found:
+                raise KeyError(f"no image with id {int(image)} in the index")
+            vec = found[int(image)][None]
             exclude = int(image)
         else:
             vec = self.col.encoder.encode_images([image]).visual

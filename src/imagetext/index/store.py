@@ -1,13 +1,14 @@
-"""SQLite metadata store: one row per indexed image, with its vectors.
+"""SQLite metadata store: one row per indexed image, and the journal of vector changes.
 
-SQLite is the source of truth. Each image row holds its path (relative to the collection
-root), size, mtime, content hash, pixel size, room for a caption, both
-vectors as blobs, and the image's score offset under the model's hubness correction
-(computed once per image at indexing time, so that search does not recompute it per
-query; NULL until computed, and all reset when the model's correction changes); the FAISS
-files are derived from it and rebuilt whenever they are older than the database (see
-vectors.py). Every change happens in a transaction, so an interrupted indexing run leaves
-the batches it finished and nothing half-written.
+Each image row holds its path (relative to the collection root), size, mtime, content
+hash, pixel size, room for a caption, and the image's score offset under the model's
+hubness correction (computed once per image at indexing time, so that search does not
+recompute it per query; NULL until computed, and all reset when the model's correction
+changes). The vectors themselves are stored once, in the FAISS files (vectors.py); what
+SQLite keeps of them is the journal `pending_vectors`: each vector added (fp16) or removed
+since a file was last saved, written in the same transaction as its image row, and dropped
+once a saved file holds it. Every change happens in a transaction, so an interrupted
+indexing run leaves the batches it finished and nothing half-written.
 
 Paths are file names as the OS gives them, which need not be valid UTF-8: Python holds such
 a name as a str with surrogate escapes (os.fsdecode), which SQLite cannot store as text.
@@ -30,6 +31,7 @@ import sqlite3
 import time
 import urllib.parse
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +49,19 @@ from imagetext.index.records import EmbeddedImage
 # `labels` column is gone. An older index is brought up to date by MIGRATIONS when it is
 # opened for writing (one transaction per step); read-only, it is read as it is.
 # Version 3: the tables of `imagetext cluster`'s albums (index/clusters.py).
-SCHEMA_VERSION = 3
+# Version 4: the vectors leave SQLite for the FAISS files (their only copy, fp16 or SQ8;
+# vectors.py), with the journal `pending_vectors` of changes not yet in a saved file.
+SCHEMA_VERSION = 4
+
+JOURNAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending_vectors (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    image_id INTEGER NOT NULL,
+    vector BLOB
+);
+CREATE INDEX IF NOT EXISTS pending_vectors_kind ON pending_vectors (kind, seq);
+"""
 
 CLUSTER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (
@@ -76,9 +90,6 @@ CREATE TABLE IF NOT EXISTS images (
     height INTEGER NOT NULL,
     caption TEXT,
     indexed_at REAL NOT NULL,
-    semantic BLOB NOT NULL,
-    visual BLOB NOT NULL,
-    caption_vector BLOB,
     image_offset REAL
 );
 CREATE INDEX IF NOT EXISTS images_sha1 ON images (sha1);
@@ -88,7 +99,7 @@ CREATE TABLE IF NOT EXISTS failures (
     mtime REAL NOT NULL,
     reason TEXT NOT NULL
 );
-""" + CLUSTER_SCHEMA
+""" + CLUSTER_SCHEMA + JOURNAL_SCHEMA
 
 
 @dataclass
@@ -105,8 +116,7 @@ class ImageRecord:
 
 _COLUMNS = "id, path, size, mtime, sha1, width, height, caption"
 # every column of `images`, in order: what a rebuilt index copies over the old one
-_ALL_COLUMNS = ("id, path, size, mtime, sha1, width, height, caption, indexed_at, semantic,"
-                " visual, caption_vector, image_offset")
+_ALL_COLUMNS = "id, path, size, mtime, sha1, width, height, caption, indexed_at, image_offset"
 _TABLES = {"meta", "images", "failures"}
 
 
@@ -151,8 +161,74 @@ def _migrate_to_3(db: sqlite3.Connection) -> None:
             db.execute(statement)
 
 
+LEGACY_COLUMNS = {"semantic": "semantic", "visual": "visual", "caption": "caption_vector"}
+
+
+def legacy_blob_vector(blob: bytes, dim: int) -> np.ndarray:
+    """A vector as schemas 1-3 stored it: float32, or float16 (visual), told by its size."""
+    dtype = np.float16 if len(blob) == 2 * dim else np.float32
+    return np.frombuffer(blob, dtype=dtype).astype(np.float32)
+
+
+def _legacy_vectors(db: sqlite3.Connection, kind: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    column = LEGACY_COLUMNS[kind]
+    rows = db.execute(f"SELECT id, {column} FROM images WHERE {column} IS NOT NULL ORDER BY id").fetchall()
+    ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+    vecs = (np.stack([legacy_blob_vector(r[1], dim) for r in rows]) if rows
+            else np.zeros((0, dim), np.float32))
+    return ids, vecs
+
+
+def _migrate_to_4(db: sqlite3.Connection) -> None:
+    """Move the vectors out of SQLite into the FAISS files (vectors.py), then drop their
+    columns. Crash-safe: the files are written (under this build's names, renamed into place)
+    before the one transaction that records them and drops the columns; killed before it,
+    the index is still version 3 and the next open does it again."""
+    from imagetext.index import vectors
+
+    folder = Path(db.execute("PRAGMA database_list").fetchone()[2]).parent
+    build = db.execute("SELECT value FROM meta WHERE key = 'build'").fetchone()
+    if build is None:
+        build = (secrets.token_hex(8),)
+        db.execute("INSERT INTO meta (key, value) VALUES ('build', ?)", build)
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    requested = meta.get("index_type") or "auto"
+    requested = requested if requested in vectors.INDEX_KINDS else "auto"  # hnsw: gone
+    columns = _columns(db)
+    saved = {}
+    for kind, spec in vectors.KINDS.items():
+        column = LEGACY_COLUMNS.get(kind)
+        dim = int(meta.get(spec.dim_key) or 0)
+        if column not in columns or not dim:
+            continue
+        ids, vecs = _legacy_vectors(db, kind, dim)
+        if not len(ids):
+            continue
+        layout = vectors.choose_kind(requested, len(ids))
+        index = vectors.build_index(kind, layout, dim, ids, vecs)
+        del vecs
+        path = folder / f"{kind}.{build[0]}.faiss"
+        tmp = folder / f"{path.name}.{os.getpid()}.tmp"
+        vectors.faiss.write_index(index, str(tmp))
+        os.replace(tmp, path)
+        saved[kind] = len(ids)
+    db.execute("BEGIN IMMEDIATE")
+    for statement in JOURNAL_SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    for kind, n in saved.items():
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, '0')", (f"faiss_seq_{kind}",))
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"faiss_trained_{kind}", str(n)))
+    db.execute("DELETE FROM meta WHERE key LIKE 'faiss_generation_%' OR key LIKE 'faiss_type_%'")
+    if requested != (meta.get("index_type") or "auto"):
+        db.execute("UPDATE meta SET value = 'auto' WHERE key = 'index_type'")
+    for column in LEGACY_COLUMNS.values():
+        if column in columns:
+            db.execute(f"ALTER TABLE images DROP COLUMN {column}")
+
+
 # schema version -> the step that brings an index of the version before it up to it
-MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3}
+MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4}
 
 
 def _uri(path: Path, **params: str) -> str:
@@ -231,6 +307,7 @@ class MetadataStore:
         self.path = Path(path)
         self.rebuild_hint = rebuild_hint or f"delete {self.path.parent} and index the folder again"
         self.readonly = False
+        self.legacy = False
         self.db: _Connection | None = None
         if readonly is None:
             readonly = self.path.exists() and not _writable(self.path)
@@ -246,6 +323,8 @@ class MetadataStore:
         self.db = self._connect(readonly=True)
         self.readonly = True
         self._check_schema()
+        # read-only, an index of schema 1-3 is read as it is: its vectors are in SQLite
+        self.legacy = "semantic" in _columns(self.db)
 
     def _explain(self, exc: sqlite3.Error) -> Exception | None:
         name = getattr(exc, "sqlite_errorname", "") or ""
@@ -304,6 +383,8 @@ class MetadataStore:
                                 (str(step),))
         if version is None and current == SCHEMA_VERSION:
             self.set_meta("schema_version", str(SCHEMA_VERSION))
+        if current < 4:
+            self.db.execute("VACUUM")  # give back the pages the vector columns held
 
     def _check_schema(self) -> None:
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -369,10 +450,10 @@ class MetadataStore:
         return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
 
     def count_vectors(self, kind: str) -> int:
-        """Rows that have a vector of this kind (every row has semantic and visual ones)."""
+        """Rows that have a vector of this kind (every row has semantic and visual ones;
+        captioned rows have a caption vector)."""
         if kind == "caption":
-            return self.db.execute(
-                "SELECT COUNT(*) FROM images WHERE caption_vector IS NOT NULL").fetchone()[0]
+            return self.db.execute("SELECT COUNT(*) FROM images WHERE caption IS NOT NULL").fetchone()[0]
         return self.count()
 
     def file_states(self) -> dict[str, tuple[int, float, int]]:
@@ -406,28 +487,61 @@ class MetadataStore:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM images WHERE path = ?", (key,)).fetchone()
         return None if row is None else _record(row)
 
-    def copy_by_sha1(self, sha1: str) -> dict | None:
-        """Vectors and caption of an indexed image with this content, to reuse for a copy."""
-        row = self.db.execute(
-            "SELECT semantic, visual, caption, caption_vector FROM images WHERE sha1 = ? LIMIT 1",
-            (sha1,),
-        ).fetchone()
-        if row is None:
-            return None
-        return {"semantic": blob_to_vector(row[0], "semantic"), "visual": blob_to_vector(row[1], "visual"),
-                "caption": row[2],
-                "caption_vector": None if row[3] is None else blob_to_vector(row[3], "caption")}
+    def copy_by_sha1(self, sha1: str) -> tuple[int, str | None] | None:
+        """(id, caption) of an indexed image with this content, whose vectors a copy reuses."""
+        row = self.db.execute("SELECT id, caption FROM images WHERE sha1 = ? LIMIT 1", (sha1,)).fetchone()
+        return None if row is None else (row[0], row[1])
 
-    def vector(self, image_id: int, kind: str) -> np.ndarray:
-        row = self.db.execute(f"SELECT {_VECTOR_COLUMNS[kind]} FROM images WHERE id = ?",
-                              (int(image_id),)).fetchone()
-        if row is None or row[0] is None:
-            raise KeyError(f"no {kind} vector for image {image_id} in the index")
-        return blob_to_vector(row[0], kind)
+    # -- the vector journal (see vectors.py) ----------------------------------------------
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one state of the database (a read transaction)."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.db.execute("COMMIT")
 
-    def vectors(self, ids: Iterable[int], kind: str) -> dict[int, np.ndarray]:
-        """id -> vector for the given ids that have a vector of this kind."""
-        return {i: blob_to_vector(blob, kind) for i, blob in self._column_of(ids, _VECTOR_COLUMNS[kind])}
+    def pending(self, kind: str, since: int) -> list[tuple[int, int, bytes | None]]:
+        """Journal rows (seq, image id, fp16 vector bytes or None: removed) of `kind` after seq
+        `since`, in order."""
+        return self.db.execute("SELECT seq, image_id, vector FROM pending_vectors WHERE kind = ? "
+                               "AND seq > ? ORDER BY seq", (kind, int(since))).fetchall()
+
+    def pending_count(self, kind: str) -> int:
+        saved = int(self.get_meta(f"faiss_seq_{kind}") or 0)
+        return self.db.execute("SELECT COUNT(*) FROM pending_vectors WHERE kind = ? AND seq > ?",
+                               (kind, saved)).fetchone()[0]
+
+    def mark_saved(self, kind: str, seq: int) -> None:
+        """A saved file of `kind` holds the journal up to `seq`: record it, drop those rows."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.set_meta(f"faiss_seq_{kind}", str(int(seq)))
+            self.db.execute("DELETE FROM pending_vectors WHERE kind = ? AND seq <= ?", (kind, int(seq)))
+
+    def _journal(self, rows: Iterable[tuple[str, int, np.ndarray | None]]) -> None:
+        self.db.executemany(
+            "INSERT INTO pending_vectors (kind, image_id, vector) VALUES (?, ?, ?)",
+            [(kind, int(i), None if v is None else np.asarray(v, np.float16).tobytes())
+             for kind, i, v in rows])
+
+    def _journal_removed(self, ids: list[int]) -> None:
+        from imagetext.index.vectors import KINDS
+
+        self._journal((kind, i, None) for i in ids for kind in KINDS)
+
+    def legacy_vectors(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of a read-only index of schema 1-3, from its SQLite columns."""
+        from imagetext.index.vectors import KINDS
+
+        dim = int(self.get_meta(KINDS[kind].dim_key) or 0)
+        if kind not in LEGACY_COLUMNS or LEGACY_COLUMNS[kind] not in _columns(self.db):
+            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        return _legacy_vectors(self.db, kind, dim)
 
     def offsets(self, ids: Iterable[int]) -> dict[int, float]:
         """id -> stored score offset, for the given ids that have one."""
@@ -458,36 +572,34 @@ class MetadataStore:
             self.db.execute("UPDATE images SET image_offset = NULL")
             self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('offsets_key', ?)", (key,))
 
-    def iter_vectors(self, kind: str, chunk: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) in chunks, for rebuilding a FAISS index."""
-        column = _VECTOR_COLUMNS[kind]
-        cursor = self.db.execute(f"SELECT id, {column} FROM images WHERE {column} IS NOT NULL ORDER BY id")
-        while rows := cursor.fetchmany(chunk):
-            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            yield ids, np.stack([blob_to_vector(r[1], kind) for r in rows])
-
     # -- writes (each call is one transaction) ------------------------------------------
     def add_batch(self, images: list[EmbeddedImage], replace_ids: Iterable[int] = ()) -> list[int]:
-        """Insert images (replacing the rows `replace_ids` of changed files); returns new ids."""
+        """Insert images (replacing the rows `replace_ids` of changed files), their vectors
+        into the journal; returns new ids."""
+        from imagetext.index.vectors import KINDS
+
         now = time.time()
         ids = []
+        replace_ids = [int(i) for i in replace_ids]
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             for image_id in replace_ids:
-                self.db.execute("DELETE FROM images WHERE id = ?", (int(image_id),))
+                self.db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+            self._journal_removed(replace_ids)
             for im in images:
                 path = path_to_db(im.path)
                 self.db.execute("DELETE FROM failures WHERE path = ?", (path,))
                 cur = self.db.execute(
-                    "INSERT INTO images (path, size, mtime, sha1, width, height, caption,"
-                    " indexed_at, semantic, visual, caption_vector)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (path, im.size, im.mtime, im.sha1, im.width, im.height, im.caption, now,
-                     vector_to_blob(im.semantic, "semantic"), vector_to_blob(im.visual, "visual"),
-                     None if im.caption_vector is None else vector_to_blob(im.caption_vector, "caption")),
+                    "INSERT INTO images (path, size, mtime, sha1, width, height, caption, indexed_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (path, im.size, im.mtime, im.sha1, im.width, im.height, im.caption, now),
                 )
                 ids.append(cur.lastrowid)
+                self._journal((kind, cur.lastrowid, getattr(im, spec.field))
+                              for kind, spec in KINDS.items() if getattr(im, spec.field, None) is not None)
             self._bump()
+            if any(getattr(im, "caption_vector", None) is not None for im in images):
+                self._bump("caption_generation")
         return ids
 
     def touch(self, image_id: int, size: int, mtime: float) -> None:
@@ -502,7 +614,9 @@ class MetadataStore:
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany("DELETE FROM images WHERE id = ?", ids)
+            self._journal_removed([i for (i,) in ids])
             self._bump()
+            self._bump("caption_generation")
         return len(ids)
 
     def record_failures(self, failures: list[tuple[str, int, float, str]]) -> None:
@@ -518,11 +632,15 @@ class MetadataStore:
             self.db.executemany("DELETE FROM failures WHERE path = ?", [(path_to_db(p),) for p in paths])
 
     def clear(self) -> None:
-        """Drop every image, failure and the model they were made with, in one transaction."""
+        """Drop every image, failure and the model they were made with, in one transaction:
+        a new build, whose vector files start empty."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("DELETE FROM images")
             self.db.execute("DELETE FROM failures")
+            self.db.execute("DELETE FROM pending_vectors")
+            self.db.execute("DELETE FROM meta WHERE key LIKE 'faiss_%'")
+            self.set_meta("build", secrets.token_hex(8))
             self.db.execute("DELETE FROM meta WHERE key IN ('model_name', 'model_ref', "
                             "'model_fingerprint', 'dim', 'visual_dim', 'offsets_key')")
             self._bump()
@@ -532,7 +650,8 @@ class MetadataStore:
         """Make this index a copy of the index database `other` (a rebuild made beside it),
         in one transaction: a reader sees the old index or the new one, never a mix, and a
         crash in between leaves the old one. The FAISS files of the old build are left
-        stale (the generation carries the new build's id) until the new ones are in place."""
+        of the new build (named by its build id) are moved in before, and `meta` (with what
+        the files hold) and the vector journal come with the rest."""
         self.db.execute("ATTACH DATABASE ? AS rebuilt", (_uri(Path(other), mode="ro"),))
         try:
             with self.db:
@@ -540,11 +659,13 @@ class MetadataStore:
                 self.db.execute("DELETE FROM images")
                 self.db.execute("DELETE FROM failures")
                 self.db.execute("DELETE FROM meta")
+                self.db.execute("DELETE FROM pending_vectors")
                 self.db.execute(f"INSERT INTO images ({_ALL_COLUMNS}) SELECT {_ALL_COLUMNS} FROM rebuilt.images")
                 self.db.execute("INSERT INTO failures (path, size, mtime, reason) "
                                 "SELECT path, size, mtime, reason FROM rebuilt.failures")
-                self.db.execute("INSERT INTO meta (key, value) SELECT key, value FROM rebuilt.meta "
-                                "WHERE key NOT LIKE 'faiss%'")
+                self.db.execute("INSERT INTO meta (key, value) SELECT key, value FROM rebuilt.meta")
+                self.db.execute("INSERT INTO pending_vectors (seq, kind, image_id, vector) "
+                                "SELECT seq, kind, image_id, vector FROM rebuilt.pending_vectors")
         finally:
             self.db.execute("DETACH DATABASE rebuilt")
 
@@ -552,26 +673,11 @@ class MetadataStore:
         """Store (id, caption, caption vector) for a batch of images, in one transaction."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany(
-                "UPDATE images SET caption = ?, caption_vector = ? WHERE id = ?",
-                [(c, vector_to_blob(v, "caption"), int(i)) for i, c, v in captions],
-            )
+            self.db.executemany("UPDATE images SET caption = ? WHERE id = ?",
+                                [(c, int(i)) for i, c, _ in captions])
+            self._journal(("caption", i, v) for i, _, v in captions)
             self._bump("caption_generation")
 
     def ids_without_caption(self) -> list[int]:
         return [r[0] for r in self.db.execute("SELECT id FROM images WHERE caption IS NULL ORDER BY id")]
 
-
-
-# The visual vector (1280-d for the default model) is stored as float16: half the size,
-# cosine error < 1e-3. The semantic vector, which text queries are scored against, stays float32.
-BLOB_DTYPES = {"semantic": np.float32, "visual": np.float16, "caption": np.float32}
-_VECTOR_COLUMNS = {"semantic": "semantic", "visual": "visual", "caption": "caption_vector"}
-
-
-def vector_to_blob(v: np.ndarray, kind: str) -> bytes:
-    return np.asarray(v, dtype=BLOB_DTYPES[kind]).tobytes()
-
-
-def blob_to_vector(blob: bytes, kind: str) -> np.ndarray:
-    return np.frombuffer(blob, dtype=BLOB_DTYPES[kind]).astype(np.float32)
