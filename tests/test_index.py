@@ -3,6 +3,7 @@ corrupt files, interruption and crash safety."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -412,3 +414,88 @@ def test_cli_index_draws_its_progress_bars_unless_quiet(gallery):
     assert quiet.stderr == "" and "1 removed" in quiet.stdout
     as_json = index("--json")
     assert as_json.stderr == "" and json.loads(as_json.stdout)["n_images"] == 29
+
+
+def _replicated(col, n: int, seed: int = 0) -> list:
+    """`n` EmbeddedImage rows made from the collection's real photos: each a copy of one
+    photo moved a little along a direction inside the data (the normalised sum of 4
+    differences of other photos, as bench/vectors_data.py does), re-normalised."""
+    from imagetext.index.records import EmbeddedImage
+
+    rng = np.random.default_rng(seed)
+    ids, sem = col.vectors("semantic")
+    _, vis = col.vectors("visual")
+
+    def moved(base: np.ndarray, src: int, t: float, pairs: np.ndarray) -> np.ndarray:
+        d = (base[pairs[:, 0]] - base[pairs[:, 1]]).sum(0)
+        v = base[src] + t * d / np.linalg.norm(d)
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    rows = []
+    for r in range(n):
+        src, t, pairs = r % len(ids), rng.uniform(0.1, 0.4), rng.integers(0, len(ids), (4, 2))
+        rows.append(EmbeddedImage(f"copies/{r:05d}.jpg", 1000 + r, 1.0, f"{r:040x}", 64, 64,
+                                  moved(sem, src, t, pairs), moved(vis, src, t, pairs)))
+    return rows
+
+
+def _centroids(path: Path) -> np.ndarray:
+    import faiss
+
+    index = faiss.read_index(str(path))  # kept alive while its parts are read
+    ivf = faiss.extract_index_ivf(index)
+    return faiss.downcast_index(ivf.quantizer).reconstruct_n(0, ivf.nlist).copy()
+
+
+def test_an_ivf_collection_adds_and_removes_without_a_rebuild(gallery, monkeypatch):
+    """An IVF-sized collection (the 50k threshold lowered to 1000 here) takes adds and
+    removes in place: the trained quantizer in the saved file stays the same, and text
+    search equals an exact search over all stored vectors."""
+    import faiss
+
+    from imagetext.index import vectors
+
+    monkeypatch.setattr(vectors, "IVF_THRESHOLD", 1000)
+    col, _ = _index(gallery)
+    col.add_embedded(_replicated(col, 2500), batch_size=256)
+    semantic, visual = col.vector_index("semantic"), col.vector_index("visual")
+    assert col.status()["index_type"] == "ivf" and len(col) == 2530
+    for v in (semantic, visual):
+        assert isinstance(faiss.read_index(str(v.path)), faiss.IndexIVFScalarQuantizer)
+    trained = {v.kind: _centroids(v.path) for v in (semantic, visual)}
+    trained_at = col.store.get_meta("faiss_trained_semantic")
+    assert 1000 <= int(trained_at) <= 2530  # trained when it passed the threshold
+
+    # add 100 more and remove 100: in place, the quantizer unchanged, nothing left pending
+    more = _replicated(col, 2600, seed=1)[2500:]
+    more = [dataclasses.replace(m, path=f"more/{i}.jpg") for i, m in enumerate(more)]
+    col.add_embedded(more)
+    gone = [col.store.find_path(f"copies/{r:05d}.jpg").id for r in range(0, 2000, 20)]
+    with col.lock.hold():
+        col.store.remove(gone)
+        for v in (semantic, visual):
+            v.sync()
+    assert len(col) == 2530
+    for v in (semantic, visual):
+        np.testing.assert_array_equal(_centroids(v.path), trained[v.kind])
+        assert v.is_current() and v.count() == 2530
+    assert col.store.get_meta("faiss_trained_semantic") == trained_at
+
+    # a fresh reader (memory-mapped files) answers as an exact search over every vector
+    with Collection.open(gallery) as reader:
+        query = "a cat sitting on a sofa"
+        got = reader.search(query, k=10)
+        ids, vecs = reader.vectors("semantic")
+        assert len(ids) == 2530 and not set(gone) & set(ids.tolist())
+        q = reader.encoder.encode_texts([query])[0]
+        offsets = reader._searcher.offsets.of(ids.tolist(), vecs)
+        exact = reader.encoder.query_scores(vecs, q, offsets)
+        top = np.argsort(-exact, kind="stable")[:10]
+        assert len({r.id for r in got} & set(ids[top].tolist())) >= 9
+        by_id = dict(zip(ids.tolist(), exact.tolist()))
+        np.testing.assert_allclose([r.score for r in got], [by_id[r.id] for r in got], atol=1e-5)
+        assert Path(got[0].path).name == "chelsea.png" or got[0].id == ids[top[0]]
+        # the visual side: a photo's "more like this" first finds its own copies
+        cat = reader.indexed_id(gallery / "chelsea.png")
+        similar = reader.similar(cat, k=5)
+        assert all(r.id != cat for r in similar) and len(similar) == 5

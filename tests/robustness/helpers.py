@@ -64,10 +64,10 @@ def remount(path: Path, options: str) -> None:
 
 
 def check_index(root: Path, index_dir: Path | None = None, model: str | None = None) -> dict:
-    """What the index holds, after checking that it is whole: it opens, every row's vectors
-    have the dimensions its recorded model says (no mix of two models), no path twice, no
-    temporary FAISS file left, and a search over everything finds exactly its rows (FAISS in
-    step with SQLite)."""
+    """What the index holds, after checking that it is whole: it opens, every row has its
+    vectors in the FAISS files, of the dimensions its recorded model says (no mix of two
+    models), no path twice, no temporary FAISS file left, and a search over everything finds
+    exactly its rows (FAISS in step with SQLite)."""
     from imagetext.api import Collection
 
     index_dir = index_dir or root / ".imagetext"
@@ -83,16 +83,18 @@ def check_index(root: Path, index_dir: Path | None = None, model: str | None = N
     try:
         meta = dict(db.execute("SELECT key, value FROM meta"))
         n, paths = db.execute("SELECT COUNT(*), COUNT(DISTINCT path) FROM images").fetchone()
-        dims = set(db.execute("SELECT DISTINCT length(semantic), length(visual) FROM images"))
+        row_ids = sorted(r[0] for r in db.execute("SELECT id FROM images"))
     finally:
         db.close()
     assert n == paths, "a path is indexed twice"
-    if n:
-        assert dims == {(4 * int(meta["dim"]), 2 * int(meta["visual_dim"]))}, (
-            f"vectors of another model in the index of {meta.get('model_name')}: {dims}")
     assert not list(index_dir.glob("*.tmp")), list(index_dir.glob("*"))
     with Collection.open(root, index_dir=index_dir, model=model) as col:
         assert len(col) == n
         if n:
+            for kind, key in (("semantic", "dim"), ("visual", "visual_dim")):
+                ids, vecs = col.vectors(kind)
+                assert ids.tolist() == row_ids, f"{kind} vectors out of step with the rows"
+                assert vecs.shape[1] == int(meta[key]), (
+                    f"vectors of another model in the index of {meta.get('model_name')}: {vecs.shape}")
             assert len(col.search("a photo", k=10_000)) == n
     return {"n": n, "model": meta.get("model_name"), "build": meta.get("build")}
