@@ -119,6 +119,13 @@ def test_an_edited_copy_is_nearest_its_original():
         query = extractor.encode_images([_edited(photos[i])])[0]
         sims = db @ query
         assert int(np.argmax(sims)) == i, (photos[i].name, photos[int(np.argmax(sims))].name)
+    # a copy turned by 90 degrees is found by the query's best turn
+    from imagetext.instance.features import best_of_turns
+
+    quarter = Image.open(photos[3]).convert("RGB").transpose(Image.Transpose.ROTATE_270)
+    turned = extractor.encode_turned([quarter])
+    assert turned.shape == (1, 4, extractor.dim)
+    assert int(np.argmax(best_of_turns(turned, db)[0])) == 3
     # the extractor takes a preprocessed batch, as an indexer gives it, and an empty one
     pixels = np.stack([extractor.load(p) for p in photos[:3]])
     np.testing.assert_allclose(extractor(pixels), db[:3], atol=1e-5)

@@ -279,14 +279,11 @@ def _encoder_features(encoder, items, load, batch_size, timer) -> dict[str, np.n
     return {"pooled-1280": np.concatenate(visual), "semantic": np.concatenate(semantic)}
 
 
-ROTATIONS = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
-
-
 def _map_features(extractor, items, load, batch_size, timer, poolings, stages,
                   rotations: bool = False) -> dict[str, np.ndarray]:
     """name -> (n, d) vectors, or (n, 4, d) with `rotations`: the image turned by 0, 90, 180
     and 270 degrees."""
-    from imagetext.instance.features import describe
+    from imagetext.instance.features import TURNS, describe, turned
 
     out: dict[str, list[np.ndarray]] = {}
     r = extractor.config.name.split("-", 2)[2]  # resolution (+ "-squash")
@@ -294,7 +291,7 @@ def _map_features(extractor, items, load, batch_size, timer, poolings, stages,
         batch_size = max(1, batch_size // 4)
     for imgs in _image_batches(items, load, batch_size):
         if rotations:
-            imgs = [im if t is None else im.transpose(t) for im in imgs for t in ROTATIONS]
+            imgs = [t for im in imgs for t in turned(im)]
         pixels = np.stack([extractor.preprocess(im) for im in imgs])
         start = time.perf_counter()
         maps = extractor.maps(pixels)
@@ -305,16 +302,9 @@ def _map_features(extractor, items, load, batch_size, timer, poolings, stages,
                 v = describe(maps, stage, pooling)
                 timer.add(f"{pooling}-{stage}-{r}", time.perf_counter() - start, len(imgs))
                 if rotations:
-                    v = v.reshape(-1, len(ROTATIONS), v.shape[1])
+                    v = v.reshape(-1, len(TURNS), v.shape[1])
                 out.setdefault(f"{pooling}-{stage}-{r}", []).append(v)
     return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def _scores(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
-    """Cosine similarities; for (n, k, d) queries (the turned copies) the best of the k."""
-    if queries.ndim == 2:
-        return queries @ database.T
-    return np.einsum("nkd,md->nkm", queries, database).max(axis=1)
 
 
 def _whiten(w, x: np.ndarray) -> np.ndarray:
@@ -339,7 +329,7 @@ def evaluate_instance(data: str, split: str = "val", n: int = 200, seed: int = 0
     and 270 degrees, its best similarity to each database photo (4 tower runs per query).
     """
     from imagetext.data.readers import read_pairs
-    from imagetext.instance.features import InstanceConfig, InstanceExtractor
+    from imagetext.instance.features import InstanceConfig, InstanceExtractor, best_of_turns
     from imagetext.instance.whitening import PCAWhitening
     from imagetext.io.images import open_image
 
@@ -408,9 +398,9 @@ def evaluate_instance(data: str, split: str = "val", n: int = 200, seed: int = 0
     for name in feats["queries"]:
         base = name.removesuffix("+rot")
         db = feats["database"][base]
-        scores = _scores(feats["queries"][name], db)
+        scores = best_of_turns(feats["queries"][name], db)
         m = retrieval_metrics(scores, q_pos, q_kind)
-        ref_scores = _scores(feats["reference queries"][name], feats["reference database"][base])
+        ref_scores = best_of_turns(feats["reference queries"][name], feats["reference database"][base])
         ref_labels = pair_labels(len(ref_scores), ref_scores.shape[1], r_pos).ravel()
         labels = pair_labels(len(scores), scores.shape[1], q_pos).ravel()
         dup = {}

@@ -13,6 +13,11 @@ For an indexer, per batch of images:
     extractor = InstanceExtractor.default()          # the shipped choice, whitening included
     pixels = np.stack([extractor.load(path) for path in batch])   # (n, 3, R, R), threads ok
     vectors = extractor(pixels)                      # (n, extractor.dim) float32, L2-normalised
+
+or, from the compiled default model's own image run (no second tower run; see
+`OnnxEncoder.image_outputs`): `extractor.vectors_from_maps(encoder.image_outputs(pixels))`
+with `encoder.preprocess` pixels. A query is best turned: `best_of_turns(
+extractor.encode_turned([query]), vectors)`.
 """
 
 from __future__ import annotations
@@ -35,12 +40,29 @@ from imagetext.io.images import Preprocess, open_image
 STAGES = ("s16", "s32", "head")
 MAP_OUTPUTS = ("pooled", "s16", "s32", "head")
 WHITENING_DIR = Path(__file__).parent / "whitening"
+# a query turned by 0, 90, 180 and 270 degrees: CNN features are not invariant to quarter
+# turns, and a library holds turned copies (`best_of_turns` scores them)
+TURNS = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
+
+
+def turned(img: Image.Image) -> list[Image.Image]:
+    """`img` turned by 0, 90, 180 and 270 degrees."""
+    return [img if t is None else img.transpose(t) for t in TURNS]
+
+
+def best_of_turns(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
+    """(n, d) queries -> cosines (n, m); (n, k, d) queries (k turned copies of each, from
+    `InstanceExtractor.encode_turned`) -> for each database vector the best of the k."""
+    if queries.ndim == 2:
+        return queries @ database.T
+    return np.einsum("nkd,md->nkm", queries, database).max(axis=1)
 
 
 @dataclass(frozen=True)
 class InstanceConfig:
-    stage: str = "s32"
-    pooling: str = "rmac"
+    # the defaults are what `imagetext eval instance` chose (README, "Instance retrieval")
+    stage: str = "head"
+    pooling: str = "mac"
     resolution: int = 224  # the side of the square input
     gem_p: float = 3.0
     rmac_levels: int = 3
@@ -176,6 +198,14 @@ class InstanceExtractor:
         out = [self(np.stack([self.load(im) for im in images[i : i + batch_size]]))
                for i in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def encode_turned(self, images: Sequence, batch_size: int = 32) -> np.ndarray:
+        """Paths, bytes or PIL images -> (n, 4, dim): each turned by 0, 90, 180, 270 degrees
+        (what a query is, for `best_of_turns`; 4 tower runs per image)."""
+        loaded = [im if isinstance(im, Image.Image) else open_image(im, draft_size=self.config.resolution)
+                  for im in images]
+        flat = [t for im in loaded for t in turned(im)]
+        return self.encode_images(flat, batch_size).reshape(len(loaded), len(TURNS), self.dim)
 
     def fit_whitening(self, images: Sequence, dim: int | None = None, power: float = 0.5,
                       batch_size: int = 32) -> InstanceExtractor:
