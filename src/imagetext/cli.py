@@ -567,7 +567,9 @@ def eval_instance(
     say = None if as_json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     r = evaluate_instance(str(data), split=split, n=n, seed=seed, reference_split=reference_split,
                           resolutions=tuple(resolution or (224,)), model=model, limit=limit,
-                          baseline=baseline, progress=say)
+                          baseline=baseline, rotations=turns, progress=say,
+                          **({"stages": tuple(stage)} if stage else {}),
+                          **({"poolings": tuple(pooling)} if pooling else {}))
     if as_json:
         _print_json(r)
         return
@@ -622,6 +624,13 @@ def train_captioner_cmd(
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.9)] = CAPTION.label_smoothing,
     flip: Annotated[bool, typer.Option(help="Mirrored images as augmentation.")] = CAPTION.flip,
     train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
+    stage: Annotated[list[str] | None, typer.Option(
+        help="Tower maps to pool: s16, s32, head (repeat; default all).")] = None,
+    pooling: Annotated[list[str] | None, typer.Option(
+        help="Poolings: mac, rmac, gem, avg (repeat; default all).")] = None,
+    turns: Annotated[bool, typer.Option(
+        "--turns", help="Also score every map feature with queries turned by 0/90/180/270 "
+        "degrees, the best turn counting (NAME+rot; 4 tower runs per query).")] = False,
     val_split: Annotated[str, typer.Option(help="Split to select the best epoch on.")] = "val",
     beam: Annotated[int, typer.Option(min=1, help="Beam size of the final evaluation.")] = CAPTION.final_beam,
     seed: Annotated[int, typer.Option()] = CAPTION.seed,

@@ -329,10 +329,15 @@ def evaluate_instance(data: str, split: str = "val", n: int = 200, seed: int = 0
     and 270 degrees, its best similarity to each database photo (4 tower runs per query).
     """
     from imagetext.data.readers import read_pairs
-    from imagetext.instance.features import InstanceConfig, InstanceExtractor, best_of_turns
+    from imagetext.instance.features import STAGES, InstanceConfig, InstanceExtractor, best_of_turns
+    from imagetext.instance.pooling import POOLINGS
     from imagetext.instance.whitening import PCAWhitening
     from imagetext.io.images import open_image
 
+    bad = [x for x in stages if x not in STAGES] + [x for x in poolings if x not in POOLINGS]
+    if bad:
+        raise InvalidInputError(f"unknown stage or pooling {bad[0]!r}; stages: {', '.join(STAGES)}; "
+                                f"poolings: {', '.join(POOLINGS)}")
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     images = read_pairs(data, split=split).images[: limit or None]
