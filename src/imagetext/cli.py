@@ -554,6 +554,13 @@ def eval_instance(
     seed: Annotated[int, typer.Option(help="Seed of the originals and the transformations.")] = 0,
     resolution: Annotated[list[int] | None, typer.Option(
         help="Square input size of the tower for the map features (repeat to compare).")] = None,
+    stage: Annotated[list[str] | None, typer.Option(
+        help="Tower maps to pool: s16, s32, head (repeat; default all).")] = None,
+    pooling: Annotated[list[str] | None, typer.Option(
+        help="Poolings: mac, rmac, gem, avg (repeat; default all).")] = None,
+    turns: Annotated[bool, typer.Option(
+        "--turns", help="Also score every map feature with queries turned by 0/90/180/270 "
+        "degrees, the best turn counting (NAME+rot; 4 tower runs per query).")] = False,
     limit: Annotated[int | None, typer.Option(min=2, help="Only the first N photos of the split.")] = None,
     model: ModelOpt = None,
     baseline: Annotated[bool, typer.Option(help="Also the model's pooled visual and semantic "
@@ -624,13 +631,6 @@ def train_captioner_cmd(
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.9)] = CAPTION.label_smoothing,
     flip: Annotated[bool, typer.Option(help="Mirrored images as augmentation.")] = CAPTION.flip,
     train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
-    stage: Annotated[list[str] | None, typer.Option(
-        help="Tower maps to pool: s16, s32, head (repeat; default all).")] = None,
-    pooling: Annotated[list[str] | None, typer.Option(
-        help="Poolings: mac, rmac, gem, avg (repeat; default all).")] = None,
-    turns: Annotated[bool, typer.Option(
-        "--turns", help="Also score every map feature with queries turned by 0/90/180/270 "
-        "degrees, the best turn counting (NAME+rot; 4 tower runs per query).")] = False,
     val_split: Annotated[str, typer.Option(help="Split to select the best epoch on.")] = "val",
     beam: Annotated[int, typer.Option(min=1, help="Beam size of the final evaluation.")] = CAPTION.final_beam,
     seed: Annotated[int, typer.Option()] = CAPTION.seed,
