@@ -31,6 +31,7 @@ from imagetext.index.collection import (  # noqa: F401  (re-exported)
     ModelMismatchError,
     SearchResult,
 )
+from imagetext.index.duplicates import Duplicates
 from imagetext.models.base import ImageSource, ImageTextEncoder
 from imagetext.models.calibration import classify_scale, moderation_scores
 from imagetext.prompts import DEFAULT_TEMPLATES
@@ -355,3 +356,20 @@ def clusters(collection: Collection | str) -> Clustering | None:
         return collection.clusters()
     with Collection.open(collection) as col:
         return col.clusters()
+
+
+def duplicates(collection: Collection | str, preset: str | None = "edits",
+               threshold: float | None = None, vectors: str | None = None) -> Duplicates:
+    """Groups of near-duplicates in a collection (a Collection, or its folder): photos whose
+    `vectors` (default index.duplicates.DEFAULT_KIND) have a cosine >= `threshold`, or the
+    `preset`'s ("exact", "edits", "scene"; exact also compares the pixels), linked into
+    groups; each group's first photo is
+    the one suggested to keep (most pixels, then largest file, then sharpest). Touches no
+    file; see index/duplicates.py (and its move_others, which moves the others only when
+    called)."""
+    from imagetext.index.duplicates import DEFAULT_KIND, find_duplicates
+
+    if isinstance(collection, Collection):
+        return find_duplicates(collection, preset, threshold, vectors or DEFAULT_KIND)
+    with Collection.open(collection) as col:
+        return find_duplicates(col, preset, threshold, vectors or DEFAULT_KIND)

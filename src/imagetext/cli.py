@@ -511,6 +511,77 @@ def cluster(
                   f"again to place them", file=sys.stderr)
 
 
+@app.command()
+def duplicates(
+    folder: Annotated[Path | None, typer.Argument(
+        help="The indexed folder. Default: as for search (-c, $IMAGETEXT_COLLECTION, or the "
+        "nearest indexed folder at or above this one).")] = None,
+    preset: Annotated[str, typer.Option(
+        help="exact (exact copies: resized or re-saved, the same pixels), edits (also crops, "
+        "mirror images, filters, overlays, small rotations) or scene (also other shots of the "
+        "same scene, bursts). Thresholds measured on edited Flickr8k photos "
+        "(scripts/fit_duplicate_thresholds.py).")] = "edits",
+    threshold: Annotated[float | None, typer.Option(
+        min=-1.0, max=1.0, help="A cosine similarity threshold instead of the preset's.")] = None,
+    vectors: Annotated[str, typer.Option(
+        help="The stored vectors compared: visual (the encoder's image-to-image vector; the "
+        "default until the index stores the instance feature).")] = "visual",
+    write_list: Annotated[Path | None, typer.Option(
+        "--write-list", metavar="FILE", help="Write the paths of the photos not suggested to "
+        "keep to FILE, one a line.")] = None,
+    move_to: Annotated[Path | None, typer.Option(
+        "--move-to", metavar="DIR", help="Move the photos not suggested to keep into DIR (a "
+        "folder outside the collection; sub-folders mirror it; an existing file is never "
+        "replaced: NAME (2).jpg), then update the index. Nothing is ever deleted.")] = None,
+    collection: CollectionOpt = None,
+    index_dir: IndexDirOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Find near-duplicates: groups of copies, edits or shots of one scene.
+
+    Each group lists the photo suggested to keep first (most pixels, then largest file, then
+    sharpest: the variance of the Laplacian) marked KEEP, then the others with their similarity
+    to it. No file is touched unless --write-list or --move-to is given.
+    """
+    from imagetext.index.duplicates import find_duplicates, move_others
+
+    col = _open_collection(folder or collection, index_dir, None)
+    with col:
+        result = find_duplicates(col, preset, threshold, vectors)
+        moved = []
+        if write_list is not None:
+            try:
+                write_list.write_text("".join(p + "\n" for p in result.others), encoding="utf-8",
+                                      errors="surrogateescape")
+            except OSError as e:
+                raise CliError(f"cannot write {write_list}: {e.strerror}") from e
+        if move_to is not None:
+            moved = move_others(col, result, move_to)
+        if as_json:
+            out = result.to_dict()
+            if move_to is not None:
+                out["moved"] = [{"from": a, "to": b} for a, b in moved]
+            _print_json(out)
+            return
+        how = f"preset {result.preset}" if result.preset else "threshold"
+        pixels = (f" and pixel SSIM >= {result.pixel_threshold}"
+                  if result.pixel_threshold is not None else "")
+        print(f"{len(result.groups)} groups, {len(result.others)} photos to review, among "
+              f"{result.n_images} images ({result.vectors} vectors, cosine >= {result.threshold}"
+              f"{pixels} ({how}); {result.seconds:.1f} s)")
+        for g in result.groups:
+            print(f"group {g.id} ({len(g.photos)} photos)")
+            for p in g.photos:
+                mark = "KEEP" if p.keep else f"{p.similarity:.3f}"
+                print(f"  {mark:5s}  {p.width}x{p.height}  {p.bytes / 1e3:8.1f} kB  sharpness "
+                      f"{p.sharpness:8.1f}  {_printable(p.path)}")
+        if write_list is not None:
+            print(f"wrote {len(result.others)} paths to {write_list}", file=sys.stderr)
+        if move_to is not None:
+            print(f"moved {len(moved)} photos to {move_to}; the index no longer lists them",
+                  file=sys.stderr)
+
+
 @eval_app.command("retrieval")
 def eval_retrieval(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder or caption file "

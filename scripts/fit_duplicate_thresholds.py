@@ -1,0 +1,189 @@
+"""Choose the duplicate presets' similarity thresholds for `imagetext duplicates`.
+
+    python scripts/fit_duplicate_thresholds.py --data ../shared/data/flickr8k
+
+writes src/imagetext/instance/whitening/duplicate_thresholds.json, the one place the
+thresholds live (index/duplicates.py reads it). For each vector kind the duplicates can run
+on ("instance": the shipped instance feature, the default extractor's whitened MAC of the
+head map; "visual": the encoder's pooled 1280-d vector) each preset's threshold is chosen on
+(edited copy, photo) pairs of a set built from reference-split photos (the photos and seeds
+of `imagetext eval instance`'s reference set), with eval/instance.py's choose_threshold:
+the benchmark's PRESETS (the lowest cosine whose precision reaches 0.999, 0.97 or 0.8 with every
+copy of a photo, whatever its transformation, a positive). The cosine cannot tell a resized
+copy from another shot of the scene (MAC is mirror-invariant, and a copy shrunk to 30% scores
+lower than a flipped one), so "exact copies" are the pairs of the "same scene" cosine whose small grey images
+(index/duplicates.small_grey) have an SSIM of at least the value chosen here: the one that
+keeps EXACT_RECALL of the reference set's resized and re-encoded copies (EXACT_TRANSFORMS);
+the share of each transformation's copies that pass it is reported on both sets, and the
+evaluated set's recall per transformation of the two tests together, per vector kind.
+Precision, recall and recall per transformation at each threshold are reported on the
+reference pairs and on the evaluated split's set (val by default). One encoder run per image
+gives both vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from imagetext.data.readers import read_pairs
+from imagetext.eval.instance import (
+    PRESETS,
+    build_instance_set,
+    choose_threshold,
+    pair_labels,
+    precision_recall,
+)
+from imagetext.index.duplicates import pixel_similarity, small_grey
+from imagetext.instance.features import WHITENING_DIR, InstanceExtractor
+from imagetext.instance.pooling import l2n
+from imagetext.io.images import open_image
+
+OUT = WHITENING_DIR / "duplicate_thresholds.json"
+EXACT_TRANSFORMS = ("resize", "jpeg")
+EXACT_RECALL = 0.99
+EXACT_CANDIDATES = "same scene"  # the cosine preset whose pairs the SSIM then confirms
+
+
+def vectors(encoder, extractor, images, batch_size=32) -> dict[str, np.ndarray]:
+    out = {"instance": [], "visual": []}
+    for i in range(0, len(images), batch_size):
+        pixels = np.stack([encoder.preprocess(im) for im in images[i : i + batch_size]])
+        outputs = encoder.image_outputs(pixels)
+        out["visual"].append(l2n(outputs["visual"]))
+        out["instance"].append(extractor.vectors_from_maps(outputs))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def set_vectors(encoder, extractor, s, say, cache: Path | None) -> tuple[dict, dict]:
+    if cache is not None and cache.is_file():
+        arrays = np.load(cache)
+        return ({k: arrays[f"db-{k}"] for k in ("instance", "visual")},
+                {k: arrays[f"q-{k}"] for k in ("instance", "visual")})
+    say(f"{len(s.database)} database photos")
+    db = vectors(encoder, extractor, [open_image(p) for p in s.database])
+    say(f"{len(s.queries)} edited copies")
+    q = vectors(encoder, extractor, [s.query_image(o, t) for o, t in s.queries])
+    if cache is not None:
+        np.savez(cache, **{f"db-{k}": v for k, v in db.items()}, **{f"q-{k}": v for k, v in q.items()})
+    return db, q
+
+
+def labels_of(s, transforms=None) -> np.ndarray:
+    """(query, database photo) pair labels, flattened: True for a query and its original
+    (only for queries of `transforms`, if given)."""
+    positives = np.array([o for o, _ in s.queries])
+    labels = pair_labels(len(positives), len(s.database), positives)
+    if transforms is not None:
+        labels[[t not in transforms for _, t in s.queries]] = False
+    return labels.ravel()
+
+
+def per_transform_recall(s, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    own = scores.reshape(len(s.queries), -1)[np.arange(len(s.queries)), [o for o, _ in s.queries]]
+    kinds = np.array([t for _, t in s.queries])
+    return {t: round(float((own[kinds == t] >= threshold).mean()), 3) for t in s.transforms}
+
+
+def ssim_of_copies(s, say) -> np.ndarray:
+    """The pixel similarity of every query of `s` to its original."""
+    say(f"SSIM of {len(s.queries)} copies")
+    originals = {o: small_grey(s.database[o]) for o in s.originals}
+    return np.array([pixel_similarity(small_grey(s.query_image(o, t)), originals[o])
+                     for o, t in s.queries])
+
+
+def pass_rates(s, ssim: np.ndarray, threshold: float) -> dict[str, float]:
+    kinds = np.array([t for _, t in s.queries])
+    return {t: round(float((ssim[kinds == t] >= threshold).mean()), 3) for t in s.transforms}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--reference-split", default="train")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--n", type=int, default=200, help="originals of the evaluated split")
+    ap.add_argument("--n-reference", type=int, default=100)
+    ap.add_argument("--n-reference-database", type=int, default=500)
+    ap.add_argument("--n-whitening", type=int, default=1000, help="as the benchmark: the "
+                    "reference photos after these are the reference set's")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--cache", type=Path, help="keep the vectors in CACHE-reference.npz and "
+                    "CACHE-evaluated.npz and reuse them")
+    args = ap.parse_args()
+
+    from imagetext.api import get_encoder
+
+    encoder = get_encoder(None)
+    extractor = InstanceExtractor.default()
+    say = lambda msg: print(msg, flush=True)
+    ref_images = read_pairs(args.data, split=args.reference_split).images
+    order = np.random.default_rng(args.seed + 1).permutation(len(ref_images)).tolist()
+    ref_db = [ref_images[i] for i in order[args.n_whitening : args.n_whitening + args.n_reference_database]]
+    reference = build_instance_set(ref_db, args.n_reference, args.seed + 2)
+    images = read_pairs(args.data, split=args.split).images
+    evaluated = build_instance_set(images, min(args.n, len(images)), args.seed)
+    cache = (lambda name: Path(f"{args.cache}-{name}.npz")) if args.cache else (lambda name: None)
+    ref_db_v, ref_q_v = set_vectors(encoder, extractor, reference, say, cache("reference"))
+    db_v, q_v = set_vectors(encoder, extractor, evaluated, say, cache("evaluated"))
+    criteria = {k: (None, c, t) for k, (c, t) in PRESETS.items()}
+    ref_ssim, ssim = ssim_of_copies(reference, say), ssim_of_copies(evaluated, say)
+    ref_kinds = np.array([t for _, t in reference.queries])
+    ssim_t = float(np.quantile(ref_ssim[np.isin(ref_kinds, EXACT_TRANSFORMS)], 1 - EXACT_RECALL))
+    exact_ssim = {"threshold": round(ssim_t, 4), "candidates": EXACT_CANDIDATES,
+                  f"{args.reference_split}_pass_rate": pass_rates(reference, ref_ssim, ssim_t),
+                  f"{args.split}_pass_rate": pass_rates(evaluated, ssim, ssim_t)}
+    kinds_of = np.array([t for _, t in evaluated.queries])
+    own = np.arange(len(evaluated.queries)), [o for o, _ in evaluated.queries]
+    for kind in ("instance", "visual"):  # exact copies: same-scene candidates, SSIM-confirmed
+        cos = (q_v[kind] @ db_v[kind].T)[own]
+        t = choose_threshold((ref_q_v[kind] @ ref_db_v[kind].T).ravel(), labels_of(reference),
+                             *PRESETS[EXACT_CANDIDATES])
+        passed = (cos >= t) & (ssim >= ssim_t)
+        exact_ssim[f"{args.split}_recall_{kind}"] = {
+            k: round(float(passed[kinds_of == k].mean()), 3) for k in evaluated.transforms}
+    say(f"exact copies SSIM {exact_ssim}")
+    kinds = {}
+    for kind in ("instance", "visual"):
+        ref_scores = (ref_q_v[kind] @ ref_db_v[kind].T).ravel()
+        scores = (q_v[kind] @ db_v[kind].T).ravel()
+        presets = {}
+        for preset, (positive, criterion, target) in criteria.items():
+            ref_labels, labels = labels_of(reference, positive), labels_of(evaluated, positive)
+            t = choose_threshold(ref_scores, ref_labels, criterion, target)
+            rp, rr = precision_recall(ref_scores, ref_labels, t)
+            p, r = precision_recall(scores, labels, t)
+            presets[preset] = {"threshold": round(t, 4),
+                               f"{args.reference_split}_precision": round(rp, 4),
+                               f"{args.reference_split}_recall": round(rr, 4),
+                               f"{args.split}_precision": round(p, 4), f"{args.split}_recall": round(r, 4),
+                               f"{args.split}_recall_per_transform": per_transform_recall(evaluated, scores, t)}
+            say(f"{kind:8s} {preset:12s} {presets[preset]}")
+        kinds[kind] = presets
+    out = {
+        "about": "cosine thresholds of the duplicate presets per vector kind, written by "
+                 "scripts/fit_duplicate_thresholds.py (see its docstring)",
+        "instance_feature": extractor.config.name + f"+w{extractor.dim}",
+        "criteria": {**{k: f"cosine: {c} >= {t} on the {args.reference_split} pairs (every "
+                        "copy a positive)" for k, (_, c, t) in criteria.items()},
+                     "exact copies SSIM": f"recall {EXACT_RECALL} of the {args.reference_split} "
+                     f"set's {' and '.join(EXACT_TRANSFORMS)} copies"},
+        "data": Path(args.data).name, "seed": args.seed,
+        "reference": {"split": args.reference_split, "originals": len(reference.originals),
+                      "database": len(reference.database), "queries": len(reference.queries)},
+        "evaluated": {"split": args.split, "originals": len(evaluated.originals),
+                      "database": len(evaluated.database), "queries": len(evaluated.queries)},
+        "kinds": kinds,
+        "exact_copies_ssim": exact_ssim,
+    }
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

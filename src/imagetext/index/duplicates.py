@@ -1,0 +1,330 @@
+"""Near-duplicates: groups of copies, edits and same-scene shots in a collection
+(`imagetext duplicates`, the web app's Duplicates page).
+
+Every pair of photos whose vectors (read whole through `Collection.vectors(kind)`) have a
+cosine at or above the threshold is an edge, found by a FAISS range search over an exact
+inner-product index (IndexFlatIP: every pair is seen, no recall lost to an approximate
+index; n x n x d work: 20k photos took 17 s with 1280-d vectors, 7 s with 512-d, on two busy
+cores); the groups are the connected components
+of that graph (scipy.sparse.csgraph, one call, rather than our own union-find). A group is
+thus linked by a chain of similar pairs: with the "same scene" preset a long burst can join
+shots whose ends differ more than the threshold says.
+
+"exact" pairs must also look the same pixel by pixel: the SSIM of the two photos' grey
+images squashed to PIXEL_SIDE x PIXEL_SIDE (scikit-image), and the same shape; the vectors
+alone cannot tell a resized copy from another shot of the scene. The presets' thresholds are
+per vector kind (and the SSIM one), measured once by
+scripts/fit_duplicate_thresholds.py and stored in instance/whitening/duplicate_thresholds.json
+(the only copy; read here). In each group the photo suggested to keep is the one with the
+most pixels, then the largest file, then the sharpest (the variance of the Laplacian of the
+grey image at most MAX_SHARPNESS_SIDE pixels on its long side); the others follow, most
+similar to it first. Groups come largest first, then by the kept photo's path: the same
+collection gives the same answer.
+
+Nothing here touches a file; `move_others` moves the files that are not kept, only when
+called (the CLI's --move-to), never deleting one, then brings the index in step with
+`Collection.index()` (which drops files that are gone).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from imagetext.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from imagetext.index.collection import Collection
+
+THRESHOLDS_FILE = Path(__file__).resolve().parent.parent / "instance" / "whitening" / "duplicate_thresholds.json"
+# the CLI's short names -> the presets' names in THRESHOLDS_FILE (eval/instance.py PRESETS)
+PRESETS = {"exact": "exact copies", "edits": "edits", "scene": "same scene"}
+DEFAULT_PRESET = "edits"
+# the vector kind grouped by default: the encoder's pooled visual vector until the index
+# stores the instance feature (kind "instance")
+DEFAULT_KIND = "visual"
+MAX_SHARPNESS_SIDE = 1024
+# exact copies are also checked pixel by pixel: the grey images squashed to this square
+PIXEL_SIDE = 64
+MAX_ASPECT_CHANGE = 0.03  # a resized copy keeps its shape (within rounding)
+
+
+@cache
+def _thresholds() -> dict:
+    return json.loads(THRESHOLDS_FILE.read_text())
+
+
+def pixel_threshold() -> float:
+    """The SSIM two photos' small grey images must reach to be exact copies."""
+    return float(_thresholds()["exact_copies_ssim"]["threshold"])
+
+
+def preset_threshold(preset: str, kind: str = DEFAULT_KIND) -> float:
+    """The cosine threshold of a preset ("exact", "edits", "scene") for vectors of `kind`
+    (for "exact", that of the candidate pairs the pixels then confirm)."""
+    if preset not in PRESETS:
+        raise InvalidInputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    kinds = _thresholds()["kinds"]
+    if kind not in kinds:
+        raise InvalidInputError(f"no preset thresholds for {kind} vectors (only for "
+                                f"{', '.join(kinds)}); give a threshold")
+    name = _thresholds()["exact_copies_ssim"]["candidates"] if preset == "exact" else PRESETS[preset]
+    return float(kinds[kind][name]["threshold"])
+
+
+def small_grey(source) -> tuple[np.ndarray, float]:
+    """(the grey image squashed to PIXEL_SIDE x PIXEL_SIDE, its aspect ratio) of a path or a
+    PIL image."""
+    from PIL import Image
+
+    from imagetext.io.images import open_image
+
+    img = open_image(source, draft_size=PIXEL_SIDE * 2)
+    aspect = img.width / img.height
+    grey = img.convert("L").resize((PIXEL_SIDE, PIXEL_SIDE), Image.Resampling.BOX, reducing_gap=2.0)
+    return np.asarray(grey, np.float64), aspect
+
+
+def pixel_similarity(a: tuple[np.ndarray, float], b: tuple[np.ndarray, float]) -> float:
+    """SSIM (scikit-image) of two `small_grey` images; 0 when their shapes differ by more than
+    MAX_ASPECT_CHANGE (a crop or another framing is no exact copy)."""
+    from skimage.metrics import structural_similarity
+
+    if abs(np.log(a[1] / b[1])) > MAX_ASPECT_CHANGE:
+        return 0.0
+    return float(structural_similarity(a[0], b[0], data_range=255.0))
+
+
+def sharpness(path: str | os.PathLike) -> float:
+    """The variance of the 4-neighbour Laplacian of the grey image, scaled down to at most
+    MAX_SHARPNESS_SIDE on its long side (so photos of different sizes compare): higher is
+    sharper."""
+    from PIL import Image
+
+    from imagetext.io.images import open_image
+
+    img = open_image(path, draft_size=MAX_SHARPNESS_SIDE // 2)
+    if max(img.size) > MAX_SHARPNESS_SIDE:
+        img.thumbnail((MAX_SHARPNESS_SIDE, MAX_SHARPNESS_SIDE), Image.Resampling.BILINEAR)
+    g = np.asarray(img.convert("L"), np.float32)
+    if min(g.shape) < 3:
+        return 0.0
+    lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
+    return round(float(lap.var()), 2)
+
+
+@dataclass
+class DuplicatePhoto:
+    id: int
+    path: str  # absolute
+    width: int
+    height: int
+    bytes: int
+    sharpness: float
+    similarity: float  # cosine to the photo kept (1.0 for that one)
+    keep: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DuplicateGroup:
+    id: int  # 1-based, in the order of the answer
+    photos: list[DuplicatePhoto]  # the one to keep first
+
+    @property
+    def keep(self) -> DuplicatePhoto:
+        return self.photos[0]
+
+    @property
+    def others(self) -> list[DuplicatePhoto]:
+        return self.photos[1:]
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "size": len(self.photos), "keep": self.keep.path,
+                "photos": [p.to_dict() for p in self.photos]}
+
+
+@dataclass
+class Duplicates:
+    root: str
+    vectors: str
+    preset: str | None  # None when a threshold was given
+    threshold: float
+    n_images: int
+    groups: list[DuplicateGroup] = field(default_factory=list)
+    pixel_threshold: float | None = None  # "exact": the SSIM each pair also reached
+    seconds: float = 0.0
+
+    @property
+    def others(self) -> list[str]:
+        """The paths of every photo not suggested to keep, group by group."""
+        return [p.path for g in self.groups for p in g.others]
+
+    def to_dict(self) -> dict:
+        return {"root": self.root, "vectors": self.vectors, "preset": self.preset,
+                "threshold": self.threshold, "pixel_threshold": self.pixel_threshold,
+                "n_images": self.n_images,
+                "n_groups": len(self.groups), "n_others": len(self.others),
+                "seconds": self.seconds, "groups": [g.to_dict() for g in self.groups]}
+
+
+def similar_pairs(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, cosine) of every pair i < j of the L2-normalised rows with cosine >= threshold."""
+    import faiss
+
+    x = np.ascontiguousarray(vectors, np.float32)
+    if len(x) < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    # range_search keeps inner products > radius; nudge it so a pair at the threshold counts
+    lims, sims, cols = index.range_search(x, float(np.nextafter(np.float32(threshold), -np.inf)))
+    rows = np.repeat(np.arange(len(x)), np.diff(lims.astype(np.int64)))
+    upper = rows < cols
+    return rows[upper], cols[upper].astype(np.int64), sims[upper]
+
+
+def components(n: int, i: np.ndarray, j: np.ndarray) -> list[np.ndarray]:
+    """The connected components of n nodes and edges (i, j) with two nodes or more, each as
+    sorted node numbers."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    return [c for c in np.split(order, bounds) if len(c) > 1]
+
+
+def _same_pixels(collection: Collection, ids: np.ndarray, i: np.ndarray, j: np.ndarray,
+                 threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (i, j) whose photos' pixel_similarity is >= threshold (an unreadable photo
+    is no one's copy)."""
+    small: dict[int, tuple | None] = {}
+
+    def grey(m: int):
+        if m not in small:
+            try:
+                small[m] = small_grey(collection.get(int(ids[m])).path)
+            except (OSError, InvalidInputError):
+                small[m] = None
+        return small[m]
+
+    keep = [a is not None and b is not None and pixel_similarity(a, b) >= threshold
+            for a, b in ((grey(m), grey(n)) for m, n in zip(i.tolist(), j.tolist()))]
+    return i[np.array(keep, bool)], j[np.array(keep, bool)]
+
+
+def _keep_order(p: DuplicatePhoto) -> tuple:
+    return (-p.width * p.height, -p.bytes, -p.sharpness, p.path)
+
+
+def find_duplicates(collection: Collection, preset: str | None = DEFAULT_PRESET,
+                    threshold: float | None = None, vectors: str = DEFAULT_KIND) -> Duplicates:
+    """Groups of near-duplicates in `collection`: pairs of `vectors` with a cosine >= the
+    `threshold` given, else the `preset`'s ("exact", "edits" or "scene")."""
+    started = time.perf_counter()
+    if threshold is not None:
+        if not -1.0 <= threshold <= 1.0:
+            raise InvalidInputError(f"the threshold is a cosine, -1..1, not {threshold}")
+        preset = None
+    elif preset is None:
+        raise InvalidInputError("give a preset or a threshold")
+    else:
+        threshold = preset_threshold(preset, vectors)
+    ids, vecs = collection.vectors(vectors)
+    i, j, _ = similar_pairs(vecs, threshold)
+    pixels = pixel_threshold() if preset == "exact" else None
+    if pixels is not None:  # and the same pixels: see pixel_similarity
+        i, j = _same_pixels(collection, ids, i, j, pixels)
+    groups = []
+    for members in components(len(ids), i, j):
+        photos = []
+        for m in members:
+            record = collection.get(int(ids[m]))
+            try:
+                size = os.stat(record.path).st_size
+                sharp = sharpness(record.path)
+            except (OSError, InvalidInputError):  # gone or unreadable since it was indexed
+                continue
+            photos.append(DuplicatePhoto(int(ids[m]), record.path, record.width, record.height,
+                                         size, sharp, 0.0))
+        if len(photos) < 2:
+            continue
+        photos.sort(key=_keep_order)
+        position = {int(ids[m]): m for m in members}
+        keep_vec = vecs[position[photos[0].id]]
+        for p in photos:
+            p.similarity = round(float(np.clip(vecs[position[p.id]] @ keep_vec, -1.0, 1.0)), 4)
+        photos[0].keep, photos[0].similarity = True, 1.0
+        photos[1:] = sorted(photos[1:], key=lambda p: (-p.similarity, p.path))
+        groups.append(photos)
+    groups.sort(key=lambda g: (-len(g), g[0].path))
+    return Duplicates(str(collection.root), vectors, preset, round(float(threshold), 4), len(ids),
+                      [DuplicateGroup(n + 1, g) for n, g in enumerate(groups)],
+                      pixel_threshold=pixels, seconds=round(time.perf_counter() - started, 2))
+
+
+def _move_no_clobber(src: Path, dst: Path) -> Path:
+    """Move a file to dst, or to dst with " (2)", " (3)", ... before its suffix if that name
+    is taken; never replaces a file. Returns where it went."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        target = dst if n == 1 else dst.with_name(f"{dst.stem} ({n}){dst.suffix}")
+        try:
+            os.link(src, target)  # fails if target exists: no race with another writer
+        except FileExistsError:
+            continue
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+                raise
+            try:  # another file system, or no hard links there: copy into a new file
+                with open(src, "rb") as fin, open(target, "xb") as fout:
+                    shutil.copyfileobj(fin, fout)
+            except FileExistsError:
+                continue
+            shutil.copystat(src, target)
+        os.unlink(src)
+        return target
+    raise InvalidInputError(f"no free name for {dst.name} in {dst.parent}")
+
+
+def move_others(collection: Collection, result: Duplicates, destination: str | os.PathLike,
+                **index_options) -> list[tuple[str, str]]:
+    """Move every photo of `result` not suggested to keep into `destination` (a folder
+    outside the collection; its sub-folders mirror the collection's), never overwriting a
+    file there, then update the index (`Collection.index(**index_options)` drops the moved
+    files). Returns (from, to) per file moved."""
+    root = Path(result.root).resolve()
+    dest = Path(destination).expanduser().resolve()
+    if dest == root or dest.is_relative_to(root):
+        raise InvalidInputError(f"move the duplicates to a folder outside the collection "
+                                f"{root}, not {dest}")
+    if dest.exists() and not dest.is_dir():
+        raise InvalidInputError(f"{dest} is not a folder")
+    moved = []
+    for path in result.others:
+        src = Path(path)
+        try:
+            rel = src.relative_to(root)
+        except ValueError:  # not under the collection's folder as indexed
+            continue
+        if not src.is_file():
+            continue
+        target = _move_no_clobber(src, dest / rel)
+        moved.append((str(src), str(target)))
+    if moved:
+        collection.index(**index_options)
+    return moved
