@@ -363,10 +363,9 @@ def duplicates(collection: Collection | str, preset: str | None = "edits",
     """Groups of near-duplicates in a collection (a Collection, or its folder): photos whose
     `vectors` (default index.duplicates.DEFAULT_KIND) have a cosine >= `threshold`, or the
     `preset`'s ("exact", "edits", "scene"; exact also compares the pixels), linked into
-    groups; each group's first photo is
-    the one suggested to keep (most pixels, then largest file, then sharpest). Touches no
-    file; see index/duplicates.py (and its move_others, which moves the others only when
-    called)."""
+    groups; each group's first photo is the one suggested to keep (most pixels, then largest
+    file, then sharpest). Touches no file; see index/duplicates.py (and its move_others,
+    which moves the others only when called)."""
     from imagetext.index.duplicates import DEFAULT_KIND, find_duplicates
 
     if isinstance(collection, Collection):

@@ -157,6 +157,41 @@ class ClustersResponse(BaseModel):
     stale: bool = Field(description="Whether images were indexed since the albums were made.")
 
 
+class DuplicatePhoto(ImageResult):
+    """A photo of a group of near-duplicates (`score` is 1.0: see `similarity`)."""
+
+    bytes: int = Field(description="The file's size.")
+    sharpness: float = Field(description="Variance of the Laplacian of the grey image (at most "
+                                         "1024 pixels on its long side); higher is sharper.")
+    similarity: float = Field(description="Cosine to the photo suggested to keep.")
+    keep: bool = Field(description="Whether this is the photo suggested to keep: the most "
+                                   "pixels, then the largest file, then the sharpest.")
+
+
+class DuplicateGroup(BaseModel):
+    id: int = Field(description="The group's number (1 is the largest).")
+    size: int
+    photos: list[DuplicatePhoto] = Field(description="The one to keep first, then the others, "
+                                                     "most similar first.")
+
+
+class DuplicatesResponse(BaseModel):
+    """Groups of near-duplicates (`imagetext duplicates`): photos linked by a chain of pairs
+    at or above the threshold. Review only: the web app moves no file."""
+
+    root: str
+    vectors: str = Field(description="The stored vectors compared.")
+    preset: Literal["exact", "edits", "scene"] | None
+    threshold: float = Field(description="The cosine threshold of the preset.")
+    pixel_threshold: float | None = Field(description="exact: the SSIM of the photos' small grey "
+                                                      "images each pair also reached.")
+    n_images: int = Field(description="Images compared.")
+    n_groups: int
+    n_others: int = Field(description="Photos not suggested to keep.")
+    seconds: float
+    groups: list[DuplicateGroup] = Field(description="Largest first.")
+
+
 class AlbumResponse(BaseModel):
     album: Album
     results: list[ImageResult] = Field(description="The album's photos, most typical first.")

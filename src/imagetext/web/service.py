@@ -255,6 +255,22 @@ class WebService:
                             "from 1; the Explore page lists them).", 404) from None
         return {"album": self.album_dict(cluster), "results": [self.result_dict(r) for r in members]}
 
+    # -- near-duplicates (index/duplicates.py) -----------------------------------------
+    def duplicates(self, preset: str) -> dict:
+        """Groups of near-duplicates at a preset, each photo an image record plus its file
+        size, sharpness, similarity to the photo suggested to keep, and whether it is that
+        one. Review only: nothing is moved."""
+        from imagetext.index.duplicates import find_duplicates
+
+        result = find_duplicates(self.collection, preset)
+        data = result.to_dict()
+        data["root"] = shown_path(data["root"])
+        data["groups"] = [{"id": g.id, "size": len(g.photos), "photos": [
+            {**self.result_dict(self.collection.get(p.id)), "bytes": p.bytes,
+             "sharpness": p.sharpness, "similarity": p.similarity, "keep": p.keep}
+            for p in g.photos]} for g in result.groups]
+        return data
+
     def caption(self, image: Image.Image, beam_size: int, num_return: int) -> dict:
         captioner = self.load_captioner()
         if captioner is None:

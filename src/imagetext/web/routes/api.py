@@ -14,6 +14,7 @@ from imagetext.web.schemas import (
     CaptionResponse,
     ClassifyResponse,
     ClustersResponse,
+    DuplicatesResponse,
     ImageResult,
     RankResponse,
     SearchResponse,
@@ -213,3 +214,17 @@ async def api_album(service: Service,
                     cluster_id: Annotated[int, Path(ge=0, le=2**31)]) -> dict:
     """One album and its photos, most typical first."""
     return await service.call(service.album, cluster_id)
+
+
+@router.get("/duplicates", tags=["duplicates"], response_model=DuplicatesResponse, **json_route)
+async def api_duplicates(
+    service: Service,
+    heavy: Heavy,
+    preset: Annotated[Literal["exact", "edits", "scene"], Query(
+        description="exact (exact copies: resized or re-saved), edits (also crops, filters, "
+        "overlays) or scene (also other shots of one scene).")] = "edits",
+) -> dict:
+    """Groups of near-duplicates, the photo suggested to keep first in each. Review only:
+    no file is moved or deleted (the CLI's `imagetext duplicates --move-to` does that)."""
+    async with heavy():
+        return await service.call(service.duplicates, preset)

@@ -1,4 +1,5 @@
-"""The HTML pages: /search, /similar, /caption, /classify, /explore and /images/{id}.
+"""The HTML pages: /search, /similar, /caption, /classify, /explore, /duplicates and
+/images/{id}.
 
 Plain form posts (they work without JavaScript). A page's own bad input is shown on the
 page's form with a 4xx, the form filled in as it was sent; the upload forms keep their
@@ -232,6 +233,19 @@ async def explore_make_albums(request: Request, web: State, heavy: Heavy, k: For
         context = await web.service.call(web.service.clusters)
         context["error"], status = exc.message, exc.status
     return await web.render(request, "explore.html", context, status, tab="explore")
+
+
+@router.get("/duplicates")
+async def duplicates_page(request: Request, web: State, heavy: Heavy, preset: str = "edits"):
+    """The Duplicates page: groups side by side at a preset (review only, nothing is moved)."""
+    from imagetext.index.duplicates import PRESETS
+
+    preset = preset.strip().lower()
+    if preset not in PRESETS:
+        raise UserError(f"There is no preset {shown(preset)}: choose exact, edits or scene.")
+    async with heavy():
+        context = await web.service.call(web.service.duplicates, preset)
+    return await web.render(request, "duplicates.html", context, tab="duplicates")
 
 
 @router.get("/explore/{cluster_id}")
