@@ -194,3 +194,27 @@ def test_write_list_and_move_to_move_the_others_and_the_index_follows(tmp_path):
         assert len(col) == n - len(others)
         assert all(col.indexed_id(p) is None for p in others)
         assert duplicates(col, "edits").groups == []
+
+
+def test_move_to_with_a_read_only_index_moves_nothing(tmp_path):
+    """The index on a read-only disk (a tmpfs remounted read-only) could not follow a move, so
+    --move-to refuses before touching a file."""
+    from tests.robustness.helpers import assert_one_line_error, remount, tmpfs
+
+    root = make_gallery(tmp_path / "photos")
+    with tmpfs(tmp_path / "disk", "64m") as disk:
+        index_dir = disk / "index"
+        run("index", str(root), "--index-dir", str(index_dir), "-q")
+        remount(disk, "ro")
+        try:
+            before = _snapshot(root)
+            proc = run("duplicates", "-c", str(root), "--index-dir", str(index_dir), "--move-to",
+                       str(tmp_path / "review"), check=False)
+            assert_one_line_error(proc, "read-only", "no file was moved")
+            assert _snapshot(root) == before and not (tmp_path / "review").exists()
+            # reviewing still works on a read-only index
+            out = json.loads(run("duplicates", "-c", str(root), "--index-dir", str(index_dir),
+                                 "--json").stdout)
+            assert out["n_groups"] >= 2
+        finally:
+            remount(disk, "rw")

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imagetext.errors import InvalidInputError
+from imagetext.errors import IndexReadOnlyError, InvalidInputError
 
 if TYPE_CHECKING:
     from imagetext.index.collection import Collection
@@ -314,6 +314,8 @@ def move_others(collection: Collection, result: Duplicates, destination: str | o
                                 f"{root}, not {dest}")
     if dest.exists() and not dest.is_dir():
         raise InvalidInputError(f"{dest} is not a folder")
+    if collection.read_only:  # the index could not follow: move nothing
+        raise IndexReadOnlyError(f"the index of {root} is read-only; no file was moved")
     moved = []
     for path in result.others:
         src = Path(path)
