@@ -566,7 +566,9 @@ def duplicates(
         how = f"preset {result.preset}" if result.preset else "threshold"
         pixels = (f" and pixel SSIM >= {result.pixel_threshold}"
                   if result.pixel_threshold is not None else "")
-        print(f"{len(result.groups)} groups, {len(result.others)} photos to review, among "
+        n_groups, n_others = len(result.groups), len(result.others)
+        print(f"{n_groups} group{'' if n_groups == 1 else 's'}, {n_others} "
+              f"photo{'' if n_others == 1 else 's'} to review, among "
               f"{result.n_images} images ({result.vectors} vectors, cosine >= {result.threshold}"
               f"{pixels} ({how}); {result.seconds:.1f} s)")
         for g in result.groups:
