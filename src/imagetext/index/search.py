@@ -110,9 +110,9 @@ class Searcher:
         for images that have a caption and 0 for those that do not; captions have an index of
         their own that brings in candidates too.
         """
-        col, store = self.col, self.col.store
+        col = self.col
         pool = max(4 * k, 100)
-        kinds = ("semantic", "caption") if store.count_vectors("caption") else ("semantic",)
+        kinds = ("semantic", "caption") if col.vector_index("caption").count() else ("semantic",)
         candidates: set[int] = set()
         for kind in kinds:
             _, ids = col.vector_index(kind).search(query[None], pool)

@@ -364,6 +364,9 @@ class MetadataStore:
             return connect(_uri(self.path, immutable="1"))
 
     def _set_up(self) -> None:
+        if not self.db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+            # a new file: pages the vector journal frees go back to the disk (mark_saved)
+            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -383,8 +386,9 @@ class MetadataStore:
                                 (str(step),))
         if version is None and current == SCHEMA_VERSION:
             self.set_meta("schema_version", str(SCHEMA_VERSION))
-        if current < 4:
-            self.db.execute("VACUUM")  # give back the pages the vector columns held
+        if current < 4:  # give back the pages the vector columns held, and from now on
+            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # the journal's (mark_saved)
+            self.db.execute("VACUUM")
 
     def _check_schema(self) -> None:
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -522,6 +526,7 @@ class MetadataStore:
             self.db.execute("BEGIN IMMEDIATE")
             self.set_meta(f"faiss_seq_{kind}", str(int(seq)))
             self.db.execute("DELETE FROM pending_vectors WHERE kind = ? AND seq <= ?", (kind, int(seq)))
+        self.db.executescript("PRAGMA incremental_vacuum;")  # (sqlite3_exec: every page)
 
     def _journal(self, rows: Iterable[tuple[str, int, np.ndarray | None]]) -> None:
         self.db.executemany(
