@@ -122,7 +122,7 @@ def index(
         "--rebuild", help="Build the index anew from the photos, beside the old one (for an "
         "index that is damaged, or to start over); --model picks the model.")] = False,
     index_type: Annotated[str | None, typer.Option(
-        help="FAISS index: auto (exact up to 100k images, then HNSW), flat, hnsw or ivf.")] = None,
+        help="FAISS index: auto (exact fp16 scan below 50k images, then IVF), flat or ivf.")] = None,
     caption: Annotated[bool, typer.Option(
         "--caption", help="Also caption every image with the default captioner and store it.")] = False,
     batch_size: Annotated[int, typer.Option(
