@@ -87,6 +87,8 @@ def test_an_edited_copy_is_grouped_with_its_original_which_is_kept(collection):
     other = g.others[0]
     assert not other.keep and result.threshold <= other.similarity < 1.0
     assert other.width * other.height < 640 * 480 and other.bytes == os.stat(other.path).st_size
+    # every photo of a group is itself a near-duplicate of the one kept
+    assert all(p.similarity >= result.threshold for g in result.groups for p in g.photos)
     assert result.others == [p.path for g in result.groups for p in g.others]
     assert result.preset == "edits" and result.n_images == len(collection) == 12
 
@@ -109,15 +111,19 @@ def test_two_shots_of_one_scene_are_grouped_at_same_scene_but_not_at_exact_copie
     assert duplicates(collection, "scene").to_dict()["groups"] == scene.to_dict()["groups"]
 
 
-def test_pairs_at_the_threshold_count_and_groups_are_chains():
-    from imagetext.index.duplicates import components, similar_pairs
+def test_pairs_at_the_threshold_count_and_a_chain_splits_into_stars():
+    from imagetext.index.duplicates import components, similar_pairs, star_groups
 
-    angles = np.radians([0.0, 30.0, 60.0, 180.0])
+    angles = np.radians([0.0, 30.0, 60.0, 90.0, 180.0])
     x = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
     i, j, s = similar_pairs(x, float(np.float32(np.cos(np.radians(30.0)))))
-    assert sorted(zip(i.tolist(), j.tolist())) == [(0, 1), (1, 2)]
-    assert [c.tolist() for c in components(len(x), i, j)] == [[0, 1, 2]]  # 0 and 2 through 1
+    assert sorted(zip(i.tolist(), j.tolist())) == [(0, 1), (1, 2), (2, 3)]
     assert np.allclose(s, np.cos(np.radians(30.0)), atol=1e-6)
+    assert [c.tolist() for c in components(len(x), i, j)] == [[0, 1, 2, 3]]  # a chain
+    neighbours = {0: {1}, 1: {0, 2}, 2: {1, 3}, 3: {2}}
+    # every member next to the photo kept: 0 keeps 1, then 2 keeps 3; or 1 keeps 0 and 2
+    assert star_groups([0, 1, 2, 3], neighbours) == [[0, 1], [2, 3]]
+    assert star_groups([1, 3, 0, 2], neighbours) == [[1, 0, 2]]  # 3 left alone
 
 
 def test_sharpness_is_lower_for_a_blurred_photo(tmp_path):

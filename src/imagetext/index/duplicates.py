@@ -6,9 +6,10 @@ cosine at or above the threshold is an edge, found by a FAISS range search over 
 inner-product index (IndexFlatIP: every pair is seen, no recall lost to an approximate
 index; n x n x d work: 20k photos took 17 s with 1280-d vectors, 7 s with 512-d, on two busy
 cores); the groups are the connected components
-of that graph (scipy.sparse.csgraph, one call, rather than our own union-find). A group is
-thus linked by a chain of similar pairs: with the "same scene" preset a long burst can join
-shots whose ends differ more than the threshold says.
+of that graph (scipy.sparse.csgraph, one call, rather than our own union-find). A component
+can be a chain (sports photos, each like the next, end to end unlike), so it is split into
+stars (`star_groups`): every photo of a group is itself a near-duplicate of the photo kept,
+which is what a person moving "the others" relies on.
 
 "exact" pairs must also look the same pixel by pixel: the SSIM of the two photos' grey
 images squashed to PIXEL_SIDE x PIXEL_SIDE (scikit-image), and the same shape; the vectors
@@ -227,6 +228,25 @@ def _same_pixels(collection: Collection, ids: np.ndarray, i: np.ndarray, j: np.n
     return i[np.array(keep, bool)], j[np.array(keep, bool)]
 
 
+def star_groups(order: list[int], neighbours: dict[int, set[int]]) -> list[list[int]]:
+    """A component split so that every photo of a group is a near-duplicate of the group's
+    photo to keep, not only linked to it through others (a chain of sports photos, each like
+    the next, is not one group): the first of `order` still free keeps, with its free
+    neighbours; again until none is left. Groups of one are dropped."""
+    free = dict.fromkeys(order)
+    groups = []
+    for keep in order:
+        if keep not in free:
+            continue
+        del free[keep]
+        group = [keep, *(m for m in free if m in neighbours.get(keep, ()))]
+        for m in group[1:]:
+            del free[m]
+        if len(group) > 1:
+            groups.append(group)
+    return groups
+
+
 def _keep_order(p: DuplicatePhoto) -> tuple:
     return (-p.width * p.height, -p.bytes, -p.sharpness, p.path)
 
@@ -249,28 +269,30 @@ def find_duplicates(collection: Collection, preset: str | None = DEFAULT_PRESET,
     pixels = pixel_threshold() if preset == "exact" else None
     if pixels is not None:  # and the same pixels: see pixel_similarity
         i, j = _same_pixels(collection, ids, i, j, pixels)
+    neighbours: dict[int, set[int]] = {}
+    for m, n in zip(i.tolist(), j.tolist()):
+        neighbours.setdefault(m, set()).add(n)
+        neighbours.setdefault(n, set()).add(m)
     groups = []
     for members in components(len(ids), i, j):
-        photos = []
-        for m in members:
+        photos = {}
+        for m in members.tolist():
             record = collection.get(int(ids[m]))
             try:
                 size = os.stat(record.path).st_size
                 sharp = sharpness(record.path)
             except (OSError, InvalidInputError):  # gone or unreadable since it was indexed
                 continue
-            photos.append(DuplicatePhoto(int(ids[m]), record.path, record.width, record.height,
-                                         size, sharp, 0.0))
-        if len(photos) < 2:
-            continue
-        photos.sort(key=_keep_order)
-        position = {int(ids[m]): m for m in members}
-        keep_vec = vecs[position[photos[0].id]]
-        for p in photos:
-            p.similarity = round(float(np.clip(vecs[position[p.id]] @ keep_vec, -1.0, 1.0)), 4)
-        photos[0].keep, photos[0].similarity = True, 1.0
-        photos[1:] = sorted(photos[1:], key=lambda p: (-p.similarity, p.path))
-        groups.append(photos)
+            photos[m] = DuplicatePhoto(int(ids[m]), record.path, record.width, record.height,
+                                       size, sharp, 0.0)
+        for star in star_groups(sorted(photos, key=lambda m: _keep_order(photos[m])), neighbours):
+            keep_vec = vecs[star[0]]
+            group = [photos[m] for m in star]
+            for m, p in zip(star, group):
+                p.similarity = round(float(np.clip(vecs[m] @ keep_vec, -1.0, 1.0)), 4)
+            group[0].keep, group[0].similarity = True, 1.0
+            group[1:] = sorted(group[1:], key=lambda p: (-p.similarity, p.path))
+            groups.append(group)
     groups.sort(key=lambda g: (-len(g), g[0].path))
     return Duplicates(str(collection.root), vectors, preset, round(float(threshold), 4), len(ids),
                       [DuplicateGroup(n + 1, g) for n, g in enumerate(groups)],
