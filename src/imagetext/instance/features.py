@@ -2,8 +2,9 @@
 
 `InstanceExtractor` runs EfficientNet-Lite0 (the default model's image tower, ImageNet
 weights) on the image as the default model preprocesses it (shorter side to 224, centre
-square; or the whole image squashed to the square), takes one stage's feature map, pools it (MAC, R-MAC or
-GeM, instance/pooling.py), PCA-whitens it (instance/whitening.py) and L2-normalises it.
+square; or the whole image squashed to the square), takes one stage's feature map, pools
+it (MAC, R-MAC, GeM or average, instance/pooling.py), PCA-whitens it
+(instance/whitening.py) and L2-normalises it.
 All stages come out of one forward pass (`maps`), so any number of descriptors of one
 image cost one tower run; the tower runs through ONNX Runtime when it can
 (`onnx_runtime.tower_runner`, exported once per resolution into the cache), else PyTorch.
