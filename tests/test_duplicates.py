@@ -20,7 +20,7 @@ from tests.test_cli import run
 
 GALLERY = Path(__file__).resolve().parents[1] / "src" / "imagetext" / "demo_gallery"
 DISTRACTORS = ["astronaut.jpg", "chelsea-the-cat.jpg", "coffee.jpg", "koala.jpg", "sunset.jpg",
-               "taj-mahal.jpg"]
+               "kingfisher.jpg"]
 
 
 def edited_copy(src: Path, dst: Path) -> None:
