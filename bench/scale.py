@@ -194,7 +194,7 @@ def main() -> None:
 
         out = baseline(args.n, folder) if args.baseline else build(args.n, folder)
         out.setdefault("code", "this checkout" if not args.inner else "")
-        out["imagetext"] = str(Path(imagetext.__file__).parent)
+        out.setdefault("imagetext", str(Path(imagetext.__file__).parent))
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

@@ -469,10 +469,18 @@ def test_an_ivf_collection_adds_and_removes_without_a_rebuild(gallery, monkeypat
     # add 100 more and remove 100: in place, the quantizer unchanged, nothing left pending
     more = _replicated(col, 2600, seed=1)[2500:]
     more = [dataclasses.replace(m, path=f"more/{i}.jpg") for i, m in enumerate(more)]
-    col.add_embedded(more)
     gone = [col.store.find_path(f"copies/{r:05d}.jpg").id for r in range(0, 2000, 20)]
-    with col.lock.hold():
+    with col.lock.hold():  # what an indexing run commits, before it saves the files
+        added = col.store.add_batch(more)
         col.store.remove(gone)
+        # a reader meanwhile: the saved (memory-mapped) files, the journal beside them
+        with Collection.open(gallery) as reader:
+            ids = reader.vectors("semantic")[0].tolist()
+            assert len(ids) == 2530 and set(added) <= set(ids) and not set(gone) & set(ids)
+            assert reader.vector_index("visual").count() == 2530
+            hits = reader.search("a cat sitting on a sofa", k=50)
+            assert len(hits) == 50 and not {r.id for r in hits} & set(gone)
+            assert reader.similar(added[0], k=3)[0].id != added[0]
         for v in (semantic, visual):
             v.sync()
     assert len(col) == 2530

@@ -164,6 +164,7 @@ class VectorIndex:
         self._seen: str | None = None  # the store generation this state reflects
         self._applied = 0  # the last journal seq applied (to index, or in the delta)
         self._unsaved = False  # (writer) retrained since the file was saved
+        self._hidden_in_file = 0  # (reader) how many of `hidden` the file holds
 
     # -- files and meta ----------------------------------------------------------------------
     @property
@@ -206,16 +207,15 @@ class VectorIndex:
             saved = self.store.get_meta(self._seq_key())
             key = (build, saved)
             fresh_file = key != self._file_key
-            since = 0 if saved is None else int(saved)
-            if not fresh_file:
-                since = self._applied if self.writer else since
+            since = (0 if saved is None else int(saved)) if fresh_file else self._applied
             journal = self.store.pending(self.kind, since)
             generation = self.store.generation(self.kind)
         if fresh_file:
             self._read_file(saved)
             self._file_key = key
             self._applied = 0 if saved is None else int(saved)
-        self._apply_journal(journal, replace_delta=not self.writer)
+            self.delta, self.hidden, self._hidden_in_file = None, np.zeros(0, np.int64), 0
+        self._apply_journal(journal)
         self._seen = generation
         return self
 
@@ -239,11 +239,9 @@ class VectorIndex:
                                     f"model makes {self.dim}-d ones; rebuild the index with --rebuild")
         self.index = index
 
-    def _apply_journal(self, journal: list[tuple[int, int, bytes | None]],
-                       replace_delta: bool) -> None:
-        """Apply journal rows (seq, id, fp16 bytes or None), idempotently."""
-        if replace_delta:
-            self.delta, self.hidden = None, np.zeros(0, np.int64)
+    def _apply_journal(self, journal: list[tuple[int, int, bytes | None]]) -> None:
+        """Apply journal rows (seq, id, fp16 bytes or None), idempotently: every id they
+        touch is removed, then its last vector added."""
         if not journal:
             return
         last: dict[int, bytes | None] = {}
@@ -255,14 +253,18 @@ class VectorIndex:
         vecs = (np.stack([np.frombuffer(b, np.float16) for _, b in present]).astype(np.float32)
                 if present else np.zeros((0, self.dim), np.float32))
         if self.writer or not is_ivf(self.index):
-            remove(self.index, touched)
-            if len(ids):
-                self.index.add_with_ids(vecs, ids)
-            if not self.writer:
-                self._applied = journal[-1][0]
-        else:  # a memory-mapped IVF file: the journal goes beside it
-            self.hidden = np.sort(touched)
-            self.delta = build_index(self.kind, "flat", self.dim, ids, vecs)
+            target = self.index
+        else:  # a memory-mapped IVF file (read-only): the journal goes into a delta beside it
+            new = np.setdiff1d(touched, self.hidden)
+            ivf = faiss.extract_index_ivf(self.index)
+            self._hidden_in_file += sum(1 for i in new.tolist() if _has(ivf, i))
+            self.hidden = np.union1d(self.hidden, touched)
+            if self.delta is None:
+                self.delta = empty_exact(self.dim)
+            target = self.delta
+        remove(target, touched)
+        if len(ids):
+            target.add_with_ids(vecs, ids)
         self._applied = max(self._applied, journal[-1][0])
 
     # -- the writer's side ---------------------------------------------------------------------
@@ -321,13 +323,7 @@ class VectorIndex:
     # -- reading -------------------------------------------------------------------------------
     def count(self) -> int:
         self.load()
-        return self.index.ntotal - self._hidden_in_index() + (self.delta.ntotal if self.delta else 0)
-
-    def _hidden_in_index(self) -> int:
-        if not len(self.hidden):
-            return 0
-        ivf = faiss.extract_index_ivf(self.index)
-        return sum(1 for i in self.hidden.tolist() if _has(ivf, i))
+        return self.index.ntotal - self._hidden_in_file + (self.delta.ntotal if self.delta else 0)
 
     def get(self, ids) -> dict[int, np.ndarray]:
         """id -> vector (float32, as stored: fp16 or SQ8 precision) for the given ids that
@@ -336,11 +332,7 @@ class VectorIndex:
         out: dict[int, np.ndarray] = {}
         wanted = [int(i) for i in ids]
         if self.delta is not None:
-            d = faiss.downcast_index(self.delta)
-            rev = set(faiss.vector_to_array(d.id_map).tolist())
-            for i in wanted:
-                if i in rev:
-                    out[i] = d.reconstruct(i)
+            out.update(_reconstruct_some(self.delta, wanted))
         hidden = set(self.hidden.tolist())
         rest = [i for i in wanted if i not in out and i not in hidden]
         if is_ivf(self.index):
@@ -350,11 +342,7 @@ class VectorIndex:
                 vecs = ivf.reconstruct_batch(np.array(rest, np.int64))
                 out.update(zip(rest, vecs))
         else:
-            idmap = faiss.downcast_index(self.index)
-            rev = set(faiss.vector_to_array(idmap.id_map).tolist()) if rest else set()
-            for i in rest:
-                if i in rev:
-                    out[i] = idmap.reconstruct(i)
+            out.update(_reconstruct_some(self.index, rest))
         return out
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -410,6 +398,17 @@ def faiss_threads(n: int) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def _reconstruct_some(idmap: faiss.Index, ids: list[int]) -> dict[int, np.ndarray]:
+    """id -> vector of an IndexIDMap2, for those of `ids` it holds."""
+    out = {}
+    for i in ids:
+        try:
+            out[i] = idmap.reconstruct(i)
+        except RuntimeError:  # not there
+            pass
+    return out
 
 
 def _has(ivf: faiss.IndexIVF, image_id: int) -> bool:
