@@ -56,6 +56,9 @@ MAX_BATCH = 256
 # while indexing, the FAISS files are saved for readers this often (and at the end), at
 # most taking 1/SAVE_COST_SHARE of the run's time
 FAISS_SAVE_SECONDS = 10.0
+# ... and at the latest after this many images, so that the journal of vectors not yet in a
+# saved file (SQLite, vectors.py) stays small: every reader keeps it in memory
+SAVE_EVERY_IMAGES = 32768
 SAVE_COST_SHARE = 20
 SCAN_PROGRESS_EVERY = 256  # files between two "scan" progress events
 
@@ -92,6 +95,7 @@ class Indexer:
         self.on_progress = on_progress
         self.vectors: dict[str, VectorIndex] = {}
         self._next_save = time.monotonic() + FAISS_SAVE_SECONDS
+        self._unsaved_images = 0
 
     def _progress(self, stage: str, done: int, total: int | None) -> None:
         if self.on_progress is not None:
@@ -285,6 +289,7 @@ class Indexer:
             return all(stored)
         report.updated += len(replace)
         report.added += len(ids) - len(replace)
+        self._unsaved_images += len(ids)
         return True
 
     def _after_commit(self) -> None:
@@ -292,7 +297,7 @@ class Indexer:
         and then (readers read the journal past them meanwhile)."""
         for v in self.vectors.values():
             v.sync(save=False)
-        if time.monotonic() < self._next_save:
+        if time.monotonic() < self._next_save and self._unsaved_images < SAVE_EVERY_IMAGES:
             return
         began = time.monotonic()
         self.sync_vectors()
@@ -305,6 +310,7 @@ class Indexer:
             self._begin(None)
         for v in self.vectors.values():
             v.sync()
+        self._unsaved_images = 0
         self.store.checkpoint()
 
     def caption_missing(self, captioner) -> int:

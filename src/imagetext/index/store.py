@@ -412,6 +412,8 @@ class MetadataStore:
         if self.readonly:
             return
         try:
+            if truncate:  # and give back the pages the vector journal freed (auto_vacuum)
+                self.db.executescript("PRAGMA incremental_vacuum;")  # (sqlite3_exec: every page)
             self.db.execute(f"PRAGMA wal_checkpoint({'TRUNCATE' if truncate else 'PASSIVE'})").fetchall()
         except sqlite3.Error:
             pass
@@ -526,7 +528,6 @@ class MetadataStore:
             self.db.execute("BEGIN IMMEDIATE")
             self.set_meta(f"faiss_seq_{kind}", str(int(seq)))
             self.db.execute("DELETE FROM pending_vectors WHERE kind = ? AND seq <= ?", (kind, int(seq)))
-        self.db.executescript("PRAGMA incremental_vacuum;")  # (sqlite3_exec: every page)
 
     def _journal(self, rows: Iterable[tuple[str, int, np.ndarray | None]]) -> None:
         self.db.executemany(
