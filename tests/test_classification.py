@@ -153,7 +153,7 @@ def test_classifier_folder_round_trip_and_model_card(probe_folder, image_folder,
     out, result = probe_folder
     assert is_classifier_folder(out) and not is_classifier_folder(image_folder)
     probe = LinearProbe.from_pretrained(out)
-    assert probe.labels == ["animal", "landmark"] and probe.features == "semantic+visual"
+    assert probe.labels == ["animal", "landmark"] and probe.features == "semantic"
     assert probe.base_fingerprint == default_encoder.fingerprint
     emb = default_encoder.encode_images([str(GALLERY / "tiger-in-the-snow.jpg"),
                                          str(GALLERY / "taj-mahal.jpg")])
@@ -210,8 +210,9 @@ def test_cli_train_eval_and_classify_by_classifier(image_folder, tmp_path):
 
     folder = tmp_path / "clf"
     trained = json.loads(run("train", "classifier", "--data", str(image_folder), "--out",
-                             str(folder), "--c", "0.1", "--json"))
+                             str(folder), "--c", "0.1", "--balanced", "--json"))
     assert trained["C"] == 0.1 and trained["val"]["classifier"]["top1"] >= 80.0
+    assert json.loads((folder / "config.json").read_text())["class_weight"] == "balanced"
     evaluated = json.loads(run("eval", "classify", "--data", str(image_folder), "--classifier",
                                str(folder), "--out", str(tmp_path / "png"), "--json"))
     assert evaluated["classifier"]["top1"] == trained["val"]["classifier"]["top1"]
