@@ -174,10 +174,11 @@ Zero-shot uses the same base model: one template is `{DEFAULT_TEMPLATE}`, the en
 averages the text vectors of {len(ensemble)} templates. Per-class accuracy of the probe:
 {per_class}. Train top-1: {probe.info['train_top1']:.1f}.
 """
-    scores = {"accuracy": summary["classifier"]["top1"] / 100,
-              "mean_per_class_recall": summary["classifier"]["mean_per_class_recall"] / 100,
-              "zero_shot_accuracy": summary["zero_shot_single"]["top1"] / 100,
-              "zero_shot_ensemble_accuracy": summary["zero_shot_ensemble"]["top1"] / 100}
+    scores = {k: round(v / 100, 4) for k, v in (
+        ("accuracy", summary["classifier"]["top1"]),
+        ("mean_per_class_recall", summary["classifier"]["mean_per_class_recall"]),
+        ("zero_shot_accuracy", summary["zero_shot_single"]["top1"]),
+        ("zero_shot_ensemble_accuracy", summary["zero_shot_ensemble"]["top1"]))}
     write_model_card(out, body, probe.name, scores=scores, task="image-classification",
                      dataset=Path(str(probe.info["data"])).name, dataset_split="val",
                      base_model=None, pipeline_tag="image-classification",
