@@ -113,3 +113,23 @@ def test_todays_models_reproduce_the_stored_vectors_and_captions(legacy):
         assert float(visual @ blob_to_vector(vis_blob, "visual")) > 0.999, name
     captions = load_captioner(None).caption(paths)
     assert captions == [stored[n][0] for n in names]
+
+
+def test_a_schema_1_index_read_only_is_read_as_it_is(legacy):
+    """On a read-only disk an old index cannot migrate: its vectors are read from SQLite."""
+    from imagetext.index.store import MetadataStore
+    from imagetext.index.vectors import VectorIndex
+
+    db = legacy / ".imagetext" / "index.sqlite"
+    before = rows(db)
+    store = MetadataStore(db, readonly=True)
+    try:
+        assert store.legacy and store.count() == len(before)
+        semantic = VectorIndex(db.parent, store, "semantic", int(store.get_meta("dim")))
+        ids, vecs = semantic.vectors()
+        assert len(ids) == len(before)
+        scores, found = semantic.search(vecs[:1], 1)
+        assert found[0][0] == ids[0] and scores[0][0] > 0.99
+    finally:
+        store.close()
+    assert rows(db) == before  # untouched

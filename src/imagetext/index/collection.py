@@ -45,7 +45,7 @@ from imagetext.index.lock import WriterLock
 from imagetext.index.records import EmbeddedImage, IndexProgress, IndexReport, SearchResult
 from imagetext.index.search import Searcher
 from imagetext.index.store import MetadataStore
-from imagetext.index.vectors import KINDS, VectorIndex, choose_kind
+from imagetext.index.vectors import INDEX_KINDS, KINDS, VectorIndex, choose_kind
 from imagetext.io.images import DEFAULT_MAX_FILE_BYTES
 
 __all__ = ["INDEX_DIRNAME", "Collection", "EmbeddedImage", "IndexBusyError", "IndexProgress",
@@ -377,6 +377,7 @@ class Collection:
     def status(self) -> dict:
         index_bytes = sum(p.stat().st_size for p in self.index_dir.iterdir() if p.is_file())
         n = self.store.count()
+        requested = self.store.get_meta("index_type")  # (an old read-only index may say hnsw)
         return {
             "root": str(self.root),
             "index_dir": str(self.index_dir),
@@ -384,7 +385,7 @@ class Collection:
             "n_images": n,
             "n_failed": len(self.store.failure_states()),
             "n_captioned": n - len(self.store.ids_without_caption()),
-            "index_type": choose_kind(self.store.get_meta("index_type") or "auto", n),
+            "index_type": choose_kind(requested if requested in INDEX_KINDS else "auto", n),
             "index_bytes": index_bytes,
             "read_only": self.store.readonly,
             **({"rebuilding": True} if self._rebuilding
