@@ -71,16 +71,20 @@ def images(sem, vis, start: int, stop: int, chunk: int = 4096):
 
 def remove_like_index(col, ids: list[int]) -> None:
     """What `imagetext index` does for deleted files: delete the rows, bring FAISS in step."""
+    try:
+        from imagetext.index.vectors import KINDS
+    except ImportError:  # the baseline's code: loaded before the change, then apply()
+        KINDS = None
     with col.lock.hold():
-        col.store.remove(ids)
-        try:
-            from imagetext.index.vectors import KINDS
-        except ImportError:  # the baseline's code: apply() rebuilds unless Flat
-            for kind in ("semantic", "visual"):
-                v = col.vector_index(kind)
+        if KINDS is None:
+            indexes = [col.vector_index(kind) for kind in ("semantic", "visual")]
+            for v in indexes:
                 v.load()
+            col.store.remove(ids)
+            for v in indexes:  # in place on a Flat file, a rebuild of anything else
                 v.apply(np.zeros(0, np.int64), np.zeros((0, v.dim), np.float32), np.asarray(ids))
             return
+        col.store.remove(ids)
         for kind in KINDS:
             col.vector_index(kind).sync()
 
