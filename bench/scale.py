@@ -186,7 +186,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the collection")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--serve-child", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--serve-child", type=Path, default=None, metavar="ROOT",
+                    help="only the server measurement, on the kept collection ROOT (DIR/lib)")
     ap.add_argument("--queries", type=int, default=200)
     args = ap.parse_args()
     if args.serve_child:
