@@ -507,3 +507,29 @@ def test_an_ivf_collection_adds_and_removes_without_a_rebuild(gallery, monkeypat
         cat = reader.indexed_id(gallery / "chelsea.png")
         similar = reader.similar(cat, k=5)
         assert all(r.id != cat for r in similar) and len(similar) == 5
+
+
+def test_indexing_stores_the_instance_feature_as_a_third_kind(gallery, photos):
+    """The default model's image run also gives the instance feature: indexing stores it
+    (fp16, kind "instance"), and it is the extractor's own vector of the photo."""
+    from imagetext.index.indexer import instance_extractor
+
+    col, _ = _index(gallery)
+    extractor = instance_extractor(col.encoder)
+    assert extractor is not None
+    ids, vecs = col.vectors("instance")
+    assert vecs.shape == (30, extractor.dim) == (30, 512)
+    assert ids.tolist() == col.vectors("semantic")[0].tolist()
+    cat = col.indexed_id(gallery / "chelsea.png")
+    pixels = col.encoder.preprocess(Image.open(photos["chelsea"]).convert("RGB"))[None]
+    want = extractor.vectors_from_maps(extractor.maps(pixels))[0]
+    got = col.vectors("instance", [cat])[1][0]
+    assert float(got @ want) > 0.99  # the compiled graph's pooled map vs the tower's own run
+    # a copy of known content reuses it; a deleted photo takes it away
+    shutil.copy(gallery / "chelsea.png", gallery / "cat-copy.png")
+    (gallery / "rocket.jpg").unlink()
+    col.index()
+    copy = col.indexed_id(gallery / "cat-copy.png")
+    found = col.vectors("instance", [copy, cat])
+    np.testing.assert_array_equal(found[1][0], found[1][1])
+    assert len(col.vectors("instance")[0]) == 30

@@ -226,7 +226,8 @@ class Collection:
             raise InvalidInputError(f"unknown vector kind {kind!r}: one of {', '.join(KINDS)}")
         if kind not in self._vectors:
             key = KINDS[kind].dim_key
-            dim = int(self.store.get_meta(key) or 0) or int(getattr(self.encoder, key))
+            dim = (int(self.store.get_meta(key) or 0) or int(getattr(self.encoder, key, 0))
+                   or KINDS[kind].default_dim)
             self._vectors[kind] = VectorIndex(self.faiss_dir, self.store, kind, dim,
                                               writing=self.lock.try_writing)
         return self._vectors[kind]

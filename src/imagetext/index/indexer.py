@@ -43,6 +43,7 @@ from imagetext.io.images import (
     open_image_sized,
     read_regular_file,
 )
+from imagetext.models.base import l2_normalize
 
 if TYPE_CHECKING:
     from imagetext.index.collection import Collection
@@ -157,6 +158,9 @@ class Indexer:
             self.store.set_meta("model_ref", stable_model_ref(self.col.model_ref))
             self.store.set_meta("dim", str(encoder.dim))
             self.store.set_meta("visual_dim", str(encoder.visual_dim))
+            extractor = instance_extractor(encoder)
+            if extractor is not None:
+                self.store.set_meta("instance_dim", str(extractor.dim))
         if self.store.get_meta("dim") is None:
             return  # nothing indexed yet, no model: no vectors either
         self.vectors = {k: self.col.vector_index(k).for_writing() for k in KINDS}
@@ -200,6 +204,7 @@ class Indexer:
         """Decode (in threads, ahead of the model), embed and commit `todo`, batch by batch;
         files that fail are reported and remembered until they change."""
         preprocess, max_bytes = encoder.preprocess, self.max_file_bytes
+        extractor = instance_extractor(encoder)
 
         def load(f: _FileState) -> _Decoded:
             # the scan found a regular file (or resolved a link to one): open exactly that
@@ -216,14 +221,23 @@ class Indexer:
         def flush() -> None:
             if not batch:
                 return
-            semantic, visual = [], []
+            semantic, visual, instance = [], [], []
             for i in range(0, len(batch), ENCODE_CHUNK):  # bounded model memory at any batch size
-                emb = encoder.encode_pixels(np.stack([d.pixels for _, d in batch[i:i + ENCODE_CHUNK]]))
-                semantic.append(emb.semantic)
-                visual.append(emb.visual)
+                pixels = np.stack([d.pixels for _, d in batch[i:i + ENCODE_CHUNK]])
+                if extractor is not None:  # one run gives all three
+                    outs = encoder.image_outputs(pixels)
+                    names = list(outs)
+                    semantic.append(l2_normalize(outs[names[0]]))
+                    visual.append(l2_normalize(outs[names[-1]]))
+                    instance.append(extractor.vectors_from_maps(outs))
+                else:
+                    emb = encoder.encode_pixels(pixels)
+                    semantic.append(emb.semantic)
+                    visual.append(emb.visual)
             semantic, visual = np.concatenate(semantic), np.concatenate(visual)
+            instance = np.concatenate(instance) if instance else [None] * len(batch)
             images = [EmbeddedImage(f.rel, f.size, f.mtime, d.sha1, d.width, d.height,
-                                    semantic[j], visual[j])
+                                    semantic[j], visual[j], instance=instance[j])
                       for j, (f, d) in enumerate(batch)]
             self.commit(images, [f.old_id for f, _ in batch])
             self.report.embedded += len(batch)
@@ -340,6 +354,35 @@ class Indexer:
         return done
 
 
+def instance_extractor(encoder):
+    """The instance feature's extractor when the model's own image run gives its pooled map
+    (the compiled default model: OnnxEncoder.image_outputs has "mac-head"), else None."""
+    if not hasattr(encoder, "image_outputs"):
+        return None
+    cached = getattr(encoder, "_imagetext_instance_extractor", False)
+    if cached is not False:
+        return cached
+    from imagetext.instance.features import InstanceExtractor
+
+    extractor = InstanceExtractor.default()
+    c = extractor.config
+    try:
+        session = encoder._session(encoder_image_file())
+        names = {o.name for o in session.get_outputs()}
+    except Exception:  # noqa: BLE001  (no image graph to ask: no instance vectors)
+        names = set()
+    if f"{c.pooling}-{c.stage}" not in names:
+        extractor = None
+    encoder._imagetext_instance_extractor = extractor
+    return extractor
+
+
+def encoder_image_file() -> str:
+    from imagetext.models.onnx_backend import IMAGE_FILE
+
+    return IMAGE_FILE
+
+
 def _checked(image: EmbeddedImage, encoder) -> EmbeddedImage:
     """An embedded image from outside, checked: a path a scan of the folder would find, and
     vectors of the model's sizes (InvalidInputError otherwise)."""
@@ -363,6 +406,13 @@ def _checked(image: EmbeddedImage, encoder) -> EmbeddedImage:
             raise InvalidInputError(
                 f"embedded image {path!r}: its {name} vector has shape {vec.shape}, the model "
                 f"{encoder.name!r} makes ({dim},) finite vectors")
+    if image.instance is not None:
+        extractor = instance_extractor(encoder)
+        vec = np.asarray(image.instance)
+        if extractor is None or vec.shape != (extractor.dim,) or not np.isfinite(vec).all():
+            raise InvalidInputError(
+                f"embedded image {path!r}: its instance vector has shape {vec.shape}; the model "
+                f"{encoder.name!r} makes " + (f"({extractor.dim},) finite ones" if extractor else "none"))
     if image.caption_vector is not None and image.caption is None:
         raise InvalidInputError(f"embedded image {path!r} has a caption vector but no caption")
     return image

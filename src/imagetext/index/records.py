@@ -28,6 +28,8 @@ class EmbeddedImage:
     visual: np.ndarray  # (visual_dim,) for image-to-image search, L2-normalised
     caption: str | None = None
     caption_vector: np.ndarray | None = None  # the caption through the text encoder (dim,)
+    # the instance feature (imagetext.instance), where the model's image run gives it
+    instance: np.ndarray | None = None
 
 
 @dataclass

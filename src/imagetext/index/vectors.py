@@ -1,8 +1,9 @@
 """The stored vectors: one FAISS file per vector kind, the only copy of the vectors.
 
 Kinds (`KINDS`, one small spec each; a new kind is one entry): `semantic` (text->image
-search), `visual` (image->image) and `caption` (the captions' text vectors, for images
-captioned while indexing). Vectors are L2-normalised, so inner product is cosine
+search), `visual` (image->image), `caption` (the captions' text vectors, for images
+captioned while indexing) and `instance` (imagetext.instance's feature, where the model's
+image run gives it: indexer.instance_extractor). Vectors are L2-normalised, so inner product is cosine
 similarity, and FAISS ids are the SQLite row ids. The layout follows docs/VECTOR_INDEX.md:
 - below IVF_THRESHOLD vectors (or `--index-type flat`): an exact scan of fp16 vectors
   (IndexScalarQuantizer QT_fp16 in an IndexIDMap2);
@@ -59,12 +60,17 @@ class KindSpec:
     nprobe_min: int  # nprobe = max(nprobe_min, nlist // nprobe_div)
     nprobe_div: int
     every_image: bool = True  # False: only some images have one (captions)
+    default_dim: int = 0  # its size when neither the index nor the model says (no vectors yet)
 
 
 KINDS: dict[str, KindSpec] = {
     "semantic": KindSpec("dim", "semantic", "fp16", 16, 32),
     "visual": KindSpec("visual_dim", "visual", "sq8", 32, 16),
     "caption": KindSpec("dim", "caption_vector", "fp16", 16, 32, every_image=False),
+    # the instance feature (copies and edits of a photo; `imagetext duplicates`): images
+    # embedded by a model whose image run gives it (the compiled default model)
+    "instance": KindSpec("instance_dim", "instance", "fp16", 16, 32, every_image=False,
+                         default_dim=512),
 }
 
 INDEX_KINDS = ("flat", "ivf")
