@@ -91,6 +91,11 @@ def test_an_edited_copy_is_grouped_with_its_original_which_is_kept(collection):
     assert all(p.similarity >= result.threshold for g in result.groups for p in g.photos)
     assert result.others == [p.path for g in result.groups for p in g.others]
     assert result.preset == "edits" and result.n_images == len(collection) == 12
+    # the instance feature, which the default model stores for every photo while indexing
+    assert result.vectors == "instance"
+    visual = duplicates(collection, "edits", vectors="visual")
+    assert visual.vectors == "visual" and visual.threshold != result.threshold
+    assert {"brandenburg-gate.jpg", "brandenburg-gate-edited.jpg"} in _groups(visual)
 
 
 def test_two_shots_of_one_scene_are_grouped_at_same_scene_but_not_at_exact_copies(collection):
@@ -224,3 +229,31 @@ def test_move_to_with_a_read_only_index_moves_nothing(tmp_path):
             assert out["n_groups"] >= 2
         finally:
             remount(disk, "rw")
+
+
+def test_without_instance_vectors_the_visual_ones_are_grouped(tmp_path):
+    """An index whose images have no instance vector (embedded elsewhere, add_embedded without
+    one) falls back to the visual vectors, with their own thresholds."""
+    from imagetext.api import Collection, duplicates
+    from imagetext.index.records import EmbeddedImage
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    (root / "gate.jpg").write_bytes((GALLERY / "brandenburg-gate.jpg").read_bytes())
+    edited_copy(GALLERY / "brandenburg-gate.jpg", root / "gate-edited.jpg")
+    (root / "koala.jpg").write_bytes((GALLERY / "koala.jpg").read_bytes())
+    files = sorted(root.iterdir())
+    with Collection.open(root) as col:
+        emb = col.encoder.encode_images(files)
+        records = []
+        for n, path in enumerate(files):
+            data = path.read_bytes()
+            with Image.open(path) as img:
+                w, h = img.size
+            records.append(EmbeddedImage(path.name, len(data), path.stat().st_mtime,
+                                         hashlib.sha1(data).hexdigest(), w, h, emb.semantic[n],
+                                         emb.visual[n]))
+        col.add_embedded(records)
+        assert len(col.vectors("instance")[0]) == 0
+        result = duplicates(col, "edits")
+        assert result.vectors == "visual" and _groups(result) == [{"gate.jpg", "gate-edited.jpg"}]

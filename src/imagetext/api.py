@@ -361,14 +361,14 @@ def clusters(collection: Collection | str) -> Clustering | None:
 def duplicates(collection: Collection | str, preset: str | None = "edits",
                threshold: float | None = None, vectors: str | None = None) -> Duplicates:
     """Groups of near-duplicates in a collection (a Collection, or its folder): photos whose
-    `vectors` (default index.duplicates.DEFAULT_KIND) have a cosine >= `threshold`, or the
-    `preset`'s ("exact", "edits", "scene"; exact also compares the pixels), linked into
-    groups; each group's first photo is the one suggested to keep (most pixels, then largest
-    file, then sharpest). Touches no file; see index/duplicates.py (and its move_others,
-    which moves the others only when called)."""
-    from imagetext.index.duplicates import DEFAULT_KIND, find_duplicates
+    `vectors` (default: "instance" where every image has one, else "visual") have a cosine
+    >= `threshold`, or the `preset`'s ("exact", "edits", "scene"; exact also compares the
+    pixels), linked into groups; each group's first photo is the one suggested to keep
+    (most pixels, then largest file, then sharpest). Touches no file; see
+    index/duplicates.py (and its move_others, which moves the others only when called)."""
+    from imagetext.index.duplicates import find_duplicates
 
     if isinstance(collection, Collection):
-        return find_duplicates(collection, preset, threshold, vectors or DEFAULT_KIND)
+        return find_duplicates(collection, preset, threshold, vectors)
     with Collection.open(collection) as col:
-        return find_duplicates(col, preset, threshold, vectors or DEFAULT_KIND)
+        return find_duplicates(col, preset, threshold, vectors)

@@ -523,9 +523,10 @@ def duplicates(
         "(scripts/fit_duplicate_thresholds.py).")] = "edits",
     threshold: Annotated[float | None, typer.Option(
         min=-1.0, max=1.0, help="A cosine similarity threshold instead of the preset's.")] = None,
-    vectors: Annotated[str, typer.Option(
-        help="The stored vectors compared: visual (the encoder's image-to-image vector; the "
-        "default until the index stores the instance feature).")] = "visual",
+    vectors: Annotated[str | None, typer.Option(
+        help="The stored vectors compared: instance (the instance feature, made for copies and "
+        "edits; the default where every photo has one, as the default model indexes them) or "
+        "visual (the image-to-image vector; the default otherwise).")] = None,
     write_list: Annotated[Path | None, typer.Option(
         "--write-list", metavar="FILE", help="Write the paths of the photos not suggested to "
         "keep to FILE, one a line.")] = None,

@@ -50,9 +50,11 @@ THRESHOLDS_FILE = Path(__file__).resolve().parent.parent / "instance" / "whiteni
 # the CLI's short names -> the presets' names in THRESHOLDS_FILE (eval/instance.py PRESETS)
 PRESETS = {"exact": "exact copies", "edits": "edits", "scene": "same scene"}
 DEFAULT_PRESET = "edits"
-# the vector kind grouped by default: the encoder's pooled visual vector until the index
-# stores the instance feature (kind "instance")
-DEFAULT_KIND = "visual"
+# the vector kinds grouped by default: the instance feature (made for copies and edits:
+# eval/instance.py) where the index holds it for every image (the default model gives it
+# while indexing), else the encoder's pooled visual vector
+DEFAULT_KIND = "instance"
+FALLBACK_KIND = "visual"
 MAX_SHARPNESS_SIDE = 1024
 # exact copies are also checked pixel by pixel: the grey images squashed to this square
 PIXEL_SIDE = 64
@@ -251,11 +253,25 @@ def _keep_order(p: DuplicatePhoto) -> tuple:
     return (-p.width * p.height, -p.bytes, -p.sharpness, p.path)
 
 
+def default_vectors(collection: Collection) -> tuple[str, np.ndarray, np.ndarray]:
+    """(kind, ids, vectors): DEFAULT_KIND's where every indexed image has one, else
+    FALLBACK_KIND's (an index made by another model, or before the instance kind)."""
+    ids, vecs = collection.vectors(DEFAULT_KIND)
+    if len(ids) and len(ids) == len(collection):
+        return DEFAULT_KIND, ids, vecs
+    return FALLBACK_KIND, *collection.vectors(FALLBACK_KIND)
+
+
 def find_duplicates(collection: Collection, preset: str | None = DEFAULT_PRESET,
-                    threshold: float | None = None, vectors: str = DEFAULT_KIND) -> Duplicates:
-    """Groups of near-duplicates in `collection`: pairs of `vectors` with a cosine >= the
-    `threshold` given, else the `preset`'s ("exact", "edits" or "scene")."""
+                    threshold: float | None = None, vectors: str | None = None) -> Duplicates:
+    """Groups of near-duplicates in `collection`: pairs of `vectors` (default:
+    `default_vectors`) with a cosine >= the `threshold` given, else the `preset`'s ("exact",
+    "edits" or "scene")."""
     started = time.perf_counter()
+    if vectors is None:
+        vectors, ids, vecs = default_vectors(collection)
+    else:
+        ids, vecs = collection.vectors(vectors)
     if threshold is not None:
         if not -1.0 <= threshold <= 1.0:
             raise InvalidInputError(f"the threshold is a cosine, -1..1, not {threshold}")
@@ -264,7 +280,6 @@ def find_duplicates(collection: Collection, preset: str | None = DEFAULT_PRESET,
         raise InvalidInputError("give a preset or a threshold")
     else:
         threshold = preset_threshold(preset, vectors)
-    ids, vecs = collection.vectors(vectors)
     i, j, _ = similar_pairs(vecs, threshold)
     pixels = pixel_threshold() if preset == "exact" else None
     if pixels is not None:  # and the same pixels: see pixel_similarity
