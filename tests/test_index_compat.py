@@ -49,9 +49,7 @@ def rows(db_path: Path) -> dict:
 
 def test_a_schema_1_index_migrates_and_answers_as_before(legacy):
     from imagetext.api import Collection
-    from imagetext.index.store import SCHEMA_VERSION
-
-    from imagetext.index.store import legacy_blob_vector
+    from imagetext.index.store import SCHEMA_VERSION, legacy_blob_vector
 
     before = rows(legacy / ".imagetext" / "index.sqlite")
     expected = json.loads((DATA / "expected.json").read_text())
