@@ -8,7 +8,6 @@ indexing gives, from io.images), never a crash of the job.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,12 @@ import numpy as np
 
 from imagetext.embed.sources import Item, read_item
 from imagetext.errors import ImagetextError
-from imagetext.io.images import DEFAULT_MAX_FILE_BYTES, ImageLoadError, open_image_sized
+from imagetext.io.images import (
+    DEFAULT_MAX_FILE_BYTES,
+    DecodedImage,
+    ImageLoadError,
+    decode_for_model,
+)
 
 # the model encodes at most this many images at once (memory), as local indexing does
 ENCODE_CHUNK = 32
@@ -78,14 +82,6 @@ def _matrix(col) -> np.ndarray:
     return np.ascontiguousarray(arr, np.float32)
 
 
-@dataclass
-class _Decoded:
-    sha1: str
-    width: int
-    height: int
-    pixels: np.ndarray
-
-
 def error_reason(exc: BaseException) -> str:
     """What a failed file is reported with: the loader's own reason, else the exception."""
     return exc.reason if isinstance(exc, ImageLoadError) else f"{type(exc).__name__}: {exc}"
@@ -115,17 +111,12 @@ class Embedder:
         self.max_file_bytes = max_file_bytes
         self.workers = workers
 
-    def load(self, item: Item) -> _Decoded:
+    def load(self, item: Item) -> DecodedImage:
         """Read, hash, decode and preprocess one item, as local indexing does."""
-        pre = self.encoder.preprocess
-        data = read_item(item, self.max_file_bytes)
-        sha1 = hashlib.sha1(data).hexdigest()
         try:
-            img, (width, height) = open_image_sized(data, draft_size=pre.resize)
+            return decode_for_model(read_item(item, self.max_file_bytes), self.encoder.preprocess)
         except ImageLoadError as exc:
             raise ImageLoadError(item.rel, exc.reason) from None
-        del data
-        return _Decoded(sha1, width, height, pre(img))
 
     def encode(self, loaded: Sequence) -> EmbeddedBatch:
         """An EmbeddedBatch from `pipeline.Loaded` results of `load`."""

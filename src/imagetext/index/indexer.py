@@ -18,7 +18,6 @@ goes to an `on_progress` callback as IndexProgress events: the index package dra
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import posixpath
 import sqlite3
 import time
@@ -39,7 +38,9 @@ from imagetext.index.store import path_to_db
 from imagetext.index.vectors import KINDS, VectorIndex, choose_kind
 from imagetext.io.images import (
     DEFAULT_MAX_FILE_BYTES,
+    DecodedImage,
     ImageLoadError,
+    decode_for_model,
     open_image_sized,
     read_regular_file,
 )
@@ -71,14 +72,6 @@ class _FileState:
     size: int
     mtime: float
     old_id: int | None
-
-
-@dataclass
-class _Decoded:
-    sha1: str
-    width: int
-    height: int
-    pixels: np.ndarray
 
 
 class Indexer:
@@ -206,16 +199,13 @@ class Indexer:
         preprocess, max_bytes = encoder.preprocess, self.max_file_bytes
         extractor = instance_extractor(encoder)
 
-        def load(f: _FileState) -> _Decoded:
+        def load(f: _FileState) -> DecodedImage:
             # the scan found a regular file (or resolved a link to one): open exactly that
-            data = read_regular_file(f.path, max_bytes, follow_symlinks=False)
-            sha1 = hashlib.sha1(data).hexdigest()
-            img, (width, height) = open_image_sized(data, draft_size=preprocess.resize)
-            del data
-            return _Decoded(sha1, width, height, preprocess(img))
+            return decode_for_model(read_regular_file(f.path, max_bytes, follow_symlinks=False),
+                                    preprocess)
 
         done = 0
-        batch: list[tuple[_FileState, _Decoded]] = []
+        batch: list[tuple[_FileState, DecodedImage]] = []
         failures: list[tuple[str, int, float, str]] = []
 
         def flush() -> None:
@@ -265,7 +255,7 @@ class Indexer:
         finally:
             self.store.record_failures(failures)
 
-    def _reuse(self, f: _FileState, d: _Decoded) -> bool:
+    def _reuse(self, f: _FileState, d: DecodedImage) -> bool:
         """Skip the model for content we already have: a touched file or a copy."""
         if f.old_id is not None and self.store.get(f.old_id).sha1 == d.sha1:
             self.store.touch(f.old_id, f.size, f.mtime)

@@ -14,6 +14,7 @@ cannot slip past it.
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import stat
@@ -273,3 +274,21 @@ class Preprocess:
     def load(self, source: str | os.PathLike | bytes | Image.Image) -> np.ndarray:
         """Open and preprocess in one step (decoding JPEGs in draft mode at our size)."""
         return self(open_image(source, draft_size=self.resize))
+
+
+@dataclass
+class DecodedImage:
+    """One file as indexing keeps it: the content hash, the original size, the model input."""
+
+    sha1: str
+    width: int
+    height: int
+    pixels: np.ndarray
+
+
+def decode_for_model(data: bytes, preprocess: Preprocess) -> DecodedImage:
+    """Hash, decode and preprocess one file's bytes: what local and distributed indexing
+    both do with each file (so the two store the same vectors)."""
+    sha1 = hashlib.sha1(data).hexdigest()
+    img, (width, height) = open_image_sized(data, draft_size=preprocess.resize)
+    return DecodedImage(sha1, width, height, preprocess(img))
