@@ -1061,7 +1061,7 @@ def serve(
         "--classifier", help="A trained classifier folder (`imagetext train classifier`, on the "
         "collection's model) that the Classify tab offers beside your labels.")] = None,
 ):
-    """Serve the web app: search, similar images, captions and classification in a browser."""
+    """Serve the web app: search, similar images, captions, classification, duplicates and albums in a browser."""
     from imagetext.web.serve import serve as run_server
 
     run_server(collection, host=host, port=port, demo=demo, model=model, index=index,
