@@ -32,6 +32,7 @@ def _photos(tmp_path, photos, n_flickr: int = 0):
     return root
 
 
+@pytest.mark.slow
 @needs_flickr
 def test_a_disk_that_fills_up_leaves_a_consistent_index(tmp_path, photos):
     root = _photos(tmp_path, photos, n_flickr=150)  # ~1.6 MB of index: more than the disk

@@ -135,6 +135,7 @@ def _record(name: str, result: dict) -> None:
           f"(a whole run: {result['whole_run_s']} s)")
 
 
+@pytest.mark.slow
 @needs_flickr
 def test_kill_9_during_index(tmp_path):
     _record("kills-index", _kill_at_random_points(tmp_path, reindex=False))
@@ -146,6 +147,7 @@ def test_kill_9_during_reindex(tmp_path):
     _record("kills-reindex", _kill_at_random_points(tmp_path, reindex=True))
 
 
+@pytest.mark.slow
 @needs_flickr
 def test_reindex_while_another_process_indexes_is_refused_without_harm(tmp_path):
     """Issue 18 item 2: the reindex used to wipe the index before finding the writer lock
