@@ -58,6 +58,13 @@ class PairDataset:
     def captions(self) -> list[str]:
         return [p.caption for p in self.pairs]
 
+    def captions_by_image(self) -> dict[str, list[str]]:
+        """Each image path with its captions, in the dataset's order of first appearance."""
+        by_image: dict[str, list[str]] = {}
+        for p in self.pairs:
+            by_image.setdefault(p.image_path, []).append(p.caption)
+        return by_image
+
     def _index_images(self) -> None:
         position: dict[str, int] = {}
         index = []

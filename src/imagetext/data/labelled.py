@@ -219,11 +219,8 @@ def flickr8k_keyword_labels(data: str | os.PathLike, task: str = "scene",
         raise InvalidInputError(f"unknown task {task!r}; choose from {', '.join(CLASSIFY_TASKS)}")
     classes = CLASSIFY_TASKS[task]
     pairs = read_pairs(data)
-    captions: dict[str, list[str]] = {}
-    split_of: dict[str, str | None] = {}
-    for p in pairs:
-        captions.setdefault(p.image_path, []).append(p.caption)
-        split_of[p.image_path] = p.split
+    captions = pairs.captions_by_image()
+    split_of = {p.image_path: p.split for p in pairs}
     names = list(classes)
     labelled = keyword_labels(captions, classes, min_captions)
     images = [img for img in captions if img in labelled]  # the dataset's order

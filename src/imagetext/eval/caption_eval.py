@@ -27,9 +27,7 @@ def evaluate_captioner(data: str, split: str | None = None, model: str | Caption
 
     captioner = model if isinstance(model, Captioner) else load_captioner(model)
     dataset = read_pairs(data, split=split)
-    references: dict[str, list[str]] = {}
-    for p in dataset:
-        references.setdefault(p.image_path, []).append(p.caption)
+    references = dataset.captions_by_image()
     images = list(references)[:limit] if limit else list(references)
     if not images:
         raise InvalidInputError(f"no images in {data} (split {split!r})")

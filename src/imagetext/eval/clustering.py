@@ -88,17 +88,12 @@ def evaluate(data: str | Path, split: str = "val", model: str | None = None,
     from imagetext.index.clusters import caption_words, keywords, kmeans
     from imagetext.models.registry import load_encoder
 
-    pairs = read_pairs(data, split=split)
-    captions: dict[str, list[str]] = {}
-    paths: dict[str, str] = {}
-    for p in pairs:
-        captions.setdefault(p.image_id, []).append(p.caption)
-        paths[p.image_id] = p.image_path
+    captions = read_pairs(data, split=split).captions_by_image()
     images = list(captions)
     classes = keyword_classes(captions)
     encoder = load_encoder(model)
     start = time.perf_counter()
-    embedded = encoder.encode_images([paths[i] for i in images])
+    embedded = encoder.encode_images(images)
     embed_seconds = time.perf_counter() - start
     vectors = {"semantic": embedded.semantic, "visual": embedded.visual}
     rows = []

@@ -68,11 +68,8 @@ def load_caption_split(data: str | Path, split: str) -> CaptionSplit:
     from imagetext.data import read_pairs
 
     dataset = read_pairs(data, split=split)
-    by_image: dict[str, list[str]] = {}
-    ids: dict[str, str] = {}
-    for p in dataset:
-        by_image.setdefault(p.image_path, []).append(p.caption)
-        ids[p.image_path] = p.image_id
+    by_image = dataset.captions_by_image()
+    ids = {p.image_path: p.image_id for p in dataset}
     images = list(by_image)
     if not images:
         raise InvalidInputError(f"no images in split {split!r} of {data}")
