@@ -669,6 +669,38 @@ def eval_instance(
         print(f"  {t:10s} " + " ".join(f"{r['features'][k]['per_transform'][t]['r1']:6.3f}" for k in shown))
 
 
+@eval_app.command("similar")
+def eval_similar(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder or caption file (e.g. "
+                                       "Flickr8k): photos with captions.")],
+    split: Annotated[str, typer.Option(help="Split whose photos are the queries and the "
+                                       "database.")] = "val",
+    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours scored per query.")] = 10,
+    n_copies: Annotated[int, typer.Option(
+        "--n-copies", min=0, help="Originals of the copy set, each transformed 10 ways as in "
+        "`eval instance` (0: generic similarity only).")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the copy set.")] = 0,
+    limit: Annotated[int | None, typer.Option(min=2, help="Only the first N photos of the split.")] = None,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+):
+    """What `similar` ranks by: for each photo of the split, its top-k neighbours among the
+    others scored by subject and scene label precision and caption relatedness, and copy
+    Recall@1, for the visual, semantic and instance vectors, turned queries and the hybrid
+    (copies first, then the visual vector)."""
+    from imagetext.eval.similar import evaluate_similar, table
+
+    say = None if as_json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    r = evaluate_similar(str(data), split=split, model=model, k=k, n_copies=n_copies, seed=seed,
+                         limit=limit, progress=say)
+    if as_json:
+        _print_json(r)
+        return
+    print(f"{r['model']} on {r['n_images']} {split} photos (labelled: {r['labelled']}); "
+          f"{r['n_copy_queries']} copy queries; copies at instance cosine >= {r['copy_threshold']}")
+    print(table(r))
+
+
 @app.command()
 def caption(
     images: Annotated[list[Path], typer.Argument(help="Images to caption.")],

@@ -12,6 +12,7 @@ Score offsets are computed once per image and stored (`ScoreOffsets`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +25,8 @@ from imagetext.index.store import ImageRecord
 from imagetext.models.calibration import match_label, search_relevance
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from imagetext.index.collection import Collection
 
 
@@ -81,6 +84,41 @@ class ScoreOffsets:
                     if may_write:
                         store.set_offsets(fresh)
         return np.array([stored[i] for i in ids], np.float32)
+
+
+# `similar` lists first the photos whose instance cosine to the query (the best of its turns)
+# reaches this duplicates preset's threshold (index/duplicates.py): copies and edits of it
+COPY_PRESET = "edits"
+
+
+def copy_threshold() -> float:
+    """The instance cosine at and above which `similar` calls a photo a copy of the query."""
+    from imagetext.index.duplicates import preset_threshold
+
+    return preset_threshold(COPY_PRESET, "instance")
+
+
+def turned_image_vectors(encoder, images: Sequence[Image.Image]
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Upright RGB images -> (semantic (n, dim), visual (n, visual_dim), instance (n, 4,
+    instance dim) or None): the model's image run over each image turned by 0, 90, 180 and
+    270 degrees, which gives, for the compiled default model, the instance feature of every
+    turn (the query side of `best_of_turns`: instance/features.py) besides the semantic and
+    visual vectors (of the upright image), as the indexer stores them (4 runs of the tower an
+    image). A model whose image run gives no instance feature: one run, instance None."""
+    from imagetext.index.indexer import instance_extractor
+    from imagetext.instance.features import TURNS, turned
+    from imagetext.models.base import l2_normalize
+
+    extractor = instance_extractor(encoder)
+    if extractor is None:
+        emb = encoder.encode_pixels(np.stack([encoder.preprocess(im) for im in images]))
+        return emb.semantic, emb.visual, None
+    outs = encoder.image_outputs(np.stack([encoder.preprocess(t) for im in images for t in turned(im)]))
+    names = list(outs)  # the indexer's order: semantic first, visual last
+    upright = slice(None, None, len(TURNS))
+    instance = extractor.vectors_from_maps(outs).reshape(len(images), len(TURNS), -1)
+    return l2_normalize(outs[names[0]][upright]), l2_normalize(outs[names[-1]][upright]), instance
 
 
 class Searcher:
