@@ -5,7 +5,9 @@
 writes src/imagetext/instance/whitening/duplicate_thresholds.json, the one place the
 thresholds live (index/duplicates.py reads it). For each vector kind the duplicates can run
 on ("instance": the shipped instance feature, the default extractor's whitened MAC of the
-head map; "visual": the encoder's pooled 1280-d vector) each preset's threshold is chosen on
+head map; "visual": the encoder's pooled 1280-d vector; "instance+turned": instance vectors
+with each photo's turned vector too, pairs scored as `duplicates --turned` scores them, so
+that copies turned by 90 degrees count) each preset's threshold is chosen on
 (edited copy, photo) pairs of a set built from reference-split photos (the photos and seeds
 of `imagetext eval instance`'s reference set), with eval/instance.py's choose_threshold:
 the benchmark's PRESETS (the lowest cosine whose precision reaches 0.999, 0.97 or 0.8 with every
@@ -37,8 +39,13 @@ from imagetext.eval.instance import (
     pair_labels,
     precision_recall,
 )
-from imagetext.index.duplicates import pixel_similarity, small_grey
-from imagetext.instance.features import WHITENING_DIR, InstanceExtractor
+from imagetext.index.duplicates import TURNED_SUFFIX, pixel_similarity, small_grey
+from imagetext.instance.features import (
+    WHITENING_DIR,
+    InstanceExtractor,
+    one_turn_scores,
+    turned_pixels,
+)
 from imagetext.instance.pooling import l2n
 from imagetext.io.images import open_image
 
@@ -49,20 +56,31 @@ EXACT_CANDIDATES = "same scene"  # the cosine preset whose pairs the SSIM then c
 
 
 def vectors(encoder, extractor, images, batch_size=32) -> dict[str, np.ndarray]:
-    out = {"instance": [], "visual": []}
+    """The visual and instance vectors of `images`, and the instance vector of each turned by
+    90 degrees, as a collection stores them (Collection.turn_missing)."""
+    out = {"instance": [], "visual": [], "instance_turned": []}
     for i in range(0, len(images), batch_size):
         pixels = np.stack([encoder.preprocess(im) for im in images[i : i + batch_size]])
         outputs = encoder.image_outputs(pixels)
         out["visual"].append(l2n(outputs["visual"]))
         out["instance"].append(extractor.vectors_from_maps(outputs))
+        out["instance_turned"].append(extractor.vectors_from_maps(encoder.image_outputs(turned_pixels(pixels))))
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def pair_scores(q: dict, db: dict, kind: str) -> np.ndarray:
+    """(query, database photo) cosines of a kind; "instance+turned" as duplicates --turned
+    scores pairs (features.one_turn_scores)."""
+    if kind == "instance" + TURNED_SUFFIX:
+        return one_turn_scores(q["instance"], q["instance_turned"], db["instance"], db["instance_turned"])
+    return q[kind] @ db[kind].T
 
 
 def set_vectors(encoder, extractor, s, say, cache: Path | None) -> tuple[dict, dict]:
     if cache is not None and cache.is_file():
         arrays = np.load(cache)
-        return ({k: arrays[f"db-{k}"] for k in ("instance", "visual")},
-                {k: arrays[f"q-{k}"] for k in ("instance", "visual")})
+        return ({k: arrays[f"db-{k}"] for k in ("instance", "visual", "instance_turned")},
+                {k: arrays[f"q-{k}"] for k in ("instance", "visual", "instance_turned")})
     say(f"{len(s.database)} database photos")
     db = vectors(encoder, extractor, [open_image(p) for p in s.database])
     say(f"{len(s.queries)} edited copies")
@@ -149,9 +167,9 @@ def main() -> None:
             k: round(float(passed[kinds_of == k].mean()), 3) for k in evaluated.transforms}
     say(f"exact copies SSIM {exact_ssim}")
     kinds = {}
-    for kind in ("instance", "visual"):
-        ref_scores = (ref_q_v[kind] @ ref_db_v[kind].T).ravel()
-        scores = (q_v[kind] @ db_v[kind].T).ravel()
+    for kind in ("instance", "visual", "instance" + TURNED_SUFFIX):
+        ref_scores = pair_scores(ref_q_v, ref_db_v, kind).ravel()
+        scores = pair_scores(q_v, db_v, kind).ravel()
         presets = {}
         for preset, (positive, criterion, target) in criteria.items():
             ref_labels, labels = labels_of(reference, positive), labels_of(evaluated, positive)

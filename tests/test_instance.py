@@ -204,7 +204,8 @@ def test_the_benchmark_runs_on_a_few_photos(tmp_path):
                           rotations=True)
     assert r["n_database"] == 10 and r["n_queries"] == 2 * len(kinds)
     assert set(r["features"]) == {"pooled-1280", "semantic", "pooled-1280+w7", "mac-head-224",
-                                  "mac-head-224+w7", "mac-head-224+rot", "mac-head-224+w7+rot"}
+                                  "mac-head-224+w7", "mac-head-224+rot", "mac-head-224+w7+rot",
+                                  "mac-head-224+turn", "mac-head-224+w7+turn"}
     for name, f in r["features"].items():
         assert set(f["per_transform"]) == set(kinds)
         assert 0.0 <= f["mean_r1"] <= 1.0 and 0.0 < f["mean_map"] <= 1.0, name
@@ -215,3 +216,8 @@ def test_the_benchmark_runs_on_a_few_photos(tmp_path):
     # finds the photo it was turned from
     assert r["features"]["pooled-1280"]["per_transform"]["jpeg"]["r1"] == 1.0
     assert r["features"]["mac-head-224+rot"]["per_transform"]["rot90"]["r1"] == 1.0
+    # ... and so does one stored turn of each photo, as `duplicates --turned` compares them
+    assert r["features"]["mac-head-224+turn"]["per_transform"]["rot90"]["r1"] == 1.0
+    # exact copies as `duplicates` finds them: the re-encoded ones pass the pixel check
+    exact = r["features"]["mac-head-224"]["duplicates"]["exact copies"]
+    assert exact["pixel_threshold"] > 0.5 and exact["precision"] == 1.0 and exact["recall"] >= 1 / 6

@@ -538,6 +538,10 @@ def duplicates(
     index_dir: IndexDirOpt = None,
     as_json: JsonOpt = False,
 ):
+    turned: Annotated[bool, typer.Option(
+        "--turned/--no-turned", help="Also find copies turned by 90 degrees either way (instance "
+        "vectors; not for exact). The first time, each photo is turned and run through the "
+        "model once more (stored in the index, so later runs are quick).")] = True,
     """Find near-duplicates: groups of copies, edits or shots of one scene.
 
     Each group lists the photo suggested to keep first (most pixels, then largest file, then
@@ -548,7 +552,9 @@ def duplicates(
 
     col = _open_collection(folder or collection, index_dir, None)
     with col:
-        result = find_duplicates(col, preset, threshold, vectors)
+        with IndexProgressBars() as bars:
+            result = find_duplicates(col, preset, threshold, vectors, turned,
+                                     on_progress=None if as_json else bars)
         moved = []
         if write_list is not None:
             try:
@@ -556,6 +562,7 @@ def duplicates(
                                       errors="surrogateescape")
             except OSError as e:
                 raise CliError(f"cannot write {write_list}: {e.strerror}") from e
+    from imagetext.progress import IndexProgressBars
         if move_to is not None:
             moved = move_others(col, result, move_to)
         if as_json:
@@ -583,6 +590,12 @@ def duplicates(
         if move_to is not None:
             print(f"moved {len(moved)} photos to {move_to}; the index no longer lists them",
                   file=sys.stderr)
+        if result.turned_missing:
+            print(f"{result.turned_missing} photos have no turned vector yet (the index is busy "
+                  f"or read-only): their copies turned by 90 degrees may be missed", file=sys.stderr)
+        elif turned and not result.turned and result.preset != "exact":
+            print(f"copies turned by 90 degrees were not looked for: the index has no instance "
+                  f"vectors ({result.vectors} vectors)", file=sys.stderr)
 
 
 @eval_app.command("retrieval")
@@ -634,7 +647,8 @@ def eval_instance(
         help="Poolings: mac, rmac, gem, avg (repeat; default all).")] = None,
     turns: Annotated[bool, typer.Option(
         "--turns", help="Also score every map feature with queries turned by 0/90/180/270 "
-        "degrees, the best turn counting (NAME+rot; 4 tower runs per query).")] = False,
+        "degrees, the best turn counting (NAME+rot; 4 tower runs per query), and with one "
+        "stored turn by 90 degrees on both sides, as duplicates --turned does (NAME+turn).")] = False,
     limit: Annotated[int | None, typer.Option(min=2, help="Only the first N photos of the split.")] = None,
     model: ModelOpt = None,
     baseline: Annotated[bool, typer.Option(help="Also the model's pooled visual and semantic "

@@ -7,7 +7,8 @@ import time
 
 from imagetext.index.records import IndexProgress
 
-STAGE_LABELS = {"scan": "scanning", "embed": "indexing", "caption": "captioning", "add": "adding"}
+STAGE_LABELS = {"scan": "scanning", "embed": "indexing", "caption": "captioning", "add": "adding",
+                "turn": "turning"}
 
 
 class IndexProgressBars:

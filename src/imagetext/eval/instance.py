@@ -14,7 +14,9 @@ mean of 1 / rank) and Recall@1 for every feature: the encoder's pooled 1280-d vi
 stride-16, stride-32 and head maps, plain and PCA-whitened (learnt on photos of another
 split, never on the queries). Duplicate detection is a threshold on the similarity of
 (query, database photo) pairs: thresholds for the presets are chosen on a set built the same
-way from the reference split's photos, and precision/recall are reported on the evaluated one.
+way from the reference split's photos, and precision/recall are reported on the evaluated one;
+"exact copies" are found as `imagetext duplicates` finds them, the pairs at the "same scene"
+threshold whose small grey images also reach the shipped SSIM threshold.
 """
 
 from __future__ import annotations
@@ -326,10 +328,19 @@ def evaluate_instance(data: str, split: str = "val", n: int = 200, seed: int = 0
     set built from `n_reference` originals among `n_reference_database` other photos of it.
     `limit` keeps only the first N photos of the evaluated split (a small run). With
     `rotations`, every map feature is also scored as `NAME+rot`: a query turned by 0, 90, 180
-    and 270 degrees, its best similarity to each database photo (4 tower runs per query).
+    and 270 degrees, its best similarity to each database photo (4 tower runs per query); and
+    as `NAME+turn`: query and photo each turned by 90 degrees once, as a collection stores them
+    for `duplicates --turned` (features.one_turn_scores).
     """
     from imagetext.data.readers import read_pairs
-    from imagetext.instance.features import STAGES, InstanceConfig, InstanceExtractor, best_of_turns
+    from imagetext.index.duplicates import pixel_similarity, pixel_threshold, small_grey
+    from imagetext.instance.features import (
+        STAGES,
+        InstanceConfig,
+        InstanceExtractor,
+        best_of_turns,
+        one_turn_scores,
+    )
     from imagetext.instance.pooling import POOLINGS
     from imagetext.instance.whitening import PCAWhitening
     from imagetext.io.images import open_image
@@ -376,7 +387,7 @@ def evaluate_instance(data: str, split: str = "val", n: int = 200, seed: int = 0
     for r in resolutions:
         extractor = InstanceExtractor(InstanceConfig(resolution=r, fit=fit))
         for group, items, load in [("whitening", whitening_images, open_image), *sets()]:
-            turned = rotations and group.endswith("queries")
+            turned = rotations and group != "whitening"
             say(f"tower at {r} on {len(items)} {group} images" + (" (4 turns each)" if turned else ""))
             feats.setdefault(group, {}).update(
                 _map_features(extractor, items, load, batch_size, timer, poolings, stages, turned))
@@ -391,28 +402,67 @@ def evaluate_instance(data: str, split: str = "val", n: int = 200, seed: int = 0
             w = PCAWhitening.fit(feats["whitening"][name], min(dim, n_whitening - 1))
             for group in ("database", "queries", "reference database", "reference queries"):
                 feats[group][f"{name}+w{w.dim}"] = _whiten(w, feats[group][name])
-    for group in ("queries", "reference queries"):  # unturned queries, and turned as NAME+rot
+    # turned vectors: queries keep all 4 turns as NAME+rot; every group's turn by 90 degrees is
+    # kept aside for NAME+turn (what `duplicates --turned` compares: one stored turn a photo)
+    quarter: dict[str, dict[str, np.ndarray]] = {}
+    for group in ("database", "queries", "reference database", "reference queries"):
         for name in [k for k, v in feats[group].items() if v.ndim == 3]:
-            feats[group][f"{name}+rot"] = feats[group][name]
+            if group.endswith("queries"):
+                feats[group][f"{name}+rot"] = feats[group][name]
+            quarter.setdefault(group, {})[name] = feats[group][name][:, 1]
             feats[group][name] = feats[group][name][:, 0]
+        for name in list(quarter.get(group, {})):
+            if group.endswith("queries"):
+                feats[group][f"{name}+turn"] = feats[group][name]
 
     q_pos = np.array([o for o, _ in evaluated.queries])
     q_kind = [t for _, t in evaluated.queries]
     r_pos = np.array([o for o, _ in reference.queries])
     results = {}
+
+    greys: dict[tuple, tuple] = {}  # small grey images, by database position or query
+
+    def grey(key):
+        if key not in greys:
+            greys[key] = small_grey(evaluated.query_image(*key) if isinstance(key, tuple)
+                                    else evaluated.database[key])
+        return greys[key]
+
+    def exact_copies(scores: np.ndarray, positives: np.ndarray, candidates: float) -> dict:
+        """"exact copies" as `imagetext duplicates` finds them: the pairs at the "same scene"
+        cosine whose small grey images reach the shipped SSIM threshold (index/duplicates.py)."""
+        pix = pixel_threshold()
+        pairs = np.argwhere(scores >= candidates)
+        same = [pixel_similarity(grey(evaluated.queries[q]), grey(int(d))) >= pix for q, d in pairs]
+        found = pairs[np.array(same, bool)] if len(pairs) else pairs
+        tp = int((found[:, 1] == positives[found[:, 0]]).sum()) if len(found) else 0
+        return {"threshold": round(float(candidates), 4), "pixel_threshold": pix,
+                "precision": round(tp / len(found), 4) if len(found) else 1.0,
+                "recall": round(tp / len(scores), 4)}
+
+    def score(group: str, name: str) -> np.ndarray:
+        q, db_group = feats[f"{group}queries"][name], f"{group}database"
+        base = name.removesuffix("+rot").removesuffix("+turn")
+        if name.endswith("+turn"):
+            return one_turn_scores(q, quarter[f"{group}queries"][base], feats[db_group][base],
+                                   quarter[db_group][base])
+        return best_of_turns(q, feats[db_group][base])
+
     for name in feats["queries"]:
-        base = name.removesuffix("+rot")
-        db = feats["database"][base]
-        scores = best_of_turns(feats["queries"][name], db)
+        db = feats["database"][name.removesuffix("+rot").removesuffix("+turn")]
+        scores = score("", name)
         m = retrieval_metrics(scores, q_pos, q_kind)
-        ref_scores = best_of_turns(feats["reference queries"][name], feats["reference database"][base])
+        ref_scores = score("reference ", name)
         ref_labels = pair_labels(len(ref_scores), ref_scores.shape[1], r_pos).ravel()
         labels = pair_labels(len(scores), scores.shape[1], q_pos).ravel()
         dup = {}
         for preset, (criterion, target) in PRESETS.items():
+            if preset == "exact copies":  # as `duplicates` finds them: below
+                continue
             t = choose_threshold(ref_scores.ravel(), ref_labels, criterion, target)
             p, rc = precision_recall(scores.ravel(), labels, t)
             dup[preset] = {"threshold": round(t, 4), "precision": round(p, 4), "recall": round(rc, 4)}
+        dup["exact copies"] = exact_copies(scores, q_pos, dup["same scene"]["threshold"])
         base = name.split("+")[0]
         if base in ("pooled-1280", "semantic"):
             ms = timer.ms_per_image("encoder")

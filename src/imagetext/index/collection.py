@@ -299,6 +299,18 @@ class Collection:
         return self._write(lambda indexer: indexer.add_embedded(images), batch_size,
                            on_progress=on_progress, swap=False)
 
+    def turn_missing(self, batch_size: int = 32, workers: int = 2,
+                     on_progress: ProgressCallback | None = None) -> IndexReport:
+        """Store, for every image with an instance vector and no turned one yet, the instance
+        feature of the photo turned by 90 degrees (one more model run each, once: what
+        `duplicates(turned=True)` compares, so that copies turned either way are found).
+        Holds the writer lock; `report.turned` says how many, `on_progress` gets stage
+        "turn". Files changed or gone since indexed are left to the next `index()`."""
+        def work(indexer: Indexer) -> None:
+            indexer.report.turned = indexer.turn_missing()
+
+        return self._write(work, batch_size, workers, on_progress=on_progress, swap=False)
+
     def _write(self, work: Callable[[Indexer], None], batch_size: int = 32, workers: int = 2,
                max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                on_progress: ProgressCallback | None = None, swap: bool = False) -> IndexReport:

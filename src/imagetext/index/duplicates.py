@@ -59,6 +59,11 @@ MAX_SHARPNESS_SIDE = 1024
 # exact copies are also checked pixel by pixel: the grey images squashed to this square
 PIXEL_SIDE = 64
 MAX_ASPECT_CHANGE = 0.03  # a resized copy keeps its shape (within rounding)
+# turned copies: each photo's instance vector of the photo turned by 90 degrees
+# (Collection.turn_missing) is compared with the others' instance vectors; the thresholds of
+# pairs scored so are THRESHOLDS_FILE's kind "instance" + TURNED_SUFFIX
+TURNED_KIND = "instance_turned"
+TURNED_SUFFIX = "+turned"
 
 
 @cache
@@ -71,12 +76,15 @@ def pixel_threshold() -> float:
     return float(_thresholds()["exact_copies_ssim"]["threshold"])
 
 
-def preset_threshold(preset: str, kind: str = DEFAULT_KIND) -> float:
+def preset_threshold(preset: str, kind: str = DEFAULT_KIND, turned: bool = False) -> float:
     """The cosine threshold of a preset ("exact", "edits", "scene") for vectors of `kind`
-    (for "exact", that of the candidate pairs the pixels then confirm)."""
+    (for "exact", that of the candidate pairs the pixels then confirm); `turned`: for pairs
+    scored with the photos' turned vectors too (fitted that way: TURNED_SUFFIX)."""
     if preset not in PRESETS:
         raise InvalidInputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     kinds = _thresholds()["kinds"]
+    if turned and preset != "exact":
+        kind += TURNED_SUFFIX
     if kind not in kinds:
         raise InvalidInputError(f"no preset thresholds for {kind} vectors (only for "
                                 f"{', '.join(kinds)}); give a threshold")
@@ -168,6 +176,10 @@ class Duplicates:
     groups: list[DuplicateGroup] = field(default_factory=list)
     pixel_threshold: float | None = None  # "exact": the SSIM each pair also reached
     seconds: float = 0.0
+    # copies turned by 90 degrees were looked for (instance vectors, a preset other than
+    # "exact"), and how many photos had no turned vector to look with (index busy/read-only)
+    turned: bool = False
+    turned_missing: int = 0
 
     @property
     def others(self) -> list[str]:
@@ -177,13 +189,18 @@ class Duplicates:
     def to_dict(self) -> dict:
         return {"root": self.root, "vectors": self.vectors, "preset": self.preset,
                 "threshold": self.threshold, "pixel_threshold": self.pixel_threshold,
+                "turned": self.turned, "turned_missing": self.turned_missing,
                 "n_images": self.n_images,
                 "n_groups": len(self.groups), "n_others": len(self.others),
                 "seconds": self.seconds, "groups": [g.to_dict() for g in self.groups]}
 
 
-def similar_pairs(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, cosine) of every pair i < j of the L2-normalised rows with cosine >= threshold."""
+def similar_pairs(vectors: np.ndarray, threshold: float, queries: np.ndarray | None = None,
+                  query_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, cosine) of every pair i < j of the L2-normalised rows with cosine >= threshold.
+    With `queries` (other vectors of the rows `query_rows`: the photos turned), the pairs of
+    a query's row and another row whose cosine to the query reaches it, each pair once with
+    its best cosine."""
     import faiss
 
     x = np.ascontiguousarray(vectors, np.float32)
@@ -191,11 +208,41 @@ def similar_pairs(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
+    q = x if queries is None else np.ascontiguousarray(queries, np.float32)
     # range_search keeps inner products > radius; nudge it so a pair at the threshold counts
-    lims, sims, cols = index.range_search(x, float(np.nextafter(np.float32(threshold), -np.inf)))
-    rows = np.repeat(np.arange(len(x)), np.diff(lims.astype(np.int64)))
-    upper = rows < cols
-    return rows[upper], cols[upper].astype(np.int64), sims[upper]
+    lims, sims, cols = index.range_search(q, float(np.nextafter(np.float32(threshold), -np.inf)))
+    rows = np.repeat(np.arange(len(q)) if query_rows is None else np.asarray(query_rows, np.int64),
+                     np.diff(lims.astype(np.int64)))
+    cols = cols.astype(np.int64)
+    if queries is None:
+        upper = rows < cols
+        return rows[upper], cols[upper], sims[upper]
+    i, j = np.minimum(rows, cols), np.maximum(rows, cols)
+    keep = i != j
+    i, j, sims = i[keep], j[keep], sims[keep]
+    order = np.lexsort((-sims, j, i))  # each pair once, its best cosine first
+    i, j, sims = i[order], j[order], sims[order]
+    first = np.ones(len(i), bool)
+    first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
+    return i[first], j[first], sims[first]
+
+
+def _turned_rows(collection: Collection, ids: np.ndarray, turn: bool,
+                 on_progress=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(rows of `ids`, their turned vectors) of the photos that have one, made first for the
+    others (Collection.turn_missing) when `turn` and the index can be written; and how many
+    photos have none."""
+    from imagetext.errors import IndexBusyError
+
+    if turn:
+        try:
+            collection.turn_missing(on_progress=on_progress)
+        except (IndexBusyError, IndexReadOnlyError):
+            pass  # those stored already are used; the answer says how many photos have none
+    t_ids, t_vecs = collection.vectors(TURNED_KIND)
+    rows = np.searchsorted(ids, t_ids)
+    found = (rows < len(ids)) & (ids[np.minimum(rows, len(ids) - 1)] == t_ids) if len(ids) else rows < 0
+    return rows[found], t_vecs[found], int(len(ids) - found.sum())
 
 
 def components(n: int, i: np.ndarray, j: np.ndarray) -> list[np.ndarray]:
@@ -263,10 +310,14 @@ def default_vectors(collection: Collection) -> tuple[str, np.ndarray, np.ndarray
 
 
 def find_duplicates(collection: Collection, preset: str | None = DEFAULT_PRESET,
-                    threshold: float | None = None, vectors: str | None = None) -> Duplicates:
+                    threshold: float | None = None, vectors: str | None = None,
+                    turned: bool = True, on_progress=None) -> Duplicates:
     """Groups of near-duplicates in `collection`: pairs of `vectors` (default:
     `default_vectors`) with a cosine >= the `threshold` given, else the `preset`'s ("exact",
-    "edits" or "scene")."""
+    "edits" or "scene"). `turned` (instance vectors, not "exact"): a copy turned by 90 degrees
+    either way counts too, each photo's turned vector compared with the others' vectors;
+    photos without one get it first (Collection.turn_missing: one model run each, stored,
+    progress to `on_progress`), unless the index is busy or read-only."""
     started = time.perf_counter()
     if vectors is None:
         vectors, ids, vecs = default_vectors(collection)
@@ -278,9 +329,26 @@ def find_duplicates(collection: Collection, preset: str | None = DEFAULT_PRESET,
         preset = None
     elif preset is None:
         raise InvalidInputError("give a preset or a threshold")
-    else:
-        threshold = preset_threshold(preset, vectors)
+    turned = turned and vectors == DEFAULT_KIND and preset != "exact"
+    if preset is not None:
+        threshold = preset_threshold(preset, vectors, turned)
     i, j, _ = similar_pairs(vecs, threshold)
+    t_rows, t_vecs, turned_missing = (_turned_rows(collection, ids, True, on_progress) if turned
+                                      else (np.empty(0, np.int64), None, 0))
+    if len(t_rows):
+        ti, tj, _ = similar_pairs(vecs, threshold, t_vecs, t_rows)
+        i, j = np.concatenate([i, ti]), np.concatenate([j, tj])
+    turned_of = dict(zip(t_rows.tolist(), range(len(t_rows))))
+
+    def similarity(m: int, k: int) -> float:
+        """The pair's cosine, or as one_turn_scores scores it where they have turned vectors."""
+        best = float(vecs[m] @ vecs[k])
+        if m in turned_of:
+            best = max(best, float(t_vecs[turned_of[m]] @ vecs[k]))
+        if k in turned_of:
+            best = max(best, float(vecs[m] @ t_vecs[turned_of[k]]))
+        return round(float(np.clip(best, -1.0, 1.0)), 4)
+
     pixels = pixel_threshold() if preset == "exact" else None
     if pixels is not None:  # and the same pixels: see pixel_similarity
         i, j = _same_pixels(collection, ids, i, j, pixels)
@@ -301,17 +369,17 @@ def find_duplicates(collection: Collection, preset: str | None = DEFAULT_PRESET,
             photos[m] = DuplicatePhoto(int(ids[m]), record.path, record.width, record.height,
                                        size, sharp, 0.0)
         for star in star_groups(sorted(photos, key=lambda m: _keep_order(photos[m])), neighbours):
-            keep_vec = vecs[star[0]]
             group = [photos[m] for m in star]
             for m, p in zip(star, group):
-                p.similarity = round(float(np.clip(vecs[m] @ keep_vec, -1.0, 1.0)), 4)
+                p.similarity = similarity(m, star[0])
             group[0].keep, group[0].similarity = True, 1.0
             group[1:] = sorted(group[1:], key=lambda p: (-p.similarity, p.path))
             groups.append(group)
     groups.sort(key=lambda g: (-len(g), g[0].path))
     return Duplicates(str(collection.root), vectors, preset, round(float(threshold), 4), len(ids),
                       [DuplicateGroup(n + 1, g) for n, g in enumerate(groups)],
-                      pixel_threshold=pixels, seconds=round(time.perf_counter() - started, 2))
+                      pixel_threshold=pixels, seconds=round(time.perf_counter() - started, 2),
+                      turned=turned, turned_missing=turned_missing if turned else 0)
 
 
 def _move_no_clobber(src: Path, dst: Path) -> Path:

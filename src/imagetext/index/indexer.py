@@ -343,6 +343,50 @@ class Indexer:
         self.sync_vectors()
         return done
 
+    def turn_missing(self) -> int:
+        """Give every image that has an instance vector the same feature of the photo turned
+        by 90 degrees (kind "instance_turned", for `duplicates --turned`) where it has none
+        yet: its file decoded as indexing decodes it, the model input turned
+        (features.turned_pixels), one more run of the model. A file changed or gone since it
+        was indexed is left to the next index run. Returns how many were stored."""
+        from imagetext.instance.features import turned_pixels
+
+        encoder = self.col.encoder
+        extractor = instance_extractor(encoder)
+        if extractor is None:
+            return 0
+        self._begin(None)
+        have = set(self.col.vectors("instance_turned")[0].tolist())
+        ids = [i for i in self.col.vectors("instance")[0].tolist() if i not in have]
+        if not ids:
+            return 0
+        records = self.store.get_many(ids)
+        ids = [i for i in ids if i in records]
+        root, preprocess, max_bytes = self.col.root, encoder.preprocess, self.max_file_bytes
+
+        def load(image_id: int) -> np.ndarray:
+            d = decode_for_model(read_regular_file(root / records[image_id].path, max_bytes), preprocess)
+            if d.sha1 != records[image_id].sha1:
+                raise ImageLoadError(records[image_id].path, "changed since it was indexed")
+            return d.pixels
+
+        done = stored = 0
+        prefetch = min(self.batch_size * 3, MAX_PREFETCH)
+        try:
+            for batch in batched(prefetch_map(load, ids, self.workers, prefetch=prefetch),
+                                 min(self.batch_size, ENCODE_CHUNK)):
+                ok = [b for b in batch if b.error is None]
+                if ok:
+                    outs = encoder.image_outputs(turned_pixels(np.stack([b.value for b in ok])))
+                    vecs = extractor.vectors_from_maps(outs)
+                    stored += self.store.set_vectors("instance_turned", list(zip([b.item for b in ok], vecs)))
+                    self._after_commit()
+                done += len(batch)
+                self._progress("turn", done, len(ids))
+        finally:
+            self.sync_vectors()
+        return stored
+
 
 def instance_extractor(encoder):
     """The instance feature's extractor when the model's own image run gives its pooled map

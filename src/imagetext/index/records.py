@@ -30,6 +30,9 @@ class EmbeddedImage:
     caption_vector: np.ndarray | None = None  # the caption through the text encoder (dim,)
     # the instance feature (imagetext.instance), where the model's image run gives it
     instance: np.ndarray | None = None
+    # the instance feature of the image turned by 90 degrees (`Collection.turn_missing`, for
+    # `duplicates --turned`); carried over to a copy of content already indexed
+    instance_turned: np.ndarray | None = None
 
 
 @dataclass
@@ -54,6 +57,7 @@ class IndexReport:
     seconds: float = 0.0
     embedded: int = 0  # images that went through the model
     captioned: int = 0  # images given a caption in this run
+    turned: int = 0  # images given their turned instance vector in this run (turn_missing)
 
     @property
     def images_per_second(self) -> float:

@@ -455,13 +455,6 @@ class MetadataStore:
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
 
-    def count_vectors(self, kind: str) -> int:
-        """Rows that have a vector of this kind (every row has semantic and visual ones;
-        captioned rows have a caption vector)."""
-        if kind == "caption":
-            return self.db.execute("SELECT COUNT(*) FROM images WHERE caption IS NOT NULL").fetchone()[0]
-        return self.count()
-
     def file_states(self) -> dict[str, tuple[int, float, int]]:
         """path -> (size, mtime, id) for every indexed image."""
         return {path_from_db(p): (s, m, i)
@@ -683,6 +676,17 @@ class MetadataStore:
                                 [(c, int(i)) for i, c, _ in captions])
             self._journal(("caption", i, v) for i, _, v in captions)
             self._bump("caption_generation")
+
+    def set_vectors(self, kind: str, rows: list[tuple[int, np.ndarray]]) -> int:
+        """Store one kind of vector for indexed images, (id, vector) each, in one transaction;
+        ids no longer indexed (removed meanwhile) are skipped. Returns how many were stored."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            present = {i for i, _ in self._column_of((i for i, _ in rows), "id")}
+            kept = [(kind, i, v) for i, v in rows if int(i) in present]
+            self._journal(kept)
+            self._bump()
+        return len(kept)
 
     def ids_without_caption(self) -> list[int]:
         return [r[0] for r in self.db.execute("SELECT id FROM images WHERE caption IS NULL ORDER BY id")]

@@ -2,9 +2,10 @@
 
 Kinds (`KINDS`, one small spec each; a new kind is one entry): `semantic` (text->image
 search), `visual` (image->image), `caption` (the captions' text vectors, for images
-captioned while indexing) and `instance` (imagetext.instance's feature, where the model's
-image run gives it: indexer.instance_extractor). Vectors are L2-normalised, so inner product is cosine
-similarity, and FAISS ids are the SQLite row ids. The layout follows docs/VECTOR_INDEX.md:
+captioned while indexing), `instance` (imagetext.instance's feature, where the model's
+image run gives it: indexer.instance_extractor) and `instance_turned` (that feature of the
+photo turned by 90 degrees, made on demand: indexer.Indexer.turn_missing). Vectors are
+L2-normalised, so inner product is cosine similarity, and FAISS ids are the SQLite row ids. The layout follows docs/VECTOR_INDEX.md:
 - below IVF_THRESHOLD vectors (or `--index-type flat`): an exact scan of fp16 vectors
   (IndexScalarQuantizer QT_fp16 in an IndexIDMap2);
 - from IVF_THRESHOLD (or `--index-type ivf`): IVF{nlist} over the kind's scalar quantiser
@@ -73,6 +74,11 @@ KINDS: dict[str, KindSpec] = {
     # 600 Flickr8k photos' vectors, beside the 0.31 "edits" threshold)
     "instance": KindSpec("instance_dim", "instance", "sq8", 16, 32, every_image=False,
                          default_dim=512),
+    # the same feature of the photo turned by 90 degrees: made on demand, for the images that
+    # have an instance vector (`Collection.turn_missing`; `duplicates --turned` compares it
+    # with the others' instance vectors, so a copy turned either way is found)
+    "instance_turned": KindSpec("instance_dim", "instance_turned", "sq8", 16, 32,
+                                every_image=False, default_dim=512),
 }
 
 INDEX_KINDS = ("flat", "ivf")

@@ -51,6 +51,22 @@ def turned(img: Image.Image) -> list[Image.Image]:
     return [img if t is None else img.transpose(t) for t in TURNS]
 
 
+def turned_pixels(pixels: np.ndarray) -> np.ndarray:
+    """Preprocessed (n, 3, R, R) pixels of square crops -> the same turned by 90 degrees
+    counter-clockwise (as Image.Transpose.ROTATE_90): the centre square of a turned photo is
+    the turned centre square, so a photo decoded once gives both."""
+    return np.ascontiguousarray(np.rot90(pixels, 1, axes=(-2, -1)))
+
+
+def one_turn_scores(a: np.ndarray, a_turned: np.ndarray, b: np.ndarray,
+                    b_turned: np.ndarray) -> np.ndarray:
+    """Cosines (n, m) of photos a and b where either may be the other turned by a quarter
+    either way, from each photo's vector and its vector turned by 90 degrees (what a
+    collection stores: `Collection.turn_missing`): max(a.b, a90.b, a.b90). b = a turned by 90
+    degrees scores a90.b; by 270, a.b90."""
+    return np.maximum(np.maximum(a @ b.T, a_turned @ b.T), a @ b_turned.T)
+
+
 def best_of_turns(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
     """(n, d) queries -> cosines (n, m); (n, k, d) queries (k turned copies of each, from
     `InstanceExtractor.encode_turned`) -> for each database vector the best of the k."""

@@ -223,8 +223,11 @@ async def api_duplicates(
     preset: Annotated[Literal["exact", "edits", "scene"], Query(
         description="exact (exact copies: resized or re-saved), edits (also crops, filters, "
         "overlays) or scene (also other shots of one scene).")] = "edits",
+    turned: Annotated[bool, Query(
+        description="Also copies turned by 90 degrees (not for exact). The first time, each "
+        "photo is turned and run through the model once more, stored in the index.")] = True,
 ) -> dict:
     """Groups of near-duplicates, the photo suggested to keep first in each. Review only:
     no file is moved or deleted (the CLI's `imagetext duplicates --move-to` does that)."""
     async with heavy():
-        return await service.call(service.duplicates, preset)
+        return await service.call(service.duplicates, preset, turned)

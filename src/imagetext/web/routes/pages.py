@@ -236,15 +236,19 @@ async def explore_make_albums(request: Request, web: State, heavy: Heavy, k: For
 
 
 @router.get("/duplicates")
-async def duplicates_page(request: Request, web: State, heavy: Heavy, preset: str = "edits"):
+async def duplicates_page(request: Request, web: State, heavy: Heavy, preset: str = "edits",
+                          turned: str = "yes"):
     """The Duplicates page: groups side by side at a preset (review only, nothing is moved)."""
     from imagetext.index.duplicates import PRESETS
 
-    preset = preset.strip().lower()
+    preset, turned = preset.strip().lower(), turned.strip().lower()
     if preset not in PRESETS:
         raise UserError(f"There is no preset {shown(preset)}: choose exact, edits or scene.")
+    if turned not in ("yes", "no"):
+        raise UserError(f"turned is yes or no, not {shown(turned)}.")
     async with heavy():
-        context = await web.service.call(web.service.duplicates, preset)
+        context = await web.service.call(web.service.duplicates, preset, turned == "yes")
+    context["turned_asked"] = turned == "yes"
     return await web.render(request, "duplicates.html", context, tab="duplicates")
 
 
