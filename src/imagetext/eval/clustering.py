@@ -13,6 +13,15 @@ runs it):
   unlike purity does not grow just because k does.
 
     python -m imagetext.eval.clustering ../shared/data/flickr8k --split val
+
+With --naming it measures the albums' names instead (naming(): the schemes index/clusters.py
+chooses between), by what the photos' reference captions say:
+- hit: over the albums and their name words, the share of the album's photos whose reference
+  captions hold the word (a name's head word, singular: "suspension bridge" -> bridge);
+- lift: the same less the word's share over all photos (a name word every caption says,
+  such as "man", says little about an album).
+The captions that name albums (as an index made with --caption has) are the default
+captioner's, never the reference ones.
 """
 
 from __future__ import annotations
@@ -117,6 +126,86 @@ def evaluate(data: str | Path, split: str = "val", model: str | None = None,
             "names": names}
 
 
+NAMING_SCHEMES = ("captions", "vocabulary", "imagenet", "captions+imagenet", "vocabulary+imagenet")
+
+
+def name_scores(names: dict[int, list[str]], assignment: np.ndarray,
+                said: list[set[str]]) -> tuple[float, float]:
+    """(hit, lift) of album names (module docstring); `said`: each photo's reference caption
+    words, singular."""
+    from imagetext.index.clusters import head_word
+
+    base: dict[str, float] = {}
+    hits, lifts = [], []
+    for c, words in names.items():
+        members = np.flatnonzero(assignment == c)
+        for word in words:
+            h = head_word(word)
+            if h not in base:
+                base[h] = float(np.mean([h in s for s in said]))
+            share = float(np.mean([h in said[i] for i in members]))
+            hits.append(share)
+            lifts.append(share - base[h])
+    return float(np.mean(hits)), float(np.mean(lifts))
+
+
+def naming(data: str | Path, split: str = "val", model: str | None = None, ks: tuple[int, ...] = (16,),
+           seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+    """Name the albums of the split's photos (semantic vectors, k-means as `imagetext cluster`)
+    by each of NAMING_SCHEMES and score the names against the reference captions (mean over
+    the seeds)."""
+    from imagetext.api import caption
+    from imagetext.data.readers import read_pairs
+    from imagetext.index.clusters import (
+        N_KEYWORDS,
+        album_name,
+        caption_words,
+        imagenet_keywords,
+        imagenet_probabilities,
+        keywords,
+        kmeans,
+        singular,
+        vocabulary_keywords,
+    )
+    from imagetext.models.registry import load_encoder
+
+    references = read_pairs(data, split=split).captions_by_image()
+    images = list(references)
+    said = [{singular(w) for text in references[i] for w in caption_words(text)} for i in images]
+    encoder = load_encoder(model)
+    embedded = encoder.encode_images(images)
+    generated = {r.image: r.caption for r in caption(images).results}
+    docs = [caption_words(generated.get(str(i), "")) for i in images]
+    probs = imagenet_probabilities(embedded.visual)
+    more = 2 * N_KEYWORDS
+    rows, examples = [], {}
+    for k in ks:
+        totals: dict[str, list[tuple[float, float]]] = {s: [] for s in NAMING_SCHEMES}
+        for seed in seeds:
+            assignment, _ = kmeans(embedded.semantic, k, seed=seed)
+            found = {"captions": keywords(docs, assignment, more),
+                     "vocabulary": vocabulary_keywords(encoder, embedded.semantic, assignment, more),
+                     "imagenet": imagenet_keywords(probs, assignment, more, confident=False)}
+            lead = imagenet_keywords(probs, assignment)
+            names = {scheme: {c: album_name(words) for c, words in found[scheme].items()}
+                     for scheme in ("captions", "vocabulary", "imagenet")}
+            for scheme in ("captions", "vocabulary"):
+                names[f"{scheme}+imagenet"] = {c: album_name([*lead[c], *words])
+                                               for c, words in found[scheme].items()}
+            for scheme in NAMING_SCHEMES:
+                totals[scheme].append(name_scores(names[scheme], assignment, said))
+            if seed == seeds[0]:
+                sizes = Counter(assignment.tolist())
+                examples[k] = [{"size": sizes[c], **{s: ", ".join(names[s][c]) for s in NAMING_SCHEMES}}
+                               for c in sorted(sizes, key=lambda c: -sizes[c])]
+        for scheme, got in totals.items():
+            hit, lift = np.mean(got, axis=0)
+            rows.append({"k": k, "scheme": scheme, "hit": round(float(hit), 3),
+                         "lift": round(float(lift), 3)})
+    return {"dataset": str(data), "split": split, "model": encoder.name, "n_images": len(images),
+            "seeds": list(seeds), "results": rows, "names": examples}
+
+
 def table(report: dict) -> str:
     lines = [("| vectors | k | subject purity (chance) | subject NMI | scene purity (chance) "
               "| scene NMI | k-means s |"), "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -133,10 +222,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("data", help="A dataset folder or caption file (Flickr8k's folder).")
     parser.add_argument("--split", default="val")
     parser.add_argument("--model", default=None)
-    parser.add_argument("--k", type=int, nargs="+", default=list(KS))
+    parser.add_argument("--k", type=int, nargs="+", help=f"Default: {' '.join(map(str, KS))}; "
+                        "16 with --naming.")
     parser.add_argument("--out", type=Path, help="Also write the report as JSON here.")
+    parser.add_argument("--naming", action="store_true",
+                        help="Score the albums' names by each naming scheme instead (k default 16).")
     args = parser.parse_args(argv)
-    report = evaluate(args.data, args.split, args.model, tuple(args.k))
+    if args.naming:
+        report = naming(args.data, args.split, args.model, tuple(args.k or (16,)))
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"{report['model']} on {report['split']}: {report['n_images']} photos, album names "
+              f"(mean of seeds {report['seeds']})")
+        print("| k | scheme | hit | lift |\n| --- | --- | --- | --- |")
+        for r in report["results"]:
+            print(f"| {r['k']} | {r['scheme']} | {r['hit']:.3f} | {r['lift']:.3f} |")
+        for k, albums in report["names"].items():
+            print(f"\nk={k}, seed {report['seeds'][0]}:")
+            for a in albums:
+                print(f"  {a['size']:4d}  " + " | ".join(a[s] for s in NAMING_SCHEMES))
+        return
+    report = evaluate(args.data, args.split, args.model, tuple(args.k or KS))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{report['model']} on {report['split']}: {report['n_images']} photos, embedded in "
