@@ -108,3 +108,31 @@ def test_turned_pairs_are_merged_once_with_their_best_cosine():
     turned = np.stack([x[1], x[0]])  # row 0 turned looks like row 1, row 1 turned like row 0
     i, j, s = similar_pairs(x, 0.99, turned, np.array([0, 1]))
     assert i.tolist() == [0] and j.tolist() == [1] and s[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_while_another_process_writes_nothing_is_turned_or_moved(tmp_path):
+    """Turned vectors are made under the writer lock: while another writer holds it the
+    groups come from the plain vectors (and say so), and --move-to moves no file."""
+    from imagetext.api import Collection, duplicates
+    from imagetext.errors import IndexBusyError
+    from imagetext.index.duplicates import move_others
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    for name in ("taj-mahal.jpg", "koala.jpg", "coffee.jpg"):
+        (root / name).write_bytes((GALLERY / name).read_bytes())
+    with Image.open(GALLERY / "taj-mahal.jpg") as img:
+        img.convert("RGB").transpose(Image.Transpose.ROTATE_90).save(root / "taj-turned.jpg", quality=85)
+    with Collection.open(root) as col, Collection.open(root) as other:
+        col.index()
+        with other.lock.hold():  # another writer (its own flock on the lock file)
+            busy = duplicates(col, "edits")
+            assert not busy.turned and busy.turned_missing == 4 and busy.groups == []
+            with pytest.raises(IndexBusyError):
+                move_others(col, duplicates(col, threshold=0.1, turned=False), tmp_path / "review")
+            assert sorted(p.name for p in root.iterdir() if p.is_file()) == [
+                "coffee.jpg", "koala.jpg", "taj-mahal.jpg", "taj-turned.jpg"]
+            assert not (tmp_path / "review").exists()
+        free = duplicates(col, "edits")
+        assert free.turned and free.turned_missing == 0
+        assert _groups(free) == [{"taj-mahal.jpg", "taj-turned.jpg"}]

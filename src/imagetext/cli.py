@@ -489,8 +489,7 @@ def cluster(
 
     Each album is named by the caption words most particular to it (an index made with
     --caption), or else by the everyday labels the model finds most particular to its
-    photos, led by an ImageNet label (the default model's) when the album is confidently
-    one; it is stored in the index (the web app's Explore page shows it) until the next
+    photos; it is stored in the index (the web app's Explore page shows it) until the next
     run, or until the index is rebuilt for another model.
     """
     col = _open_collection(folder or collection, index_dir, None)
@@ -528,6 +527,10 @@ def duplicates(
         help="The stored vectors compared: instance (the instance feature, made for copies and "
         "edits; the default where every photo has one, as the default model indexes them) or "
         "visual (the image-to-image vector; the default otherwise).")] = None,
+    turned: Annotated[bool, typer.Option(
+        "--turned/--no-turned", help="Also find copies turned by 90 degrees either way (instance "
+        "vectors; not for exact). The first time, each photo is turned and run through the "
+        "model once more (stored in the index, so later runs are quick).")] = True,
     write_list: Annotated[Path | None, typer.Option(
         "--write-list", metavar="FILE", help="Write the paths of the photos not suggested to "
         "keep to FILE, one a line.")] = None,
@@ -539,10 +542,6 @@ def duplicates(
     index_dir: IndexDirOpt = None,
     as_json: JsonOpt = False,
 ):
-    turned: Annotated[bool, typer.Option(
-        "--turned/--no-turned", help="Also find copies turned by 90 degrees either way (instance "
-        "vectors; not for exact). The first time, each photo is turned and run through the "
-        "model once more (stored in the index, so later runs are quick).")] = True,
     """Find near-duplicates: groups of copies, edits or shots of one scene.
 
     Each group lists the photo suggested to keep first (most pixels, then largest file, then
@@ -550,6 +549,7 @@ def duplicates(
     to it. No file is touched unless --write-list or --move-to is given.
     """
     from imagetext.index.duplicates import find_duplicates, move_others
+    from imagetext.progress import IndexProgressBars
 
     col = _open_collection(folder or collection, index_dir, None)
     with col:
@@ -563,7 +563,6 @@ def duplicates(
                                       errors="surrogateescape")
             except OSError as e:
                 raise CliError(f"cannot write {write_list}: {e.strerror}") from e
-    from imagetext.progress import IndexProgressBars
         if move_to is not None:
             moved = move_others(col, result, move_to)
         if as_json:
@@ -580,6 +579,12 @@ def duplicates(
               f"photo{'' if n_others == 1 else 's'} to review, among "
               f"{result.n_images} images ({result.vectors} vectors, cosine >= {result.threshold}"
               f"{pixels} ({how}); {result.seconds:.1f} s)")
+        if result.turned_missing:
+            print(f"{result.turned_missing} photos have no turned vector (the index is busy or "
+                  f"read-only): their copies turned by 90 degrees may be missed", file=sys.stderr)
+        elif turned and not result.turned and result.preset != "exact":
+            print(f"copies turned by 90 degrees were not looked for: the index has no instance "
+                  f"vectors ({result.vectors} vectors)", file=sys.stderr)
         for g in result.groups:
             print(f"group {g.id} ({len(g.photos)} photos)")
             for p in g.photos:
@@ -591,12 +596,6 @@ def duplicates(
         if move_to is not None:
             print(f"moved {len(moved)} photos to {move_to}; the index no longer lists them",
                   file=sys.stderr)
-        if result.turned_missing:
-            print(f"{result.turned_missing} photos have no turned vector yet (the index is busy "
-                  f"or read-only): their copies turned by 90 degrees may be missed", file=sys.stderr)
-        elif turned and not result.turned and result.preset != "exact":
-            print(f"copies turned by 90 degrees were not looked for: the index has no instance "
-                  f"vectors ({result.vectors} vectors)", file=sys.stderr)
 
 
 @eval_app.command("retrieval")

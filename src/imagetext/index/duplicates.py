@@ -330,11 +330,13 @@ def find_duplicates(collection: Collection, preset: str | None = DEFAULT_PRESET,
     elif preset is None:
         raise InvalidInputError("give a preset or a threshold")
     turned = turned and vectors == DEFAULT_KIND and preset != "exact"
+    t_rows, t_vecs, turned_missing = (_turned_rows(collection, ids, True, on_progress) if turned
+                                      else (np.empty(0, np.int64), None, 0))
+    if turned and not len(t_rows):  # none could be made (a read-only index): plain pairs
+        turned = False
     if preset is not None:
         threshold = preset_threshold(preset, vectors, turned)
     i, j, _ = similar_pairs(vecs, threshold)
-    t_rows, t_vecs, turned_missing = (_turned_rows(collection, ids, True, on_progress) if turned
-                                      else (np.empty(0, np.int64), None, 0))
     if len(t_rows):
         ti, tj, _ = similar_pairs(vecs, threshold, t_vecs, t_rows)
         i, j = np.concatenate([i, ti]), np.concatenate([j, tj])
@@ -379,7 +381,7 @@ def find_duplicates(collection: Collection, preset: str | None = DEFAULT_PRESET,
     return Duplicates(str(collection.root), vectors, preset, round(float(threshold), 4), len(ids),
                       [DuplicateGroup(n + 1, g) for n, g in enumerate(groups)],
                       pixel_threshold=pixels, seconds=round(time.perf_counter() - started, 2),
-                      turned=turned, turned_missing=turned_missing if turned else 0)
+                      turned=turned, turned_missing=turned_missing)
 
 
 def _move_no_clobber(src: Path, dst: Path) -> Path:
@@ -422,16 +424,19 @@ def move_others(collection: Collection, result: Duplicates, destination: str | o
     if collection.read_only:  # the index could not follow: move nothing
         raise IndexReadOnlyError(f"the index of {root} is read-only; no file was moved")
     moved = []
-    for path in result.others:
-        src = Path(path)
-        try:
-            rel = src.relative_to(root)
-        except ValueError:  # not under the collection's folder as indexed
-            continue
-        if not src.is_file():
-            continue
-        target = _move_no_clobber(src, dest / rel)
-        moved.append((str(src), str(target)))
-    if moved:
-        collection.index(**index_options)
+    # the writer lock first (IndexBusyError while another process indexes, before any file
+    # moves), held until the index has followed
+    with collection.lock.hold():
+        for path in result.others:
+            src = Path(path)
+            try:
+                rel = src.relative_to(root)
+            except ValueError:  # not under the collection's folder as indexed
+                continue
+            if not src.is_file():
+                continue
+            target = _move_no_clobber(src, dest / rel)
+            moved.append((str(src), str(target)))
+        if moved:
+            collection.index(**index_options)
     return moved
