@@ -1,6 +1,7 @@
 """The files -> vectors job run locally, and sharded embeddings (imagetext embed), on real
-photos from the demo gallery: the same vectors as local indexing, bad files reported and
-skipped, shards that resume, a tar set, a file list, and a model mismatch refused."""
+photos from the demo gallery: the same vectors as local indexing (the instance feature
+included), bad files reported and skipped, shards that resume, older shards without instance
+vectors, a tar set, a file list, and a model mismatch refused."""
 
 from __future__ import annotations
 
@@ -47,24 +48,32 @@ def photos(tmp_path_factory) -> Path:
     return root
 
 
+def stored_vectors(col) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """rel path -> (semantic, visual, instance or None) as `col`'s index stores them."""
+    states = col.store.file_states()
+    ids = [i for _, _, i in states.values()]
+    sem, vis, inst = (col.vector_index(k).get(ids) for k in ("semantic", "visual", "instance"))
+    return {rel: (sem[i], vis[i], inst.get(i)) for rel, (_, _, i) in states.items()}
+
+
 @pytest.fixture(scope="module")
-def indexed(photos, tmp_path_factory) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """rel path -> (semantic, visual) as local indexing stores them (index kept elsewhere)."""
+def indexed(photos, tmp_path_factory) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """rel path -> (semantic, visual, instance) as local indexing stores them (index kept
+    elsewhere)."""
     from imagetext.api import Collection
 
     index_dir = tmp_path_factory.mktemp("index")
     with Collection.open(photos, index_dir=index_dir) as col:
         report = col.index()
         assert [p for p, _ in report.failed] == ["broken.jpg"]
-        states = col.store.file_states()
-        ids = [i for _, _, i in states.values()]
-        sem, vis = col.vector_index("semantic").get(ids), col.vector_index("visual").get(ids)
-        return {rel: (sem[i], vis[i]) for rel, (_, _, i) in states.items()}
+        vecs = stored_vectors(col)
+    assert all(inst is not None and inst.shape == (512,) for _, _, inst in vecs.values())
+    return vecs
 
 
-def vectors_of(batches) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {it.rel: (s, v) for b in batches for it, s, v, e in
-            zip(b.items, b.semantic, b.visual, b.error) if e is None}
+def vectors_of(batches) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    return {it.rel: (b.semantic[j], b.visual[j], None if b.instance is None else b.instance[j])
+            for b in batches for j, (it, e) in enumerate(zip(b.items, b.error)) if e is None}
 
 
 def failures_of(batches) -> list[tuple[str, str]]:
@@ -72,11 +81,13 @@ def failures_of(batches) -> list[tuple[str, str]]:
 
 
 def assert_same_vectors(got: dict, want: dict, atol: float = 1e-5) -> None:
-    """Both vectors to float16 precision (or `atol`, if larger), as the index stores them."""
+    """The three vectors to float16 precision (or `atol`, if larger), as the index stores
+    them."""
     assert sorted(got) == sorted(want)
-    for rel, (s, v) in want.items():
-        np.testing.assert_allclose(got[rel][0], s, atol=max(atol, 2.5e-4), err_msg=rel)
-        np.testing.assert_allclose(got[rel][1], v, atol=max(atol, 2.5e-4), err_msg=rel)
+    for rel, want_vecs in want.items():
+        for name, g, w in zip(("semantic", "visual", "instance"), got[rel], want_vecs):
+            assert g is not None, f"{rel}: no {name} vector"
+            np.testing.assert_allclose(g, w, atol=max(atol, 2.5e-4), err_msg=f"{rel} {name}")
 
 
 def test_local_job_gives_the_vectors_of_local_indexing(photos, indexed):
@@ -113,6 +124,65 @@ def test_shards_are_written_read_back_and_resumed(photos, indexed, tmp_path):
     # other inputs into the same folder: refused, nothing overwritten
     with pytest.raises(ValueError, match="other inputs"):
         write_embeddings(items[:3], out, shard_size=5)
+
+
+def test_collections_from_shards_get_the_instance_vectors_of_local_indexing(photos, indexed,
+                                                                             tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from imagetext.api import Collection
+    from imagetext.embed.distributed import index_from_embeddings
+
+    items, _ = folder_items(photos)
+    out = tmp_path / "emb"
+    meta = write_embeddings(items, out, shard_size=5)
+    assert meta["instance_dim"] == 512
+    schema = pq.read_schema(out / shard_name(0))
+    assert schema.field("instance").type == pa.list_(pa.float32(), 512)
+    with Collection.open(photos, index_dir=tmp_path / "from") as col:
+        report = index_from_embeddings(col, out)
+        assert report.added == N and [p for p, _ in report.failed] == ["broken.jpg"]
+        got = stored_vectors(col)
+    assert_same_vectors(got, indexed)
+    diff = max(np.abs(got[rel][2] - inst).max() for rel, (_, _, inst) in indexed.items())
+    print(f"instance vectors, shards vs local indexing: max abs diff {diff:.2e}")
+    assert diff < 1e-4
+
+
+def test_older_shards_without_instance_vectors_still_load(photos, indexed, tmp_path):
+    import pyarrow.parquet as pq
+
+    from imagetext.api import Collection
+    from imagetext.embed.distributed import index_from_embeddings
+    from imagetext.models.registry import load_encoder
+
+    items, _ = folder_items(photos)
+    out = tmp_path / "emb"
+    meta = write_embeddings(items, out, shard_size=5)
+    default = load_encoder(None)
+
+    # instance vectors of another size: refused in one line, before anything is stored
+    (out / META_NAME).write_text(json.dumps({**meta, "instance_dim": 256}))
+    with pytest.raises(EmbeddingsMismatchError, match="instance vectors of dim 256, not 512"):
+        read_meta(out, default)
+
+    # as written before the instance column: its images load without instance vectors
+    old_meta = {k: v for k, v in meta.items() if k != "instance_dim"}
+    (out / META_NAME).write_text(json.dumps(old_meta))
+    for i in range(meta["n_shards"]):
+        path = out / shard_name(i)
+        pq.write_table(pq.read_table(path).drop_columns(["instance"]), path)
+    batches = list(read_shards(out))
+    assert len(batches) == 3 and all(b.instance is None for b in batches)
+    with Collection.open(photos, index_dir=tmp_path / "old") as col:
+        assert index_from_embeddings(col, out).added == N
+        got = stored_vectors(col)
+        assert len(col.vectors("instance")[0]) == 0
+    for vecs in (vectors_of(batches), got):
+        assert all(inst is None for _, _, inst in vecs.values())
+        assert_same_vectors({rel: v[:2] for rel, v in vecs.items()},
+                            {rel: v[:2] for rel, v in indexed.items()})
 
 
 def test_float16_shards_are_close(photos, indexed, tmp_path):

@@ -33,7 +33,8 @@ def embedded_images(batches: Iterable[EmbeddedBatch], failed: list[tuple[str, st
         for j, (it, err) in enumerate(zip(batch.items, batch.error)):
             if err is None:
                 yield EmbeddedImage(it.rel, it.size, it.mtime, batch.sha1[j], int(batch.width[j]),
-                                    int(batch.height[j]), batch.semantic[j], batch.visual[j])
+                                    int(batch.height[j]), batch.semantic[j], batch.visual[j],
+                                    instance=None if batch.instance is None else batch.instance[j])
 
 
 def index_on_ray(col, address: str | None = "auto", batch_size: int = 32, workers: int = 2,

@@ -23,14 +23,12 @@ from imagetext.io.images import (
     decode_for_model,
 )
 
-# the model encodes at most this many images at once (memory), as local indexing does
-ENCODE_CHUNK = 32
-
 
 @dataclass
 class EmbeddedBatch:
     """Embedded items, column by column. A row with an `error` failed (its vectors are
-    zeros, its sha1/width/height empty)."""
+    zeros, its sha1/width/height empty). `instance`: the instance feature, for a model whose
+    image run gives it (index/indexer.py: `instance_extractor`), else None."""
 
     items: list[Item]
     sha1: list[str]
@@ -39,6 +37,7 @@ class EmbeddedBatch:
     semantic: np.ndarray  # (n, dim) float32, L2-normalised
     visual: np.ndarray  # (n, visual_dim) float32
     error: list[str | None]
+    instance: np.ndarray | None = None  # (n, instance dim) float32, L2-normalised
 
     def __len__(self) -> int:
         return len(self.items)
@@ -58,10 +57,13 @@ class EmbeddedBatch:
                 for k in ("rel", "path", "size", "mtime", "offset", "length")}
         if not rows:
             cols = {k: np.zeros(0, object if k in ("rel", "path") else np.int64) for k in cols}
-        return {**cols, "sha1": np.array(self.sha1, dtype=object), "width": self.width,
+        cols = {**cols, "sha1": np.array(self.sha1, dtype=object), "width": self.width,
                 "height": self.height, "semantic": self.semantic, "visual": self.visual,
                 "error": np.array([(e or "").encode("utf-8", "surrogateescape")
                                    for e in self.error], dtype=object)}
+        if self.instance is not None:
+            cols["instance"] = self.instance
+        return cols
 
     @classmethod
     def from_columns(cls, cols: dict) -> EmbeddedBatch:
@@ -71,7 +73,8 @@ class EmbeddedBatch:
         errors = [bytes(e).decode("utf-8", "surrogateescape") or None for e in cols["error"]]
         return cls(items, [str(s) for s in cols["sha1"]], np.asarray(cols["width"], np.int32),
                    np.asarray(cols["height"], np.int32), _matrix(cols["semantic"]),
-                   _matrix(cols["visual"]), errors)
+                   _matrix(cols["visual"]), errors,
+                   _matrix(cols["instance"]) if "instance" in cols else None)
 
 
 def _matrix(col) -> np.ndarray:
@@ -119,16 +122,20 @@ class Embedder:
             raise ImageLoadError(item.rel, exc.reason) from None
 
     def encode(self, loaded: Sequence) -> EmbeddedBatch:
-        """An EmbeddedBatch from `pipeline.Loaded` results of `load`."""
+        """An EmbeddedBatch from `pipeline.Loaded` results of `load`: the good rows embedded
+        as local indexing embeds them (`embed_pixels`), the failed ones zeros."""
+        from imagetext.index.indexer import embed_pixels
+
         enc = self.encoder
         n = len(loaded)
+        good = [i for i, x in enumerate(loaded) if x.error is None]
+        sem, vis, inst = embed_pixels(enc, [loaded[i].value.pixels for i in good])
         semantic = np.zeros((n, enc.dim), np.float32)
         visual = np.zeros((n, enc.visual_dim), np.float32)
-        good = [i for i, x in enumerate(loaded) if x.error is None]
-        for start in range(0, len(good), ENCODE_CHUNK):
-            rows = good[start:start + ENCODE_CHUNK]
-            out = enc.encode_pixels(np.stack([loaded[i].value.pixels for i in rows]))
-            semantic[rows], visual[rows] = out.semantic, out.visual
+        instance = None if inst is None else np.zeros((n, inst.shape[1]), np.float32)
+        semantic[good], visual[good] = sem, vis
+        if instance is not None:
+            instance[good] = inst
         ok = [x.error is None for x in loaded]
         return EmbeddedBatch(
             [x.item for x in loaded],
@@ -136,7 +143,7 @@ class Embedder:
             np.array([x.value.width if g else 0 for x, g in zip(loaded, ok)], np.int32),
             np.array([x.value.height if g else 0 for x, g in zip(loaded, ok)], np.int32),
             semantic, visual,
-            [None if g else error_reason(x.error) for x, g in zip(loaded, ok)])
+            [None if g else error_reason(x.error) for x, g in zip(loaded, ok)], instance)
 
     def embed(self, items: Iterable[Item], batch_size: int = 32) -> Iterator[EmbeddedBatch]:
         """Batches of embedded items, decoding ahead in threads while the model runs."""
@@ -151,10 +158,7 @@ class Embedder:
                                                             "offset", "length")})
                  for i in range(len(columns["rel"]))]
         batches = list(self.embed(items, batch_size=max(1, len(items))))
-        return batches[0].to_columns() if batches else EmbeddedBatch(
-            [], [], np.zeros(0, np.int32), np.zeros(0, np.int32),
-            np.zeros((0, self.encoder.dim), np.float32),
-            np.zeros((0, self.encoder.visual_dim), np.float32), []).to_columns()
+        return (batches[0] if batches else self.encode([])).to_columns()
 
 
 def embed_local(items: Sequence[Item], model: str | None = None, batch_size: int = 32,

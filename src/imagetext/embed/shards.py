@@ -13,7 +13,13 @@ shard is a Parquet table (pyarrow) with one row per item:
     height  int32
     semantic fixed_size_list<float32 | float16>[dim]        (null for a failed item)
     visual   fixed_size_list<float32 | float16>[visual_dim]
+    instance fixed_size_list<float32 | float16>[instance_dim]   the instance feature (null
+                          for a failed item), as local indexing stores it; only for a model
+                          whose image run gives it (instance_dim > 0 in the metadata, else 0)
     error   string        why the item could not be embedded (null when it was)
+
+Shards written before the `instance` column existed still read: their images carry no
+instance vectors.
 
 A shard is written to a temporary name and renamed when complete, so running the command
 again skips the complete shards and embeds the rest (resume). Reading refuses a folder that
@@ -89,7 +95,8 @@ def plan_shards(items: list[Item], out: str | os.PathLike, encoder, model_ref: s
     out = Path(out).expanduser()
     meta = {"format": FORMAT, "version": VERSION, "model": encoder.name, "model_ref": model_ref,
             "fingerprint": encoder.fingerprint, "dim": int(encoder.dim),
-            "visual_dim": int(encoder.visual_dim), "dtype": dtype, "shard_size": shard_size,
+            "visual_dim": int(encoder.visual_dim), "instance_dim": _instance_dim(encoder),
+            "dtype": dtype, "shard_size": shard_size,
             "n_items": len(items), "n_shards": -(-len(items) // shard_size),
             "inputs_sha1": inputs_hash(items), "complete": False}
     shards = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
@@ -108,6 +115,14 @@ def plan_shards(items: list[Item], out: str | os.PathLike, encoder, model_ref: s
     _write_json(out / META_NAME, meta)
     done = [(out / shard_name(i)).is_file() for i in range(len(shards))]
     return ShardPlan(out, meta, shards, done)
+
+
+def _instance_dim(encoder) -> int:
+    """The size of the model's instance feature, 0 when its image run gives none."""
+    from imagetext.index.indexer import instance_extractor
+
+    extractor = instance_extractor(encoder)
+    return 0 if extractor is None else int(extractor.dim)
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -140,8 +155,10 @@ def write_shard(path: Path, batches: list[EmbeddedBatch], meta: dict) -> int:
     arrow_float = pa.float16() if dtype == np.float16 else pa.float32()
 
     def vectors(key: str, dim: int):
-        mat = (np.concatenate([getattr(b, key) for b in batches]) if batches
-               else np.zeros((0, dim), np.float32)).astype(dtype)
+        mats = [getattr(b, key) for b in batches]
+        if any(m is None for m in mats):  # (the embedding job makes one for every batch or none)
+            raise ImagetextError(f"a batch of the embedding job has no {key} vectors")
+        mat = (np.concatenate(mats) if batches else np.zeros((0, dim), np.float32)).astype(dtype)
         values = pa.array(mat.reshape(-1), type=arrow_float)
         return pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(~ok))
 
@@ -159,6 +176,8 @@ def write_shard(path: Path, batches: list[EmbeddedBatch], meta: dict) -> int:
                            pa.int32()),
         "semantic": vectors("semantic", meta["dim"]),
         "visual": vectors("visual", meta["visual_dim"]),
+        **({"instance": vectors("instance", meta["instance_dim"])}
+           if meta.get("instance_dim") else {}),
         "error": pa.array([None if e is None else e.encode("utf-8", "surrogateescape")
                            .decode("utf-8", "backslashreplace")
                            for b in batches for e in b.error], type=pa.string()),
@@ -215,7 +234,8 @@ def write_shards(plan: ShardPlan, run: Callable[[list[Item]], Iterable[EmbeddedB
 def _take(batch: EmbeddedBatch, rows: list[int]) -> EmbeddedBatch:
     return EmbeddedBatch([batch.items[j] for j in rows], [batch.sha1[j] for j in rows],
                          batch.width[rows], batch.height[rows], batch.semantic[rows],
-                         batch.visual[rows], [batch.error[j] for j in rows])
+                         batch.visual[rows], [batch.error[j] for j in rows],
+                         None if batch.instance is None else batch.instance[rows])
 
 
 def _sorted(batches: list[EmbeddedBatch], order: dict[str, int]) -> EmbeddedBatch:
@@ -227,7 +247,9 @@ def _sorted(batches: list[EmbeddedBatch], order: dict[str, int]) -> EmbeddedBatc
                                np.concatenate([b.height for b in batches]),
                                np.concatenate([b.semantic for b in batches]),
                                np.concatenate([b.visual for b in batches]),
-                               [e for b in batches for e in b.error]), idx)
+                               [e for b in batches for e in b.error],
+                               None if any(b.instance is None for b in batches)
+                               else np.concatenate([b.instance for b in batches])), idx)
 
 
 def read_meta(folder: str | os.PathLike, encoder=None) -> dict:
@@ -248,6 +270,9 @@ def read_meta(folder: str | os.PathLike, encoder=None) -> dict:
         if (meta["dim"], meta["visual_dim"]) != (encoder.dim, encoder.visual_dim):
             problems.append(f"dims {meta['dim']}/{meta['visual_dim']}, not "
                             f"{encoder.dim}/{encoder.visual_dim}")
+        elif meta.get("instance_dim") and meta["instance_dim"] != _instance_dim(encoder):
+            problems.append(f"instance vectors of dim {meta['instance_dim']}, not "
+                            f"{_instance_dim(encoder) or 'none'}")
         if problems:
             raise EmbeddingsMismatchError(
                 f"the embeddings in {folder} were made with {'; '.join(problems)}: they cannot "
@@ -279,6 +304,9 @@ def _from_arrow(rb, meta: dict) -> EmbeddedBatch:
 
     def vectors(name: str, dim: int) -> np.ndarray:
         col = cols[name]
+        if (ok & ~col.is_valid().to_numpy(zero_copy_only=False)).any():
+            raise EmbeddingsMismatchError(f"a shard's {name} column has no vector for an item "
+                                          f"that was embedded: it was not written by imagetext")
         # a null row still has its `dim` slots in the child array (zeros as written)
         flat = col.values.to_numpy(zero_copy_only=False)
         start = col.offset * dim
@@ -289,8 +317,10 @@ def _from_arrow(rb, meta: dict) -> EmbeddedBatch:
     items = [Item(os.fsdecode(p), "", int(s), float(m))
              for p, s, m in zip(cols["path"].to_pylist(), cols["size"].to_pylist(),
                                 cols["mtime"].to_pylist())]
+    instance_dim = meta.get("instance_dim") or 0  # an older shard: no instance column
     return EmbeddedBatch(
         items, [s or "" for s in cols["sha1"].to_pylist()],
         np.array([w or 0 for w in cols["width"].to_pylist()], np.int32),
         np.array([h or 0 for h in cols["height"].to_pylist()], np.int32),
-        vectors("semantic", meta["dim"]), vectors("visual", meta["visual_dim"]), errors)
+        vectors("semantic", meta["dim"]), vectors("visual", meta["visual_dim"]), errors,
+        vectors("instance", instance_dim) if instance_dim and "instance" in cols else None)

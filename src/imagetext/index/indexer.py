@@ -21,7 +21,7 @@ import dataclasses
 import posixpath
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -197,7 +197,6 @@ class Indexer:
         """Decode (in threads, ahead of the model), embed and commit `todo`, batch by batch;
         files that fail are reported and remembered until they change."""
         preprocess, max_bytes = encoder.preprocess, self.max_file_bytes
-        extractor = instance_extractor(encoder)
 
         def load(f: _FileState) -> DecodedImage:
             # the scan found a regular file (or resolved a link to one): open exactly that
@@ -211,21 +210,9 @@ class Indexer:
         def flush() -> None:
             if not batch:
                 return
-            semantic, visual, instance = [], [], []
-            for i in range(0, len(batch), ENCODE_CHUNK):  # bounded model memory at any batch size
-                pixels = np.stack([d.pixels for _, d in batch[i:i + ENCODE_CHUNK]])
-                if extractor is not None:  # one run gives all three
-                    outs = encoder.image_outputs(pixels)
-                    names = list(outs)
-                    semantic.append(l2_normalize(outs[names[0]]))
-                    visual.append(l2_normalize(outs[names[-1]]))
-                    instance.append(extractor.vectors_from_maps(outs))
-                else:
-                    emb = encoder.encode_pixels(pixels)
-                    semantic.append(emb.semantic)
-                    visual.append(emb.visual)
-            semantic, visual = np.concatenate(semantic), np.concatenate(visual)
-            instance = np.concatenate(instance) if instance else [None] * len(batch)
+            semantic, visual, instance = embed_pixels(encoder, [d.pixels for _, d in batch])
+            if instance is None:
+                instance = [None] * len(batch)
             images = [EmbeddedImage(f.rel, f.size, f.mtime, d.sha1, d.width, d.height,
                                     semantic[j], visual[j], instance=instance[j])
                       for j, (f, d) in enumerate(batch)]
@@ -409,6 +396,35 @@ def instance_extractor(encoder):
         extractor = None
     encoder._imagetext_instance_extractor = extractor
     return extractor
+
+
+def embed_pixels(encoder, pixels: Sequence[np.ndarray]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The vectors indexing stores for preprocessed images (each (3, R, R)): semantic (n, dim)
+    and visual (n, visual_dim), L2-normalised, and the instance feature (n, instance dim), or
+    None for a model whose image run gives none (`instance_extractor`). One run of the image
+    graph gives all three, ENCODE_CHUNK images at a time (bounded model memory at any n).
+    Local indexing and the embedding job (embed/job.py: Ray, `imagetext embed`) both embed
+    with this, so their vectors are the same."""
+    extractor = instance_extractor(encoder)
+    if not len(pixels):
+        return (np.zeros((0, encoder.dim), np.float32), np.zeros((0, encoder.visual_dim), np.float32),
+                None if extractor is None else np.zeros((0, extractor.dim), np.float32))
+    semantic, visual, instance = [], [], []
+    for i in range(0, len(pixels), ENCODE_CHUNK):
+        chunk = np.stack(pixels[i:i + ENCODE_CHUNK])
+        if extractor is not None:  # one run gives all three
+            outs = encoder.image_outputs(chunk)
+            names = list(outs)
+            semantic.append(l2_normalize(outs[names[0]]))
+            visual.append(l2_normalize(outs[names[-1]]))
+            instance.append(extractor.vectors_from_maps(outs))
+        else:
+            emb = encoder.encode_pixels(chunk)
+            semantic.append(emb.semantic)
+            visual.append(emb.visual)
+    return (np.concatenate(semantic), np.concatenate(visual),
+            np.concatenate(instance) if extractor is not None else None)
 
 
 def encoder_image_file() -> str:
