@@ -1,7 +1,9 @@
 """Distributed indexing on a real local Ray cluster: a head and a second node, each its own
 `ray start` process on 127.0.0.1 with one CPU, so the actor pool has one actor per node.
-What the cluster embeds equals what this process embeds, and a collection indexed through
-the cluster (`imagetext index --ray`) answers searches as a locally indexed one does."""
+What the cluster embeds equals what this process embeds (the instance feature included), and
+a collection indexed through the cluster (`imagetext index --ray`, or `imagetext embed --ray`
+then `index --from-embeddings`) stores the vectors of local indexing and answers searches as
+a locally indexed one does."""
 
 from __future__ import annotations
 
@@ -50,9 +52,10 @@ def by_path(batches) -> tuple[dict, list]:
     vecs, failed = {}, []
     for b in batches:
         failed += b.failed
-        for it, s, v, e in zip(b.items, b.semantic, b.visual, b.error):
+        assert b.instance is not None and b.instance.shape == (len(b), 512)
+        for j, (it, e) in enumerate(zip(b.items, b.error)):
             if e is None:
-                vecs[it.rel] = (s, v)
+                vecs[it.rel] = (b.semantic[j], b.visual[j], b.instance[j])
     return vecs, sorted(failed)
 
 
@@ -64,9 +67,9 @@ def test_cluster_embeds_as_this_process_does(cluster, photos):
     assert pools == [2] and len([n for n in ray.nodes() if n["Alive"]]) == 2  # an actor a node
     local, local_failed = by_path(embed_local(items))
     assert len(local) == N and sorted(remote) == sorted(local)
-    for rel, (s, v) in local.items():
-        np.testing.assert_allclose(remote[rel][0], s, atol=1e-5, err_msg=rel)
-        np.testing.assert_allclose(remote[rel][1], v, atol=1e-5, err_msg=rel)
+    for rel, vecs in local.items():
+        for name, got, want in zip(("semantic", "visual", "instance"), remote[rel], vecs):
+            np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{rel} {name}")
     assert remote_failed == local_failed and [p for p, _ in remote_failed] == ["broken.jpg"]
     assert "corrupt or truncated" in remote_failed[0][1]
 
@@ -93,6 +96,26 @@ def answers(folder: Path, index_dir: Path) -> dict:
     return out
 
 
+def stored(folder: Path, index_dir: Path) -> dict:
+    """rel path -> (semantic, visual, instance or None) as the index at `index_dir` holds them."""
+    from imagetext.api import Collection
+
+    with Collection.open(folder, index_dir=index_dir) as col:
+        states = col.store.file_states()
+        ids = [i for _, _, i in states.values()]
+        got = {k: col.vector_index(k).get(ids) for k in ("semantic", "visual", "instance")}
+        return {rel: tuple(got[k].get(i) for k in got) for rel, (_, _, i) in states.items()}
+
+
+def assert_same_vectors(got: dict, want: dict) -> None:
+    """The same three vectors of every image (the instance feature too: none is missing)."""
+    assert sorted(got) == sorted(want)
+    for rel, vecs in want.items():
+        for name, g, w in zip(("semantic", "visual", "instance"), got[rel], vecs):
+            assert g is not None and w is not None, f"{rel}: no {name} vector"
+            np.testing.assert_allclose(g, w, atol=1e-5, err_msg=f"{rel} {name}")
+
+
 def assert_same_answers(got: dict, want: dict) -> None:
     assert got.keys() == want.keys()
     for key, hits in want.items():
@@ -110,6 +133,7 @@ def test_index_through_the_cluster_answers_as_local_indexing(cluster, photos, tm
     assert remote["added"] == N and remote["embedded"] == N
     assert remote["failed"] == local["failed"] and [f["path"] for f in remote["failed"]] == [
         "broken.jpg"]
+    assert_same_vectors(stored(photos, tmp_path / "ray"), stored(photos, tmp_path / "local"))
     assert_same_answers(answers(photos, tmp_path / "ray"), answers(photos, tmp_path / "local"))
 
     # incremental, as local indexing: a new photo, a changed one, a deleted one
@@ -125,6 +149,7 @@ def test_index_through_the_cluster_answers_as_local_indexing(cluster, photos, tm
         assert (again["added"], again["updated"], again["removed"]) == (1, 1, 1)
         for key in ("added", "updated", "removed", "unchanged", "n_images", "failed"):
             assert again[key] == local[key], key
+        assert_same_vectors(stored(photos, tmp_path / "ray"), stored(photos, tmp_path / "local"))
         assert_same_answers(answers(photos, tmp_path / "ray"), answers(photos, tmp_path / "local"))
     finally:
         shutil.move(tmp_path / moved.name, moved)
@@ -139,4 +164,5 @@ def test_embed_on_the_cluster_then_index_from_embeddings(cluster, photos, tmp_pa
                             "--from-embeddings", str(out), "--json").stdout)
     assert report["added"] == N and [f["path"] for f in report["failed"]] == ["broken.jpg"]
     cli("index", str(photos), "--index-dir", str(tmp_path / "local"), "-q")
+    assert_same_vectors(stored(photos, tmp_path / "from"), stored(photos, tmp_path / "local"))
     assert_same_answers(answers(photos, tmp_path / "from"), answers(photos, tmp_path / "local"))
