@@ -87,4 +87,5 @@ def test_album_names_hold_one_word_per_thing():
     assert album_name(["dog", "dogs", "grass", "suspension bridge", "bridge", "sky"]) == \
         ["dog", "grass", "suspension bridge"]
     assert album_name(["children", "child", "men", "man", "beach"]) == ["children", "men", "beach"]
-    assert album_name(["skis", "ski", "snow"], 2) == ["skis", "snow"]
+    assert album_name(["skis", "ski", "skiing", "snow"], 2) == ["skis", "snow"]
+    assert album_name(["swimming", "swim", "pool", "building"]) == ["swimming", "pool", "building"]

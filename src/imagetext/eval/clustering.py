@@ -17,7 +17,8 @@ runs it):
 With --naming it measures the albums' names instead (naming(): the schemes index/clusters.py
 chooses between), by what the photos' reference captions say:
 - hit: over the albums and their name words, the share of the album's photos whose reference
-  captions hold the word (a name's head word, singular: "suspension bridge" -> bridge);
+  captions hold the word (a name's head word, singular, no -ing: "suspension bridge" ->
+  bridge, "skiing" -> ski);
 - lift: the same less the word's share over all photos (a name word every caption says,
   such as "man", says little about an album).
 The captions that name albums (as an index made with --caption has) are the default
@@ -132,7 +133,7 @@ NAMING_SCHEMES = ("captions", "vocabulary", "imagenet", "captions+imagenet", "vo
 def name_scores(names: dict[int, list[str]], assignment: np.ndarray,
                 said: list[set[str]]) -> tuple[float, float]:
     """(hit, lift) of album names (module docstring); `said`: each photo's reference caption
-    words, singular."""
+    words, as head_word makes them."""
     from imagetext.index.clusters import head_word
 
     base: dict[str, float] = {}
@@ -160,18 +161,18 @@ def naming(data: str | Path, split: str = "val", model: str | None = None, ks: t
         N_KEYWORDS,
         album_name,
         caption_words,
+        head_word,
         imagenet_keywords,
         imagenet_probabilities,
         keywords,
         kmeans,
-        singular,
         vocabulary_keywords,
     )
     from imagetext.models.registry import load_encoder
 
     references = read_pairs(data, split=split).captions_by_image()
     images = list(references)
-    said = [{singular(w) for text in references[i] for w in caption_words(text)} for i in images]
+    said = [{head_word(w) for text in references[i] for w in caption_words(text)} for i in images]
     encoder = load_encoder(model)
     embedded = encoder.encode_images(images)
     generated = {r.image: r.caption for r in caption(images).results}
