@@ -103,6 +103,18 @@ def test_similar_to_an_upload_finds_the_same_photo(client, server):
     assert body["results"][0]["score"] > 0.99
 
 
+def test_similar_to_a_turned_upload_finds_its_original_first_as_a_copy(client, server):
+    buf = io.BytesIO()
+    with Image.open(server.root / "chelsea.png") as img:
+        img.convert("RGB").transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=85)
+    files = {"file": ("turned.jpg", buf.getvalue(), "image/jpeg")}
+    results = client.post("/api/similar", files=files, data={"k": "3"}).json()["results"]
+    assert results[0]["relative_path"] == "chelsea.png" and results[0]["match"] == "copy"
+    assert [r["match"] for r in results[1:]] == [None, None]
+    page = client.post("/similar", files=files, data={"k": "3"}).text  # the page says so too
+    assert len(re.findall(r'title="Similarity">copy · 0\.\d{3}</span>', page)) == 1
+
+
 def test_similar_to_a_photo_from_outside_the_collection(client, server):
     files = {"file": ("outside.png", server.outside.read_bytes(), "image/png")}
     body = client.post("/api/similar", files=files).json()

@@ -93,7 +93,7 @@ def _open_collection(collection: Path | None, index_dir: Path | None, model: str
 def _print_results(results, as_json: bool, query: str | None = None) -> None:
     """One line per result: [relevance match] score path [caption]. Text search with a
     calibrated model adds the relevance (%) and "strong"/"weak", and says on stderr when no
-    result is a strong match."""
+    result is a strong match; `similar` marks its copies "copy"."""
     if as_json:
         _print_json([r.to_dict() for r in results])
         return
@@ -103,9 +103,12 @@ def _print_results(results, as_json: bool, query: str | None = None) -> None:
             r.match == "strong" for r in results):
         print(f"no strong match for {query!r}: nothing here matches it well; the closest "
               f"images follow, all weak (relevance under 50%)", file=sys.stderr)
+    copies = any(r.match == "copy" for r in results)
     for r in results:
         caption = f"  {r.caption}" if r.caption else ""
         rated = f"{r.relevance:4.0%} {r.match:6s} " if r.relevance is not None else ""
+        if copies and r.relevance is None:
+            rated = f"{r.match or '':4s}  "
         print(f"{rated}{r.score:.3f}  {r.path}{caption}")
 
 
@@ -319,7 +322,16 @@ def similar(
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ):
-    """Find the images that look most like IMAGE (reverse image search)."""
+    """Find the images most like IMAGE (reverse image search): its copies, then look-alikes.
+
+    First its copies and edits (resized, cropped, re-encoded, turned, rotated, mirrored or
+    colour-edited copies, overlays, screenshots), marked "copy": the photos whose instance
+    feature reaches the "edits" duplicates threshold, the query turned 4 ways; then the photos
+    showing the most alike subject and scene (the semantic vectors; README, "What similar
+    ranks by"). Each line: the score (the cosine of the semantic vectors, copies included;
+    not a probability) and the path. An index without instance vectors (another model) ranks
+    by the semantic vectors alone.
+    """
     col = _open_collection(collection, index_dir, model)
     # an indexed file is looked up by id, so it does not come back as its own best match
     image_id = col.indexed_id(image)

@@ -13,8 +13,8 @@ rank (`OPTIONS`):
   counting (`best_of_turns`);
 - `hybrid`, `hybrid+turns`: the photos whose instance cosine (plain or best of the turns)
   reaches the "edits" duplicates threshold first (copies and edits of the query, by that
-  cosine), then the rest by the visual vector (index/search.py `Searcher.similar`);
-  `hybrid-semantic+turns`: the rest by the semantic vector instead.
+  cosine), then the rest by the visual vector; `hybrid-semantic+turns`: the rest by the
+  semantic vector instead (what `similar` does: index/search.py `Searcher.similar`).
 
 Generic similarity, each photo of the split a query among the split's other photos, its
 top `k` neighbours scored by:
@@ -227,18 +227,18 @@ def table(report: dict) -> str:
     copies = report["n_copy_queries"] > 0
     head = ["ranks by", f"subject P@{k}", f"scene P@{k}", "caption relatedness"]
     if copies:
-        head += ["copies R@1", "copies mAP", "rot90 R@1"]
+        head += ["copies R@1", "copies mAP", "turned copies R@1", "blurred copies R@1"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, r in report["options"].items():
         cells = [f"`{name}`", f"{r[f'subject_p{k}']:.3f}", f"{r[f'scene_p{k}']:.3f}",
                  f"{r['caption_relatedness']:.3f}"]
         if copies:
-            rot = r["copy_r1_per_transform"].get("rot90")
+            per = r["copy_r1_per_transform"]
             cells += [f"{r['copy_r1']:.3f}", f"{r['copy_map']:.3f}",
-                      "" if rot is None else f"{rot:.3f}"]
+                      *("" if per.get(t) is None else f"{per[t]:.3f}" for t in ("rot90", "blur"))]
         lines.append("| " + " | ".join(cells) + " |")
     c = report["chance"]
     cells = ["chance", f"{c[f'subject_p{k}']:.3f}", f"{c[f'scene_p{k}']:.3f}",
-             f"{c['caption_relatedness']:.3f}"] + ([""] * 3 if copies else [])
+             f"{c['caption_relatedness']:.3f}"] + ([""] * 4 if copies else [])
     lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

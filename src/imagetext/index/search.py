@@ -91,6 +91,14 @@ class ScoreOffsets:
 COPY_PRESET = "edits"
 
 
+# ... then the rest by the cosine of these vectors: the semantic ones (what a photo shows)
+# find more photos of the query's subject and scene than the visual ones (the pooled tower
+# features) on Flickr8k val (subject/scene precision@10 0.535/0.395 against 0.440/0.310) and
+# on the demo gallery, and the instance feature alone finds even fewer (0.376/0.200): `imagetext
+# eval similar`, README "What similar ranks by"
+LOOKALIKE_KIND = "semantic"
+
+
 def copy_threshold() -> float:
     """The instance cosine at and above which `similar` calls a photo a copy of the query."""
     from imagetext.index.duplicates import preset_threshold
@@ -98,26 +106,35 @@ def copy_threshold() -> float:
     return preset_threshold(COPY_PRESET, "instance")
 
 
-def turned_image_vectors(encoder, images: Sequence[Image.Image]
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def turned_image_vectors(encoder, images: Sequence[Image.Image], skip_upright: bool = False
+                         ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Upright RGB images -> (semantic (n, dim), visual (n, visual_dim), instance (n, 4,
     instance dim) or None): the model's image run over each image turned by 0, 90, 180 and
     270 degrees, which gives, for the compiled default model, the instance feature of every
     turn (the query side of `best_of_turns`: instance/features.py) besides the semantic and
     visual vectors (of the upright image), as the indexer stores them (4 runs of the tower an
-    image). A model whose image run gives no instance feature: one run, instance None."""
+    image). `skip_upright`: the upright image is not run (its vectors are stored), semantic
+    and visual are None and instance is (n, 3, d), of the other three turns. A model whose
+    image run gives no instance feature: instance None (and one run an image, upright)."""
     from imagetext.index.indexer import instance_extractor
-    from imagetext.instance.features import TURNS, turned
+    from imagetext.instance.features import turned
     from imagetext.models.base import l2_normalize
 
     extractor = instance_extractor(encoder)
     if extractor is None:
+        if skip_upright:
+            return None, None, None
         emb = encoder.encode_pixels(np.stack([encoder.preprocess(im) for im in images]))
         return emb.semantic, emb.visual, None
-    outs = encoder.image_outputs(np.stack([encoder.preprocess(t) for im in images for t in turned(im)]))
+    first = int(skip_upright)
+    outs = encoder.image_outputs(np.stack([encoder.preprocess(t) for im in images
+                                           for t in turned(im)[first:]]))
+    per_image = 4 - first
+    instance = extractor.vectors_from_maps(outs).reshape(len(images), per_image, -1)
+    if skip_upright:
+        return None, None, instance
     names = list(outs)  # the indexer's order: semantic first, visual last
-    upright = slice(None, None, len(TURNS))
-    instance = extractor.vectors_from_maps(outs).reshape(len(images), len(TURNS), -1)
+    upright = slice(None, None, per_image)
     return l2_normalize(outs[names[0]][upright]), l2_normalize(outs[names[-1]][upright]), instance
 
 
@@ -187,20 +204,97 @@ class Searcher:
             r.match = match_label(r.relevance)  # the label agrees with the number shown
 
     def similar(self, image, k: int = 10) -> list[SearchResult]:
+        """Images most like `image` (a path, bytes or PIL image, or the id of an indexed
+        image, which is left out): first its copies and edits, then the images that show the
+        most alike subject and scene.
+
+        Copies are the photos whose instance vector (instance/features.py: what the instance
+        benchmark chose for copies and edits; the default model stores it while indexing) has
+        a cosine of at least `copy_threshold()` (the "edits" duplicates preset) to the query's,
+        the best of the query turned by 0, 90, 180 and 270 degrees; they come first, most
+        alike first, with `match` "copy". The rest follow by the cosine of the LOOKALIKE_KIND
+        vectors. Every result's `score` is that cosine, copies included, so scores keep one
+        meaning (a copy can score lower than the look-alikes after it). An index without
+        instance vectors (another model, rows embedded with `embed` or on Ray) ranks by
+        LOOKALIKE_KIND alone. Turning costs a query 4 runs of the image tower instead of 1;
+        by id, 3 instead of none (its file is read again and turned; if it cannot be, its
+        stored vector serves, unturned): bench/similar_latency.py.
+        """
         if k < 1:
             raise InvalidInputError("k must be at least 1")
-        self.col.refresh()
-        exclude = None
+        col = self.col
+        col.refresh()
+        with_copies = col.vector_index("instance").count() > 0
+        exclude, instance = None, None
         if isinstance(image, (int, np.integer)):
-            found = self.col.vector_index("visual").get([int(image)])
-            if int(image) not in found:
-                raise KeyError(f"no image with id {int(image)} in the index")
-            vec = found[int(image)][None]
             exclude = int(image)
+            found = col.vector_index(LOOKALIKE_KIND).get([exclude])
+            if exclude not in found:
+                raise KeyError(f"no image with id {exclude} in the index")
+            query = found[exclude]
+            if with_copies:
+                instance = self._indexed_query_instance(exclude)
+        elif with_copies:
+            from imagetext.io.images import open_image
+
+            img = open_image(image, draft_size=col.encoder.preprocess.resize)
+            semantic, visual, inst = turned_image_vectors(col.encoder, [img])
+            query = (semantic if LOOKALIKE_KIND == "semantic" else visual)[0]
+            instance = None if inst is None else inst[0]
         else:
-            vec = self.col.encoder.encode_images([image]).visual
-        scores, ids = self.col.vector_index("visual").search(vec, k + (exclude is not None))
-        return self.results(scores[0], ids[0], exclude=exclude, k=k)
+            query = getattr(col.encoder.encode_images([image]), LOOKALIKE_KIND)[0]
+        return self._copies_then_lookalikes(query, instance, k, exclude)
+
+    def _indexed_query_instance(self, image_id: int) -> np.ndarray | None:
+        """(turns, d) instance vectors of an indexed image as a query: its stored vector and
+        those of its file read again and turned by 90, 180 and 270 degrees (3 runs); the stored
+        vector alone if the file cannot be read; None if it has neither."""
+        from imagetext.errors import ImagetextError
+        from imagetext.io.images import open_image
+
+        col = self.col
+        stored = col.vector_index("instance").get([image_id])
+        upright = stored[image_id][None] if image_id in stored else None
+        try:
+            img = open_image(col.path_of(image_id), draft_size=col.encoder.preprocess.resize)
+        except (ImagetextError, OSError, KeyError):
+            return upright
+        turns = turned_image_vectors(col.encoder, [img], skip_upright=upright is not None)[2]
+        if turns is None:
+            return upright
+        return turns[0] if upright is None else np.concatenate([upright, turns[0]])
+
+    def _copies_then_lookalikes(self, query: np.ndarray, instance: np.ndarray | None, k: int,
+                                exclude: int | None) -> list[SearchResult]:
+        """Copies (instance cosine >= copy_threshold(), best over the rows of `instance`: the
+        query's turns) first, then the rest by the LOOKALIKE_KIND cosine to `query`, which
+        is every result's score."""
+        col = self.col
+        extra = int(exclude is not None)
+        copies: dict[int, float] = {}  # id -> best instance cosine over the query's turns
+        if instance is not None:
+            threshold = copy_threshold()
+            # the k best of each turn hold the k best of the best-of-turns
+            scores, ids = col.vector_index("instance").search(np.atleast_2d(instance), k + extra)
+            for s, i in zip(scores.ravel().tolist(), ids.ravel().tolist()):
+                if i >= 0 and i != exclude and s >= threshold and s > copies.get(i, -2.0):
+                    copies[i] = s
+        lookalikes = col.vector_index(LOOKALIKE_KIND)
+        copy_ids = sorted(copies, key=lambda i: -copies[i])[:k]
+        vecs = lookalikes.get(copy_ids) if copy_ids else {}
+        ranked = [(i, float(vecs[i] @ query), "copy") for i in copy_ids if i in vecs]
+        if len(ranked) < k:
+            scores, ids = lookalikes.search(query[None], k + extra + len(ranked))
+            ranked += [(int(i), float(s), None) for s, i in zip(scores[0], ids[0])
+                       if i >= 0 and i != exclude and int(i) not in copies]
+        ranked = ranked[:k]
+        records = col.store.get_many(i for i, _, _ in ranked)
+        out = []
+        for i, score, match in ranked:
+            if i in records:
+                out.append(self.result(records[i], score))
+                out[-1].match = match
+        return out
 
     def results(self, scores: np.ndarray, ids: np.ndarray, exclude: int | None = None,
                 k: int | None = None) -> list[SearchResult]:

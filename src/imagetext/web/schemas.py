@@ -18,15 +18,16 @@ class ImageResult(BaseModel):
     id: int = Field(description="The image's id in the index.")
     path: str = Field(description="The file's absolute path (bytes that are not UTF-8 as \\xNN).")
     relative_path: str = Field(description="The file's path relative to the collection folder.")
-    score: float = Field(description="Similarity to the query (higher is closer); 1.0 for a "
-                                     "record.")
+    score: float = Field(description="Similarity to the query (higher is closer; similar: "
+                                     "the cosine of the semantic vectors); 1.0 for a record.")
     width: int
     height: int
     caption: str | None = Field(description="The caption indexed with the image, if any.")
     relevance: float | None = Field(
         description="Text search with a calibrated model: how likely this is a real match, 0..1.")
-    match: Literal["strong", "weak"] | None = Field(
-        description="Text search with a calibrated model: relevance at least 0.5 or not.")
+    match: Literal["strong", "weak", "copy"] | None = Field(
+        description="Text search with a calibrated model: relevance at least 0.5 or not; "
+                    "similar: \"copy\" for a copy or edit of the query (listed first).")
     image_url: str = Field(description="The original file.")
     thumbnail_url: str = Field(description="A 256-pixel JPEG thumbnail.")
     preview_url: str = Field(description="A 1024-pixel JPEG thumbnail.")
