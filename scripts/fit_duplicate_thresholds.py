@@ -21,6 +21,14 @@ evaluated set's recall per transformation of the two tests together, per vector 
 Precision, recall and recall per transformation at each threshold are reported on the
 reference pairs and on the evaluated split's set (val by default). One encoder run per image
 gives both vectors.
+
+Edited copies are not other shots of a scene, so each kind's presets are also measured on
+real ones ("same_scene_shots", imagetext.eval.same_scene): the labelled Flickr8k pairs of
+scripts/data/flickr8k_same_scene.tsv (bursts against look-alikes, by eye; see
+scripts/build_same_scene_pairs.py), tuned on train and reported on val, with UNRELATED_PHOTOS
+train photos for the unrelated pairs and the demo gallery for the look-alikes: the average
+precision of each kind (semantic vectors too), precision/recall of the labelled pairs at each
+preset's threshold, and the threshold that keeps the look-alikes apart.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from build_same_scene_pairs import LABELS as SCENE_LABELS
 
 from imagetext.data.readers import read_pairs
 from imagetext.eval.instance import (
@@ -38,6 +47,13 @@ from imagetext.eval.instance import (
     choose_threshold,
     pair_labels,
     precision_recall,
+)
+from imagetext.eval.same_scene import (
+    MARGIN,
+    MAX_UNRELATED,
+    UNRELATED_ID_GAP,
+    measure_kind,
+    read_labels,
 )
 from imagetext.index.duplicates import TURNED_SUFFIX, pixel_similarity, small_grey
 from imagetext.instance.features import (
@@ -53,16 +69,19 @@ OUT = WHITENING_DIR / "duplicate_thresholds.json"
 EXACT_TRANSFORMS = ("resize", "jpeg")
 EXACT_RECALL = 0.99
 EXACT_CANDIDATES = "same scene"  # the cosine preset whose pairs the SSIM then confirms
+UNRELATED_PHOTOS = 1500  # train photos whose pairs of far-apart Flickr ids are the unrelated ones
+SCENE_KINDS = ("instance", "visual", "instance" + TURNED_SUFFIX, "semantic")
 
 
 def vectors(encoder, extractor, images, batch_size=32) -> dict[str, np.ndarray]:
-    """The visual and instance vectors of `images`, and the instance vector of each turned by
+    """The visual, semantic and instance vectors of `images`, and the instance vector of each turned by
     90 degrees, as a collection stores them (Collection.turn_missing)."""
-    out = {"instance": [], "visual": [], "instance_turned": []}
+    out = {"instance": [], "visual": [], "instance_turned": [], "semantic": []}
     for i in range(0, len(images), batch_size):
         pixels = np.stack([encoder.preprocess(im) for im in images[i : i + batch_size]])
         outputs = encoder.image_outputs(pixels)
         out["visual"].append(l2n(outputs["visual"]))
+        out["semantic"].append(l2n(outputs["semantic"]))
         out["instance"].append(extractor.vectors_from_maps(outputs))
         out["instance_turned"].append(extractor.vectors_from_maps(encoder.image_outputs(turned_pixels(pixels))))
     return {k: np.concatenate(v) for k, v in out.items()}
@@ -88,6 +107,41 @@ def set_vectors(encoder, extractor, s, say, cache: Path | None) -> tuple[dict, d
     if cache is not None:
         np.savez(cache, **{f"db-{k}": v for k, v in db.items()}, **{f"q-{k}": v for k, v in q.items()})
     return db, q
+
+
+def same_scene_shots(encoder, extractor, data, kinds: dict, seed: int, say,
+                     cache: Path | None) -> dict:
+    """Each kind's presets (`kinds`, as fitted above) on real shots of one scene and on
+    look-alikes: imagetext.eval.same_scene.measure_kind on the labelled pairs."""
+    from imagetext.demo import GALLERY, demo_photos
+
+    labels = read_labels(SCENE_LABELS)
+    paths = {Path(p).name: p for split in sorted({p.split for p in labels})
+             for p in read_pairs(data, split=split).images}
+    train = sorted(Path(p).name for p in read_pairs(data, split="train").images)
+    sample = [train[k] for k in np.random.default_rng(seed + 3).choice(len(train), UNRELATED_PHOTOS,
+                                                                       replace=False)]
+    names = sorted({n for p in labels for n in (p.image_a, p.image_b)} | set(sample))
+    if cache is not None and cache.is_file():
+        arrays = np.load(cache)
+        vecs = {k[len("shots-"):]: v for k, v in arrays.items() if k.startswith("shots-")}
+        demo = {k[len("demo-"):]: v for k, v in arrays.items() if k.startswith("demo-")}
+    else:
+        say(f"{len(names)} Flickr8k photos of labelled pairs and unrelated ones, "
+            f"{len(demo_photos())} demo gallery photos")
+        vecs = vectors(encoder, extractor, [open_image(paths[n]) for n in names])
+        demo = vectors(encoder, extractor, [open_image(GALLERY / p.file) for p in demo_photos()])
+        if cache is not None:
+            np.savez(cache, **{f"shots-{k}": v for k, v in vecs.items()},
+                     **{f"demo-{k}": v for k, v in demo.items()})
+    row = {n: k for k, n in enumerate(names)}
+    unrelated_rows = np.array(sorted(row[n] for n in sample))
+    out = {}
+    for kind in SCENE_KINDS:
+        presets = {p: v["threshold"] for p, v in kinds.get(kind, {}).items()}
+        out[kind] = measure_kind(kind, labels, names, vecs, unrelated_rows, demo, presets)
+        say(f"same scene shots {kind:15s} {json.dumps(out[kind])}")
+    return out
 
 
 def labels_of(s, transforms=None) -> np.ndarray:
@@ -131,8 +185,8 @@ def main() -> None:
                     "reference photos after these are the reference set's")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--cache", type=Path, help="keep the vectors in CACHE-reference.npz and "
-                    "CACHE-evaluated.npz and reuse them")
+    ap.add_argument("--cache", type=Path, help="keep the vectors in CACHE-reference.npz, "
+                    "CACHE-evaluated.npz and CACHE-shots.npz and reuse them")
     args = ap.parse_args()
 
     from imagetext.api import get_encoder
@@ -183,6 +237,7 @@ def main() -> None:
                                f"{args.split}_recall_per_transform": per_transform_recall(evaluated, scores, t)}
             say(f"{kind:8s} {preset:12s} {presets[preset]}")
         kinds[kind] = presets
+    shots = same_scene_shots(encoder, extractor, args.data, kinds, args.seed, say, cache("shots"))
     out = {
         "about": "cosine thresholds of the duplicate presets per vector kind, written by "
                  "scripts/fit_duplicate_thresholds.py (see its docstring)",
@@ -198,6 +253,16 @@ def main() -> None:
                       "database": len(evaluated.database), "queries": len(evaluated.queries)},
         "kinds": kinds,
         "exact_copies_ssim": exact_ssim,
+        "same_scene_shots": {
+            "about": "each kind's presets on real shots of one scene (labelled by eye: "
+                     f"scripts/data/{SCENE_LABELS.name}, train and val) and on look-alikes (the "
+                     "demo gallery, all different scenes): see imagetext.eval.same_scene",
+            "unrelated": f"pairs of {UNRELATED_PHOTOS} train photos whose Flickr ids are more "
+                         f"than {UNRELATED_ID_GAP:g} apart",
+            "apart from look-alikes": f"the lowest cosine that at most {MAX_UNRELATED:g} of the "
+                                      f"unrelated pairs reach and {MARGIN} above every pair of "
+                                      "the demo gallery",
+            "kinds": shots},
     }
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")
