@@ -123,6 +123,35 @@ def test_an_indexed_photo_whose_file_is_gone_uses_its_stored_vectors(tmp_path):
         assert _names(results)[0] == "owl-cropped.jpg" and results[0].match == "copy"
 
 
+def test_stored_turned_vectors_find_a_turned_copy_without_reading_the_file(tmp_path):
+    """With the turned vectors that `duplicates` stores (Collection.turn_missing), a query by
+    id needs no model run: shown with the query's file gone, where its upright vector alone
+    misses the turned copy."""
+    from imagetext.api import Collection
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    for name in ("taj-mahal.jpg", "empire-state-building.jpg", "cow.jpg", "koala.jpg"):
+        (root / name).write_bytes((GALLERY / name).read_bytes())
+    turned_copy(GALLERY / "taj-mahal.jpg", root / "taj-mahal-turned.jpg")
+    with Collection.open(root) as col:
+        col.index()
+        taj = _id(col, "taj-mahal.jpg")
+        os.remove(root / "taj-mahal.jpg")
+        assert all(r.match is None for r in col.similar(taj, k=4))
+        (root / "taj-mahal.jpg").write_bytes((GALLERY / "taj-mahal.jpg").read_bytes())
+        assert col.turn_missing().turned == len(col)
+        os.remove(root / "taj-mahal.jpg")
+        results = col.similar(taj, k=4)
+        assert _names(results)[0] == "taj-mahal-turned.jpg" and results[0].match == "copy"
+        assert [r.match for r in results[1:]] == [None] * 3
+        # a query from outside, turned either way, is then turned once to find its original
+        for turn in (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270):
+            turned_copy(GALLERY / "cow.jpg", tmp_path / "cow-turned.jpg", turn)
+            top = col.similar(str(tmp_path / "cow-turned.jpg"), k=2)
+            assert _names(top)[0] == "cow.jpg" and top[0].match == "copy", turn
+
+
 def test_without_instance_vectors_the_semantic_vector_ranks(tmp_path):
     """An index whose images have no instance vector (embedded elsewhere, add_embedded without
     one) ranks by the semantic vector alone, and marks no copy."""

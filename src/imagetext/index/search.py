@@ -106,18 +106,20 @@ def copy_threshold() -> float:
     return preset_threshold(COPY_PRESET, "instance")
 
 
-def turned_image_vectors(encoder, images: Sequence[Image.Image], skip_upright: bool = False
+def turned_image_vectors(encoder, images: Sequence[Image.Image], turns: int = 4,
+                         skip_upright: bool = False
                          ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """Upright RGB images -> (semantic (n, dim), visual (n, visual_dim), instance (n, 4,
-    instance dim) or None): the model's image run over each image turned by 0, 90, 180 and
-    270 degrees, which gives, for the compiled default model, the instance feature of every
-    turn (the query side of `best_of_turns`: instance/features.py) besides the semantic and
-    visual vectors (of the upright image), as the indexer stores them (4 runs of the tower an
-    image). `skip_upright`: the upright image is not run (its vectors are stored), semantic
-    and visual are None and instance is (n, 3, d), of the other three turns. A model whose
-    image run gives no instance feature: instance None (and one run an image, upright)."""
+    """Upright RGB images -> (semantic (n, dim), visual (n, visual_dim), instance (n, turns,
+    instance dim) or None): one run of the model's image graph over each image's input turned
+    by 0, 90, 180 and 270 degrees (the first `turns`; features.turned_pixels, as the stored
+    turned vectors are made), which gives, for the compiled default model, the instance
+    feature of every turn (the query side of `best_of_turns`: instance/features.py) besides
+    the semantic and visual vectors of the upright image, as the indexer stores them (`turns`
+    runs of the tower an image). `skip_upright`: the upright input is not run (its vectors
+    are stored): semantic and visual None, instance (n, turns - 1, d). A model whose image run
+    gives no instance feature: instance None (and one run an image, upright)."""
     from imagetext.index.indexer import instance_extractor
-    from imagetext.instance.features import turned
+    from imagetext.instance.features import turned_pixels
     from imagetext.models.base import l2_normalize
 
     extractor = instance_extractor(encoder)
@@ -126,16 +128,23 @@ def turned_image_vectors(encoder, images: Sequence[Image.Image], skip_upright: b
             return None, None, None
         emb = encoder.encode_pixels(np.stack([encoder.preprocess(im) for im in images]))
         return emb.semantic, emb.visual, None
-    first = int(skip_upright)
-    outs = encoder.image_outputs(np.stack([encoder.preprocess(t) for im in images
-                                           for t in turned(im)[first:]]))
-    per_image = 4 - first
-    instance = extractor.vectors_from_maps(outs).reshape(len(images), per_image, -1)
+    pixels = np.stack([encoder.preprocess(im) for im in images])
+    stack = [pixels]
+    for _ in range(turns - 1):
+        stack.append(turned_pixels(stack[-1]))
+    stack = stack[int(skip_upright):]
+    outs = encoder.image_outputs(np.stack(stack, axis=1).reshape(-1, *pixels.shape[1:]))
+    instance = extractor.vectors_from_maps(outs).reshape(len(images), len(stack), -1)
     if skip_upright:
         return None, None, instance
     names = list(outs)  # the indexer's order: semantic first, visual last
-    upright = slice(None, None, per_image)
+    upright = slice(None, None, len(stack))
     return l2_normalize(outs[names[0]][upright]), l2_normalize(outs[names[-1]][upright]), instance
+
+
+# how `similar` finds a query's copies: searches ((vector kind, query rows), ...), each
+# photo's best cosine over them, and the threshold it must reach
+CopyQuery = tuple[list[tuple[str, np.ndarray]], float]
 
 
 class Searcher:
@@ -211,21 +220,24 @@ class Searcher:
         Copies are the photos whose instance vector (instance/features.py: what the instance
         benchmark chose for copies and edits; the default model stores it while indexing) has
         a cosine of at least `copy_threshold()` (the "edits" duplicates preset) to the query's,
-        the best of the query turned by 0, 90, 180 and 270 degrees; they come first, most
-        alike first, with `match` "copy". The rest follow by the cosine of the LOOKALIKE_KIND
-        vectors. Every result's `score` is that cosine, copies included, so scores keep one
-        meaning (a copy can score lower than the look-alikes after it). An index without
-        instance vectors (another model, rows embedded with `embed` or on Ray) ranks by
-        LOOKALIKE_KIND alone. Turning costs a query 4 runs of the image tower instead of 1;
+        the best of the query turned by 0, 90, 180 and 270 degrees (or, where the photos'
+        turned vectors are stored, paired as `duplicates` pairs photos, at its threshold);
+        they come first, most alike first, with `match` "copy". The rest follow by the cosine
+        of the LOOKALIKE_KIND vectors. Every result's `score` is that cosine, copies included,
+        so scores keep one meaning (a copy can score lower than the look-alikes after it). An
+        index without instance vectors (another model, or made before they were stored) ranks
+        by LOOKALIKE_KIND alone. Turning costs a query 4 runs of the image tower instead of 1;
         by id, 3 instead of none (its file is read again and turned; if it cannot be, its
-        stored vector serves, unturned): bench/similar_latency.py.
+        stored vector serves, unturned), or none where the index holds the photos' turned
+        vectors (`duplicates` stores them; then a query from outside is turned once: 2 runs):
+        `_indexed_copy_query`, bench/similar_latency.py.
         """
         if k < 1:
             raise InvalidInputError("k must be at least 1")
         col = self.col
         col.refresh()
         with_copies = col.vector_index("instance").count() > 0
-        exclude, instance = None, None
+        exclude, copy_query = None, None
         if isinstance(image, (int, np.integer)):
             exclude = int(image)
             found = col.vector_index(LOOKALIKE_KIND).get([exclude])
@@ -233,51 +245,68 @@ class Searcher:
                 raise KeyError(f"no image with id {exclude} in the index")
             query = found[exclude]
             if with_copies:
-                instance = self._indexed_query_instance(exclude)
+                copy_query = self._indexed_copy_query(exclude)
         elif with_copies:
+            from imagetext.index.duplicates import TURNED_KIND, preset_threshold
             from imagetext.io.images import open_image
 
             img = open_image(image, draft_size=col.encoder.preprocess.resize)
-            semantic, visual, inst = turned_image_vectors(col.encoder, [img])
+            # with every photo's turned vector stored, the query turned once is enough (2
+            # runs, as `duplicates` pairs photos); else the best of its 4 turns
+            one_turn = col.vector_index(TURNED_KIND).count() == col.vector_index("instance").count()
+            semantic, visual, inst = turned_image_vectors(col.encoder, [img], 2 if one_turn else 4)
             query = (semantic if LOOKALIKE_KIND == "semantic" else visual)[0]
-            instance = None if inst is None else inst[0]
+            if inst is not None and one_turn:
+                copy_query = ([("instance", inst[0]), (TURNED_KIND, inst[0, :1])],
+                              preset_threshold(COPY_PRESET, "instance", turned=True))
+            elif inst is not None:
+                copy_query = [("instance", inst[0])], copy_threshold()
         else:
             query = getattr(col.encoder.encode_images([image]), LOOKALIKE_KIND)[0]
-        return self._copies_then_lookalikes(query, instance, k, exclude)
+        return self._copies_then_lookalikes(query, copy_query, k, exclude)
 
-    def _indexed_query_instance(self, image_id: int) -> np.ndarray | None:
-        """(turns, d) instance vectors of an indexed image as a query: its stored vector and
-        those of its file read again and turned by 90, 180 and 270 degrees (3 runs); the stored
-        vector alone if the file cannot be read; None if it has neither."""
+    def _indexed_copy_query(self, image_id: int) -> CopyQuery | None:
+        """How to find the copies of an indexed image. With its turned vector stored (kind
+        instance_turned: `duplicates` makes them), no model run: its vector and its turned one
+        against the others' vectors, and its vector against their turned ones, as `duplicates`
+        pairs photos (a copy turned by 90 degrees either way; features.one_turn_scores), at
+        that pairing's threshold. Else its stored vector and those of its file read again and
+        turned by 90, 180 and 270 degrees (3 runs), best of the 4; its stored vector alone if
+        the file cannot be read; None if it has neither."""
         from imagetext.errors import ImagetextError
+        from imagetext.index.duplicates import TURNED_KIND, preset_threshold
         from imagetext.io.images import open_image
 
         col = self.col
-        stored = col.vector_index("instance").get([image_id])
-        upright = stored[image_id][None] if image_id in stored else None
+        upright = col.vector_index("instance").get([image_id]).get(image_id)
+        if upright is not None:
+            turned = col.vector_index(TURNED_KIND).get([image_id]).get(image_id)
+            if turned is not None:
+                return ([("instance", np.stack([upright, turned])), (TURNED_KIND, upright[None])],
+                        preset_threshold(COPY_PRESET, "instance", turned=True))
         try:
             img = open_image(col.path_of(image_id), draft_size=col.encoder.preprocess.resize)
         except (ImagetextError, OSError, KeyError):
-            return upright
-        turns = turned_image_vectors(col.encoder, [img], skip_upright=upright is not None)[2]
-        if turns is None:
-            return upright
-        return turns[0] if upright is None else np.concatenate([upright, turns[0]])
+            img = None
+        turns = None if img is None else turned_image_vectors(
+            col.encoder, [img], skip_upright=upright is not None)[2]
+        rows = [r for r in (None if upright is None else upright[None],
+                            None if turns is None else turns[0]) if r is not None]
+        return ([("instance", np.concatenate(rows))], copy_threshold()) if rows else None
 
-    def _copies_then_lookalikes(self, query: np.ndarray, instance: np.ndarray | None, k: int,
+    def _copies_then_lookalikes(self, query: np.ndarray, copy_query: CopyQuery | None, k: int,
                                 exclude: int | None) -> list[SearchResult]:
-        """Copies (instance cosine >= copy_threshold(), best over the rows of `instance`: the
-        query's turns) first, then the rest by the LOOKALIKE_KIND cosine to `query`, which
-        is every result's score."""
+        """Copies first: the photos whose best cosine over `copy_query`'s searches (a vector
+        kind, query rows) reaches its threshold; then the rest by the LOOKALIKE_KIND cosine to
+        `query`, which is every result's score."""
         col = self.col
         extra = int(exclude is not None)
-        copies: dict[int, float] = {}  # id -> best instance cosine over the query's turns
-        if instance is not None:
-            threshold = copy_threshold()
-            # the k best of each turn hold the k best of the best-of-turns
-            scores, ids = col.vector_index("instance").search(np.atleast_2d(instance), k + extra)
+        copies: dict[int, float] = {}  # id -> best cosine over the searches
+        for kind, rows in copy_query[0] if copy_query else ():
+            # the k best of each row hold the k best of the best over the rows
+            scores, ids = col.vector_index(kind).search(np.atleast_2d(rows), k + extra)
             for s, i in zip(scores.ravel().tolist(), ids.ravel().tolist()):
-                if i >= 0 and i != exclude and s >= threshold and s > copies.get(i, -2.0):
+                if i >= 0 and i != exclude and s >= copy_query[1] and s > copies.get(i, -2.0):
                     copies[i] = s
         lookalikes = col.vector_index(LOOKALIKE_KIND)
         copy_ids = sorted(copies, key=lambda i: -copies[i])[:k]
