@@ -40,15 +40,22 @@ def test_caption_relatedness_is_the_mean_cosine_to_the_neighbours():
 
 
 def test_the_hybrid_puts_copies_first_then_the_visual_order():
-    rng = np.random.default_rng(0)
-    db = {"visual": np.eye(3), "semantic": np.eye(3), "instance": np.eye(3)}
+    db_instance = np.zeros((3, 4, 3))
+    db_instance[:, 0] = np.eye(3)  # the photos' upright vectors; their turns match nothing
+    db = {"visual": np.eye(3), "semantic": np.eye(3)[::-1], "instance": db_instance}
     q_instance = np.zeros((1, 4, 3))
     q_instance[0, 1, 2] = 0.5  # photo 2 is a copy of the query turned: only its turn finds it
-    q = {"visual": np.array([[0.9, 0.3, 0.1]]), "semantic": rng.normal(size=(1, 3)),
+    q = {"visual": np.array([[0.9, 0.3, 0.1]]), "semantic": np.array([[0.1, 0.3, 0.9]]),
          "instance": q_instance}
     assert np.argsort(-option_keys("hybrid+turns", q, db, 0.3)[0]).tolist() == [2, 0, 1]
     assert np.argsort(-option_keys("hybrid", q, db, 0.3)[0]).tolist() == [0, 1, 2]  # unturned
     assert np.argsort(-option_keys("visual", q, db, 0.3)[0]).tolist() == [0, 1, 2]
+    # the rest by the semantic vectors (photo 0 first), copies first all the same; turned
+    # once, at the one-turn threshold
+    assert np.argsort(-option_keys("semantic", q, db, 0.3)[0]).tolist() == [0, 1, 2]
+    assert np.argsort(-option_keys("hybrid-semantic+turns", q, db, 0.3)[0]).tolist() == [2, 0, 1]
+    assert np.argsort(-option_keys("hybrid-semantic+turn", q, db, 0.3, 0.4)[0]).tolist() == [2, 0, 1]
+    assert np.argsort(-option_keys("hybrid-semantic+turn", q, db, 0.3, 0.6)[0]).tolist() == [0, 1, 2]
 
 
 def test_a_small_run_on_flickr8k_val():

@@ -14,7 +14,10 @@ rank (`OPTIONS`):
 - `hybrid`, `hybrid+turns`: the photos whose instance cosine (plain or best of the turns)
   reaches the "edits" duplicates threshold first (copies and edits of the query, by that
   cosine), then the rest by the visual vector; `hybrid-semantic+turns`: the rest by the
-  semantic vector instead (what `similar` does: index/search.py `Searcher.similar`).
+  semantic vector instead (what `similar` does: index/search.py `Searcher.similar`);
+  `hybrid-semantic+turn`: the same with query and photos turned once, by 90 degrees, and
+  paired as `duplicates` pairs them (features.one_turn_scores), at that pairing's threshold
+  (what `similar` does where the index holds the photos' turned vectors).
 
 Generic similarity, each photo of the split a query among the split's other photos, its
 top `k` neighbours scored by:
@@ -45,7 +48,7 @@ import numpy as np
 from imagetext.errors import InvalidInputError
 
 OPTIONS = ("visual", "semantic", "instance", "instance+turns", "hybrid", "hybrid+turns",
-           "hybrid-semantic+turns")
+           "hybrid-semantic+turns", "hybrid-semantic+turn")
 TASKS = ("subject", "scene")
 
 
@@ -71,18 +74,23 @@ def embed_turned(encoder, items: Sequence, load: Callable, batch_size: int = 8,
 
 
 def option_keys(option: str, queries: dict[str, np.ndarray], database: dict[str, np.ndarray],
-                threshold: float) -> np.ndarray:
-    """(n_queries, n_database) ranking keys of `option` (higher first). `queries` as
-    `embed_turned` gives them; `database` the same with its upright instance vectors
-    (n, d). The hybrids' keys put copies (instance cosine >= threshold) above every visual
-    cosine: 2 + their instance cosine."""
-    from imagetext.instance.features import best_of_turns
+                threshold: float, turn_threshold: float | None = None) -> np.ndarray:
+    """(n_queries, n_database) ranking keys of `option` (higher first). `queries` and
+    `database` as `embed_turned` gives them (instance (n, 4, d)). The hybrids' keys put
+    copies (instance cosine >= threshold; `+turn`: `turn_threshold`) above every other cosine:
+    2 + their instance cosine."""
+    from imagetext.instance.features import best_of_turns, one_turn_scores
 
     if option in ("visual", "semantic"):
         return queries[option] @ database[option].T
-    base = option.removesuffix("+turns")
-    turned = queries["instance"] if option.endswith("+turns") else queries["instance"][:, 0]
-    inst = best_of_turns(turned, database["instance"])
+    q, db = queries["instance"], database["instance"]
+    if option.endswith("+turn"):
+        base = option.removesuffix("+turn")
+        inst = one_turn_scores(q[:, 0], q[:, 1], db[:, 0], db[:, 1])
+        threshold = turn_threshold
+    else:
+        base = option.removesuffix("+turns")
+        inst = best_of_turns(q if option.endswith("+turns") else q[:, 0], db[:, 0])
     if base == "instance":
         return inst
     if base in ("hybrid", "hybrid-semantic"):
@@ -147,7 +155,8 @@ def evaluate_similar(data: str, split: str = "val", model=None, k: int = 10,
     from imagetext.api import get_encoder
     from imagetext.data.readers import read_pairs
     from imagetext.eval.instance import build_instance_set, retrieval_metrics
-    from imagetext.index.search import copy_threshold
+    from imagetext.index.duplicates import preset_threshold
+    from imagetext.index.search import COPY_PRESET, copy_threshold
     from imagetext.io.images import open_image
     from imagetext.train.calibrate import CLASSIFY_TASKS, keyword_labels
 
@@ -164,6 +173,7 @@ def evaluate_similar(data: str, split: str = "val", model=None, k: int = 10,
                                 f"than k = {k}")
     encoder = get_encoder(model)
     threshold = copy_threshold()
+    turn_threshold = preset_threshold(COPY_PRESET, "instance", turned=True)
 
     def load(path):
         return open_image(path, draft_size=encoder.preprocess.resize)
@@ -171,7 +181,7 @@ def evaluate_similar(data: str, split: str = "val", model=None, k: int = 10,
     t0 = time.perf_counter()
     db_turned = embed_turned(encoder, images, load, batch_size, say, f"{split} photos (4 turns each)")
     ms_turned = 1000 * (time.perf_counter() - t0) / len(images)
-    database = {**db_turned, "instance": db_turned["instance"][:, 0]}
+    database = db_turned
     say("caption vectors")
     centroids = caption_centroids(encoder, captions, images)
     labels = {}
@@ -182,7 +192,7 @@ def evaluate_similar(data: str, split: str = "val", model=None, k: int = 10,
     results: dict[str, dict] = {}
     neighbours = {}
     for option in options:
-        keys = option_keys(option, db_turned, database, threshold)
+        keys = option_keys(option, db_turned, database, threshold, turn_threshold)
         nb = neighbours[option] = top_neighbours(keys, k)
         row = {f"{task}_p{k}": round(label_precision(nb, labels[task]), 4) for task in TASKS}
         row["caption_relatedness"] = round(caption_relatedness(nb, centroids), 4)
@@ -206,12 +216,13 @@ def evaluate_similar(data: str, split: str = "val", model=None, k: int = 10,
         positives = np.array([o for o, _ in copy_set.queries])
         kinds = [t for _, t in copy_set.queries]
         for option in options:
-            m = retrieval_metrics(option_keys(option, queries, database, threshold), positives, kinds)
+            keys = option_keys(option, queries, database, threshold, turn_threshold)
+            m = retrieval_metrics(keys, positives, kinds)
             results[option].update({"copy_r1": m["mean_r1"], "copy_map": m["mean_map"],
                                     "copy_r1_per_transform": {t: v["r1"] for t, v in m["per_transform"].items()}})
     return {
         "data": str(data), "split": split, "model": encoder.name, "n_images": len(images), "k": k,
-        "copy_threshold": threshold,
+        "copy_threshold": threshold, "copy_threshold_one_turn": turn_threshold,
         "labelled": {task: int((labels[task] >= 0).sum()) for task in TASKS},
         "n_copy_queries": len(copy_set.queries) if copy_set else 0,
         "n_copy_originals": len(copy_set.originals) if copy_set else 0, "seed": seed,
