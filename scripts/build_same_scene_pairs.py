@@ -17,7 +17,10 @@ lists two kinds of candidate pairs in WORK/candidates.tsv:
   with nothing in common, which are most of them);
 - "high-cosine-<kind>": the TOP[split] pairs of highest cosine in that kind whose ids are
   further apart: the hard negatives (two different dogs on two beaches), and the odd burst
-  uploaded on another day.
+  uploaded on another day;
+- "at-scene-sample": AT_SCENE[split] pairs drawn (seeded) from the others whose instance
+  cosine reaches the "scene" preset's (without turns): with the two kinds above, what the
+  preset groups in the split's collection (val only).
 
 Each candidate row has both photos, the split, how it was found, the id gap and the three
 cosines. `--sheets DIR` draws them, SHEET_PAIRS numbered pairs a PNG, for labelling by eye.
@@ -28,9 +31,9 @@ found) were made by eye from those sheets, one look a pair at the 224 x 224 squa
 people or animal, the same spot, a moment or a re-framing apart), 0 otherwise (the same kind
 of photo — two dogs on grass, two climbers — but another subject or place; or the same
 people in another place; the same match or party, other players or guests; and every pair
-the eye was unsure of). Flickr8k has few bursts: 63 of the 643 pairs are positives (58 train,
-5 val; one train pair is the same photo under two names), and most close-id pairs are one
-football game's photos of different plays. scripts/fit_duplicate_thresholds.py measures the vector kinds and
+the eye was unsure of). Flickr8k has few bursts: 63 of the 691 pairs are positives (58 train,
+5 val; one train pair is the same photo under two names; none of the 48 at-scene samples),
+and most close-id pairs are one football game's photos of different plays. scripts/fit_duplicate_thresholds.py measures the vector kinds and
 the duplicate presets on them (imagetext.eval.same_scene).
 """
 
@@ -47,13 +50,10 @@ KINDS = ("instance", "visual", "semantic")
 SPLITS = ("train", "val")
 ID_GAP = {"train": 1000, "val": 300000}
 TOP = {"train": 40, "val": 40}
+AT_SCENE = {"train": 0, "val": 48}
 BAR_QUANTILE = 0.99
 SHEET_PAIRS = 24
 LABELS = Path(__file__).resolve().parent / "data" / "flickr8k_same_scene.tsv"
-
-
-def flickr_id(name: str) -> int:
-    return int(Path(name).name.split("_")[0])
 
 
 def split_collection(data: Path, split: str, work: Path):
@@ -89,6 +89,9 @@ def split_vectors(data: Path, split: str, work: Path) -> tuple[list[str], dict[s
 
 
 def candidates(names: list[str], vecs: dict[str, np.ndarray], split: str) -> list[dict]:
+    from imagetext.eval.same_scene import flickr_id
+    from imagetext.index.duplicates import preset_threshold
+
     fid = np.array([flickr_id(n) for n in names])
     i, j = np.triu_indices(len(names), 1)
     gap = np.abs(fid[i] - fid[j])
@@ -104,6 +107,11 @@ def candidates(names: list[str], vecs: dict[str, np.ndarray], split: str) -> lis
         order = np.flatnonzero(far)[np.argsort(-cos[k][far], kind="stable")]
         for p in order[: TOP[split]]:
             found.setdefault(int(p), f"high-cosine-{k}")
+    at_scene = np.flatnonzero(cos["instance"] >= preset_threshold("scene", "instance", turned=False))
+    at_scene = np.array([p for p in at_scene if int(p) not in found], np.int64)
+    rng = np.random.default_rng(0)
+    for p in rng.choice(at_scene, min(AT_SCENE[split], len(at_scene)), replace=False):
+        found[int(p)] = "at-scene-sample"
     rows = []
     for p in sorted(found, key=lambda p: (found[p] != "close-id", found[p], gap[p], p)):
         a, b = sorted((names[i[p]], names[j[p]]))

@@ -122,8 +122,8 @@ def same_scene_shots(encoder, extractor, data, kinds: dict, seed: int, say,
     sample = [train[k] for k in np.random.default_rng(seed + 3).choice(len(train), UNRELATED_PHOTOS,
                                                                        replace=False)]
     names = sorted({n for p in labels for n in (p.image_a, p.image_b)} | set(sample))
-    if cache is not None and cache.is_file():
-        arrays = np.load(cache)
+    arrays = np.load(cache) if cache is not None and cache.is_file() else {}
+    if "names" in arrays and arrays["names"].tolist() == names:  # the photos of these labels
         vecs = {k[len("shots-"):]: v for k, v in arrays.items() if k.startswith("shots-")}
         demo = {k[len("demo-"):]: v for k, v in arrays.items() if k.startswith("demo-")}
     else:
@@ -132,7 +132,7 @@ def same_scene_shots(encoder, extractor, data, kinds: dict, seed: int, say,
         vecs = vectors(encoder, extractor, [open_image(paths[n]) for n in names])
         demo = vectors(encoder, extractor, [open_image(GALLERY / p.file) for p in demo_photos()])
         if cache is not None:
-            np.savez(cache, **{f"shots-{k}": v for k, v in vecs.items()},
+            np.savez(cache, names=np.array(names), **{f"shots-{k}": v for k, v in vecs.items()},
                      **{f"demo-{k}": v for k, v in demo.items()})
     row = {n: k for k, n in enumerate(names)}
     unrelated_rows = np.array(sorted(row[n] for n in sample))
