@@ -326,11 +326,12 @@ def similar(
 
     First its copies and edits (resized, cropped, re-encoded, turned, rotated, mirrored or
     colour-edited copies, overlays, screenshots), marked "copy": the photos whose instance
-    feature reaches the "edits" duplicates threshold, the query turned 4 ways; then the photos
-    showing the most alike subject and scene (the semantic vectors; README, "What similar
-    ranks by"). Each line: the score (the cosine of the semantic vectors, copies included;
-    not a probability) and the path. An index without instance vectors (another model) ranks
-    by the semantic vectors alone.
+    feature reaches the "edits" duplicates threshold, the query turned 4 ways (once where
+    `duplicates` has stored the photos' turned vectors); then the photos showing the most
+    alike subject and scene (the semantic vectors; README, "What similar ranks by"). Each
+    line: the score (the cosine of the semantic vectors, copies included; not a probability)
+    and the path. An index without instance vectors (another model) ranks by the semantic
+    vectors alone.
     """
     col = _open_collection(collection, index_dir, model)
     # an indexed file is looked up by id, so it does not come back as its own best match
