@@ -502,7 +502,8 @@ def cluster(
 
     Each album is named by the caption words most particular to it (an index made with
     --caption), or else by the everyday labels the model finds most particular to its
-    photos; it is stored in the index (the web app's Explore page shows it) until the next
+    photos, led by an ImageNet label (the default model's) when the album is confidently
+    one; it is stored in the index (the web app's Explore page shows it) until the next
     run, or until the index is rebuilt for another model.
     """
     col = _open_collection(folder or collection, index_dir, None)

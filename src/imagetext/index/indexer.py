@@ -339,8 +339,7 @@ class Indexer:
         from imagetext.instance.features import turned_pixels
 
         encoder = self.col.encoder
-        extractor = instance_extractor(encoder)
-        if extractor is None:
+        if instance_extractor(encoder) is None:
             return 0
         self._begin(None)
         have = set(self.col.vectors("instance_turned")[0].tolist())
@@ -364,8 +363,7 @@ class Indexer:
                                  min(self.batch_size, ENCODE_CHUNK)):
                 ok = [b for b in batch if b.error is None]
                 if ok:
-                    outs = encoder.image_outputs(turned_pixels(np.stack([b.value for b in ok])))
-                    vecs = extractor.vectors_from_maps(outs)
+                    vecs = embed_pixels(encoder, turned_pixels(np.stack([b.value for b in ok])))[2]
                     stored += self.store.set_vectors("instance_turned", list(zip([b.item for b in ok], vecs)))
                     self._after_commit()
                 done += len(batch)

@@ -25,7 +25,7 @@ class EmbeddedImage:
     width: int  # pixel size of the image
     height: int
     semantic: np.ndarray  # (dim,) in the text-image space, L2-normalised
-    visual: np.ndarray  # (visual_dim,) for image-to-image search, L2-normalised
+    visual: np.ndarray  # (visual_dim,) how the image looks (the tower's pooled feature), L2-normalised
     caption: str | None = None
     caption_vector: np.ndarray | None = None  # the caption through the text encoder (dim,)
     # the instance feature (imagetext.instance), where the model's image run gives it

@@ -118,28 +118,25 @@ def turned_image_vectors(encoder, images: Sequence[Image.Image], turns: int = 4,
     runs of the tower an image). `skip_upright`: the upright input is not run (its vectors
     are stored): semantic and visual None, instance (n, turns - 1, d). A model whose image run
     gives no instance feature: instance None (and one run an image, upright)."""
-    from imagetext.index.indexer import instance_extractor
+    from imagetext.index.indexer import embed_pixels, instance_extractor
     from imagetext.instance.features import turned_pixels
-    from imagetext.models.base import l2_normalize
 
-    extractor = instance_extractor(encoder)
-    if extractor is None:
+    pixels = np.stack([encoder.preprocess(im) for im in images])
+    if instance_extractor(encoder) is None:
         if skip_upright:
             return None, None, None
-        emb = encoder.encode_pixels(np.stack([encoder.preprocess(im) for im in images]))
-        return emb.semantic, emb.visual, None
-    pixels = np.stack([encoder.preprocess(im) for im in images])
+        semantic, visual, _ = embed_pixels(encoder, pixels)
+        return semantic, visual, None
     stack = [pixels]
     for _ in range(turns - 1):
         stack.append(turned_pixels(stack[-1]))
     stack = stack[int(skip_upright):]
-    outs = encoder.image_outputs(np.stack(stack, axis=1).reshape(-1, *pixels.shape[1:]))
-    instance = extractor.vectors_from_maps(outs).reshape(len(images), len(stack), -1)
+    semantic, visual, instance = embed_pixels(encoder, np.stack(stack, axis=1).reshape(-1, *pixels.shape[1:]))
+    instance = instance.reshape(len(images), len(stack), -1)
     if skip_upright:
         return None, None, instance
-    names = list(outs)  # the indexer's order: semantic first, visual last
-    upright = slice(None, None, len(stack))
-    return l2_normalize(outs[names[0]][upright]), l2_normalize(outs[names[-1]][upright]), instance
+    upright = slice(None, None, len(stack))  # the indexer's vectors of the upright input
+    return semantic[upright], visual[upright], instance
 
 
 # how `similar` finds a query's copies: searches ((vector kind, query rows), ...), each

@@ -1,11 +1,13 @@
 """The stored vectors: one FAISS file per vector kind, the only copy of the vectors.
 
 Kinds (`KINDS`, one small spec each; a new kind is one entry): `semantic` (text->image
-search), `visual` (image->image), `caption` (the captions' text vectors, for images
-captioned while indexing), `instance` (imagetext.instance's feature, where the model's
-image run gives it: indexer.instance_extractor) and `instance_turned` (that feature of the
-photo turned by 90 degrees, made on demand: indexer.Indexer.turn_missing). Vectors are
-L2-normalised, so inner product is cosine similarity, and FAISS ids are the SQLite row ids. The layout follows docs/VECTOR_INDEX.md:
+search, and `similar`'s look-alikes), `visual` (how an image looks), `caption` (the
+captions' text vectors, for images captioned while indexing), `instance`
+(imagetext.instance's feature, where the model's image run gives it:
+indexer.instance_extractor) and `instance_turned` (that feature of the photo turned by 90
+degrees, made on demand: indexer.Indexer.turn_missing). Vectors are L2-normalised, so inner
+product is cosine similarity, and FAISS ids are the SQLite row ids. The layout follows
+docs/VECTOR_INDEX.md:
 - below IVF_THRESHOLD vectors (or `--index-type flat`): an exact scan of fp16 vectors
   (IndexScalarQuantizer QT_fp16 in an IndexIDMap2);
 - from IVF_THRESHOLD (or `--index-type ivf`): IVF{nlist} over the kind's scalar quantiser

@@ -5,7 +5,7 @@ PyPI), optionally with its last transformer layers fine-tuned, and optionally wi
 copies of the image tower's last MBConv blocks and head conv (a `TowerTail`) feeding the
 image head. Only the heads (and those tuned layers) are stored in the model folder's
 `model.safetensors`; `imagetext train clip` trains them on cached tower outputs. The
-`visual` vector for image-to-image search and the ImageNet logits that ConSE reads stay the
+`visual` vector (how the image looks) and the ImageNet logits that ConSE reads stay the
 frozen tower's: with a tuned tail, the graph branches at the tail's first block. Like ConSE,
 the image tower plus head runs through ONNX Runtime when available.
 """

@@ -1,7 +1,8 @@
 """The image-text encoder interface every backend implements.
 
 An encoder maps images and texts into one L2-normalised space (`dim`), and images also
-into a `visual` space used for image-to-image similarity. For CLIP-like models the two
+into a `visual` space of how they look (albums by look, the ImageNet labels that name
+albums, duplicates of an index without instance vectors). For CLIP-like models the two
 image vectors are the same; the ConSE default keeps a separate, much better, visual one.
 """
 
@@ -25,7 +26,7 @@ ImageSource = str | os.PathLike | bytes | Image.Image
 @dataclass
 class ImageEmbeddings:
     semantic: np.ndarray  # (N, dim) float32, L2-normalised, comparable with text vectors
-    visual: np.ndarray  # (N, visual_dim) float32, L2-normalised, for image-to-image search
+    visual: np.ndarray  # (N, visual_dim) float32, L2-normalised: how the images look
 
     def __len__(self) -> int:
         return len(self.semantic)

@@ -4,7 +4,7 @@ Norouzi et al., "Zero-Shot Learning by Convex Combination of Semantic Embeddings
 (ICLR 2014): an image is embedded as the probability-weighted mean of the text embeddings
 of its top-T predicted ImageNet classes; a text is embedded by the same text encoder.
 Image tower: EfficientNet-Lite0 (ImageNet); text tower: MiniLM-L6-v2. The pooled 1280-d
-CNN feature is kept as the `visual` vector for image-to-image search.
+CNN feature is kept as the `visual` vector (how the image looks).
 """
 
 from __future__ import annotations

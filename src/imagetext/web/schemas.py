@@ -186,11 +186,11 @@ class DuplicatesResponse(BaseModel):
     threshold: float = Field(description="The cosine threshold of the preset.")
     pixel_threshold: float | None = Field(description="exact: the SSIM of the photos' small grey "
                                                       "images each pair also reached.")
-    n_images: int = Field(description="Images compared.")
     turned: bool = Field(description="Copies turned by 90 degrees were looked for (instance "
                                      "vectors, not exact).")
     turned_missing: int = Field(description="Photos with no turned vector to look with (the "
                                             "index was busy or read-only).")
+    n_images: int = Field(description="Images compared.")
     n_groups: int
     n_others: int = Field(description="Photos not suggested to keep.")
     seconds: float
