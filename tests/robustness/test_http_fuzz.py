@@ -389,6 +389,10 @@ def test_fuzzed_requests_never_fail_the_server_nor_leak(gallery, server, client)
         check(gallery, request, status, body, headers)
         stats[f"{status // 100}xx"] += 1
     assert client.get("/api/similar", params={"path": "a\x00.jpg"}).status_code == 400
+    # first uses that allocate once, not leaks: the turned vectors duplicates makes (a batch
+    # through the image graph: ONNX Runtime's arena) and the albums (their labels' classifier)
+    assert client.get("/api/duplicates").status_code == 200
+    assert client.post("/api/clusters", params={"k": 3}).status_code == 200
 
     rss_before = server.rss()
     uploads = Counter()

