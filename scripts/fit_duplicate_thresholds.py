@@ -29,6 +29,13 @@ scripts/build_same_scene_pairs.py), tuned on train and reported on val, with UNR
 train photos for the unrelated pairs and the demo gallery for the look-alikes: the average
 precision of each kind (semantic vectors too), precision/recall of the labelled pairs at each
 preset's threshold, and the threshold that keeps the look-alikes apart.
+
+"edits_spatial" is what `duplicates(..., spatial=True)` asks of an "edits" pair besides its
+cosine ("instance+turned"): the RANSAC inliers of its photos' local features
+(imagetext.instance.spatial), the most that keep SPATIAL_RECALL of the reference set's copies
+that reach the cosine (the candidate pairs verified as
+scripts/measure_spatial_verification.py does, which also measures look-alikes and real shots of one
+scene); precision and recall of both tests together are reported on both sets.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 from build_same_scene_pairs import LABELS as SCENE_LABELS
+from measure_spatial_verification import verify_pairs
 
 from imagetext.data.readers import read_pairs
 from imagetext.eval.instance import (
@@ -70,6 +78,8 @@ EXACT_TRANSFORMS = ("resize", "jpeg")
 EXACT_RECALL = 0.99
 EXACT_CANDIDATES = "same scene"  # the cosine preset whose pairs the SSIM then confirms
 UNRELATED_PHOTOS = 1500  # train photos whose pairs of far-apart Flickr ids are the unrelated ones
+SPATIAL_RECALL = 0.999  # of the reference copies the "edits" cosine keeps
+SPATIAL_WORKERS = 2
 SCENE_KINDS = ("instance", "visual", "instance" + TURNED_SUFFIX, "semantic")
 
 
@@ -141,6 +151,46 @@ def same_scene_shots(encoder, extractor, data, kinds: dict, seed: int, say,
         presets = {p: v["threshold"] for p, v in kinds.get(kind, {}).items()}
         out[kind] = measure_kind(kind, labels, names, vecs, unrelated_rows, demo, presets)
         say(f"same scene shots {kind:15s} {json.dumps(out[kind])}")
+    return out
+
+
+def edits_spatial(sets: dict, scores: dict, threshold: float, say, cache: Path | None) -> dict:
+    """The inliers "edits" pairs must also reach (spatial=True): the candidate pairs of each
+    set ({split: InstanceSet}, reference first; `scores`: their flattened "instance+turned"
+    cosines) at `threshold` verified (measure_spatial_verification.verify_pairs), the count
+    chosen on the reference copies, precision/recall of both tests on each set."""
+    pairs = {}
+    for split, s in sets.items():
+        q, d = np.nonzero(scores[split].reshape(len(s.queries), -1) >= threshold)
+        pairs[split] = (q, d)
+    arrays = np.load(cache) if cache is not None and cache.is_file() else {}
+    if all(f"{k}-pairs" in arrays and np.array_equal(arrays[f"{k}-pairs"], np.stack(pairs[k]))
+           for k in sets):
+        inliers = {k: arrays[f"{k}-inliers"] for k in sets}
+    else:
+        items = [((k, int(q), int(d)), ("query", k, *sets[k].queries[q]), ("path", sets[k].database[d]))
+                 for k in sets for q, d in zip(*pairs[k])]
+        say(f"spatial verification of {len(items)} candidate pairs")
+        found, *_ = verify_pairs(items, sets, SPATIAL_WORKERS, say)
+        inliers = {k: np.array([found[k, int(q), int(d)] for q, d in zip(*pairs[k])]) for k in sets}
+        if cache is not None:
+            np.savez(cache, **{f"{k}-pairs": np.stack(pairs[k]) for k in sets},
+                     **{f"{k}-inliers": v for k, v in inliers.items()})
+    own = {k: np.array([sets[k].queries[q][0] == d for q, d in zip(*pairs[k])], bool) for k in sets}
+    reference = next(iter(sets))
+    m = int(np.floor(np.quantile(inliers[reference][own[reference]], 1 - SPATIAL_RECALL)))
+    out = {"inliers": m, "candidates": "edits", "kind": "instance" + TURNED_SUFFIX}
+    for k, s in sets.items():
+        kept = inliers[k] >= m
+        tp = int((kept & own[k]).sum())
+        kinds = np.array([s.queries[q][1] for q in pairs[k][0]])
+        out[f"{k}_precision"] = round(tp / max(1, int(kept.sum())), 4)
+        out[f"{k}_recall"] = round(tp / len(s.queries), 4)
+        out[f"{k}_false_candidates_most_inliers"] = int(inliers[k][~own[k]].max(initial=0))
+        out[f"{k}_recall_per_transform"] = {
+            t: round(float((kept & own[k] & (kinds == t)).sum() / (len(s.queries) / len(s.transforms))), 3)
+            for t in s.transforms}
+    say(f"edits spatial {out}")
     return out
 
 
@@ -237,6 +287,12 @@ def main() -> None:
                                f"{args.split}_recall_per_transform": per_transform_recall(evaluated, scores, t)}
             say(f"{kind:8s} {preset:12s} {presets[preset]}")
         kinds[kind] = presets
+    turned_kind = "instance" + TURNED_SUFFIX
+    spatial = edits_spatial(
+        {args.reference_split: reference, args.split: evaluated},
+        {args.reference_split: pair_scores(ref_q_v, ref_db_v, turned_kind).ravel(),
+         args.split: pair_scores(q_v, db_v, turned_kind).ravel()},
+        kinds[turned_kind]["edits"]["threshold"], say, cache("spatial"))
     shots = same_scene_shots(encoder, extractor, args.data, kinds, args.seed, say, cache("shots"))
     out = {
         "about": "cosine thresholds of the duplicate presets per vector kind, written by "
@@ -245,7 +301,9 @@ def main() -> None:
         "criteria": {**{k: f"cosine: {c} >= {t} on the {args.reference_split} pairs (every "
                         "copy a positive)" for k, (_, c, t) in criteria.items()},
                      "exact copies SSIM": f"recall {EXACT_RECALL} of the {args.reference_split} "
-                     f"set's {' and '.join(EXACT_TRANSFORMS)} copies"},
+                     f"set's {' and '.join(EXACT_TRANSFORMS)} copies",
+                     "edits spatial": f"RANSAC inliers: keep {SPATIAL_RECALL} of the "
+                     f"{args.reference_split} copies that reach the edits cosine"},
         "data": Path(args.data).name, "seed": args.seed,
         "reference": {"split": args.reference_split, "originals": len(reference.originals),
                       "database": len(reference.database), "queries": len(reference.queries)},
@@ -253,6 +311,7 @@ def main() -> None:
                       "database": len(evaluated.database), "queries": len(evaluated.queries)},
         "kinds": kinds,
         "exact_copies_ssim": exact_ssim,
+        "edits_spatial": spatial,
         "same_scene_shots": {
             "about": "each kind's presets on real shots of one scene (labelled by eye: "
                      f"scripts/data/{SCENE_LABELS.name}, train and val) and on look-alikes (the "

@@ -115,6 +115,12 @@ def pixel_similarity(a: tuple[np.ndarray, float], b: tuple[np.ndarray, float]) -
     return float(structural_similarity(a[0], b[0], data_range=255.0))
 
 
+def spatial_threshold() -> int:
+    """The RANSAC inliers (instance.spatial.spatial_inliers) an "edits" pair must reach with
+    `spatial=True`."""
+    return int(_thresholds()["edits_spatial"]["inliers"])
+
+
 def sharpness(path: str | os.PathLike) -> float:
     """The variance of the 4-neighbour Laplacian of the grey image, scaled down to at most
     MAX_SHARPNESS_SIDE on its long side (so photos of different sizes compare): higher is
@@ -277,6 +283,30 @@ def _same_pixels(collection: Collection, ids: np.ndarray, i: np.ndarray, j: np.n
     return i[np.array(keep, bool)], j[np.array(keep, bool)]
 
 
+def _same_geometry(collection: Collection, ids: np.ndarray, i: np.ndarray, j: np.ndarray,
+                   minimum: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (i, j) whose photos share at least `minimum` spatial_inliers, the first
+    photo as it is or mirrored (an unreadable photo is no one's copy)."""
+    from imagetext.instance.spatial import local_features, spatial_inliers
+
+    features: dict[tuple[int, bool], tuple | None] = {}
+
+    def local(m: int, mirror: bool = False):
+        if (m, mirror) not in features:
+            try:
+                features[m, mirror] = local_features(collection.get(int(ids[m])).path, mirror)
+            except (OSError, InvalidInputError):
+                features[m, mirror] = None
+        return features[m, mirror]
+
+    keep = np.zeros(len(i), bool)
+    for k, (m, n) in enumerate(zip(i.tolist(), j.tolist())):
+        a, b = local(m), local(n)
+        keep[k] = a is not None and b is not None and (
+            spatial_inliers(a, b) >= minimum or spatial_inliers(local(m, True), b) >= minimum)
+    return i[keep], j[keep]
+
+
 def star_groups(order: list[int], neighbours: dict[int, set[int]]) -> list[list[int]]:
     """A component split so that every photo of a group is a near-duplicate of the group's
     photo to keep, not only linked to it through others (a chain of sports photos, each like
@@ -311,13 +341,15 @@ def default_vectors(collection: Collection) -> tuple[str, np.ndarray, np.ndarray
 
 def find_duplicates(collection: Collection, preset: str | None = DEFAULT_PRESET,
                     threshold: float | None = None, vectors: str | None = None,
-                    turned: bool = True, on_progress=None) -> Duplicates:
+                    turned: bool = True, on_progress=None, spatial: bool = False) -> Duplicates:
     """Groups of near-duplicates in `collection`: pairs of `vectors` (default:
     `default_vectors`) with a cosine >= the `threshold` given, else the `preset`'s ("exact",
     "edits" or "scene"). `turned` (instance vectors, not "exact"): a copy turned by 90 degrees
     either way counts too, each photo's turned vector compared with the others' vectors;
     photos without one get it first (Collection.turn_missing: one model run each, stored,
-    progress to `on_progress`), unless the index is busy or read-only."""
+    progress to `on_progress`), unless the index is busy or read-only. `spatial` ("edits"):
+    each pair must also share the stored number of keypoints in one geometry
+    (instance.spatial), which drops look-alikes such as two landmarks at night."""
     started = time.perf_counter()
     if vectors is None:
         vectors, ids, vecs = default_vectors(collection)
@@ -354,6 +386,8 @@ def find_duplicates(collection: Collection, preset: str | None = DEFAULT_PRESET,
     pixels = pixel_threshold() if preset == "exact" else None
     if pixels is not None:  # and the same pixels: see pixel_similarity
         i, j = _same_pixels(collection, ids, i, j, pixels)
+    if spatial and preset == "edits":  # and one geometry: see instance/spatial.py
+        i, j = _same_geometry(collection, ids, i, j, spatial_threshold())
     neighbours: dict[int, set[int]] = {}
     for m, n in zip(i.tolist(), j.tolist()):
         neighbours.setdefault(m, set()).add(n)
