@@ -70,3 +70,19 @@ def test_inliers_of_an_edited_copy_a_mirror_image_and_look_alikes(tmp_path):
     assert spatial_inliers(a, b) < m
     flat = local_features(Image.fromarray(np.full((300, 400, 3), 128, np.uint8)))
     assert len(flat[0]) == 0 and spatial_inliers(flat, original) == 0
+
+
+def test_the_cli_checks_keypoints_only_when_asked(collection):
+    import json
+
+    from tests.test_cli import run
+
+    plain = json.loads(run("duplicates", str(collection.root), "--json").stdout)
+    assert plain["spatial_inliers"] is None
+    assert any(LANDMARKS <= {p.rsplit("/", 1)[-1] for p in (x["path"] for x in g["photos"])}
+               for g in plain["groups"])
+    checked = json.loads(run("duplicates", str(collection.root), "--spatial", "--json").stdout)
+    assert checked["spatial_inliers"] >= 10
+    names = [{x["path"].rsplit("/", 1)[-1] for x in g["photos"]} for g in checked["groups"]]
+    assert {"brandenburg-gate.jpg", "brandenburg-gate-edited.jpg"} in names
+    assert not any(LANDMARKS <= n for n in names)

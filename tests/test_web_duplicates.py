@@ -48,6 +48,10 @@ def test_duplicates_through_the_api(client, dup_server):
     body = client.get("/api/duplicates").json()
     assert body["preset"] == "edits" and body["n_images"] == dup_server.n_images
     assert body["turned"] is True and body["turned_missing"] == 0  # turned vectors made, stored
+    checked = client.get("/api/duplicates", params={"spatial": "true"}).json()
+    assert body["spatial_inliers"] is None and checked["spatial_inliers"] >= 10
+    assert ["brandenburg-gate.jpg", "edits/brandenburg-gate-edited.jpg"] in [
+        [p["relative_path"] for p in g["photos"]] for g in checked["groups"]]
     plain = client.get("/api/duplicates", params={"turned": "false"}).json()
     assert plain["turned"] is False and plain["threshold"] < body["threshold"] + 0.2
     names = [[p["relative_path"] for p in g["photos"]] for g in body["groups"]]
@@ -71,6 +75,7 @@ def test_duplicates_through_the_api(client, dup_server):
     assert "/api/duplicates" in schema["paths"]
     assert client.get("/duplicates", params={"preset": "blurry"}).status_code == 400
     assert client.get("/duplicates", params={"turned": "maybe"}).status_code == 400
+    assert client.get("/duplicates", params={"check": "pixels"}).status_code == 400
     assert client.get("/api/duplicates", params={"turned": "maybe"}).status_code == 422
     assert _snapshot(dup_server.root) == before  # review only
 
@@ -97,14 +102,14 @@ def test_the_duplicates_page_shows_groups_side_by_side(browser, dup_server):  # 
 
         page.select_option("#preset", "scene")
         page.click("form.duplicates-form button[type=submit]")
-        page.wait_for_url(re.compile(r"/duplicates\?preset=scene&turned=yes$"))
+        page.wait_for_url(re.compile(r"/duplicates\?preset=scene&turned=yes&check=vectors$"))
         assert "motorcycle_left.png" in page.locator("#groups").inner_text()
         assert page.locator("#preset").input_value() == "scene"
         shot(page, "duplicates-scene")
 
         page.select_option("#preset", "exact")
         page.click("form.duplicates-form button[type=submit]")
-        page.wait_for_url(re.compile(r"preset=exact&turned=yes$"))
+        page.wait_for_url(re.compile(r"preset=exact&turned=yes&check=vectors$"))
         text = page.locator("main").inner_text()
         assert "colosseum-small.jpg" in text and "motorcycle_left.png" not in text
         assert "turned by 90° too" not in page.locator("#duplicates-summary").inner_text()
@@ -112,11 +117,17 @@ def test_the_duplicates_page_shows_groups_side_by_side(browser, dup_server):  # 
         page.select_option("#preset", "edits")
         page.select_option("#turned", "no")
         page.click("form.duplicates-form button[type=submit]")
-        page.wait_for_url(re.compile(r"preset=edits&turned=no$"))
+        page.wait_for_url(re.compile(r"preset=edits&turned=no&check=vectors$"))
         assert page.locator("#turned").input_value() == "no"
         assert "turned by 90° too" not in page.locator("#duplicates-summary").inner_text()
         page.goto(dup_server.url + "/duplicates")
         assert "turned by 90° too" in page.locator("#duplicates-summary").inner_text()
+        page.select_option("#check", "keypoints")
+        page.click("form.duplicates-form button[type=submit]")
+        page.wait_for_url(re.compile(r"check=keypoints$"))
+        assert "keypoints in one geometry" in page.locator("#duplicates-summary").inner_text()
+        assert "brandenburg-gate-edited.jpg" in page.locator("#groups").inner_text()
+        shot(page, "duplicates-keypoints")
 
     for phone in checked_page(browser, dup_server, 390, 844):
         phone.goto(dup_server.url + "/duplicates?preset=scene")

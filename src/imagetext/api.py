@@ -360,18 +360,20 @@ def clusters(collection: Collection | str) -> Clustering | None:
 
 def duplicates(collection: Collection | str, preset: str | None = "edits",
                threshold: float | None = None, vectors: str | None = None,
-               turned: bool = True, on_progress=None) -> Duplicates:
+               turned: bool = True, on_progress=None, spatial: bool = False) -> Duplicates:
     """Groups of near-duplicates in a collection (a Collection, or its folder): photos whose
     `vectors` (default: "instance" where every image has one, else "visual") have a cosine
     >= `threshold`, or the `preset`'s ("exact", "edits", "scene"; exact also compares the
     pixels), linked into groups; each group's first photo is the one suggested to keep
     (most pixels, then largest file, then sharpest). `turned`: copies turned by 90 degrees
     count too (instance vectors; the first time each photo is turned and run through the
-    model once, stored in the index; `on_progress` gets stage "turn"). Touches no photo; see
+    model once, stored in the index; `on_progress` gets stage "turn"). `spatial` ("edits"):
+    each pair must also share enough keypoints in one geometry (ORB + RANSAC,
+    instance/spatial.py), which drops look-alikes; about a second per pair. Touches no photo; see
     index/duplicates.py (and its move_others, which moves the others only when called)."""
     from imagetext.index.duplicates import find_duplicates
 
     if isinstance(collection, Collection):
-        return find_duplicates(collection, preset, threshold, vectors, turned, on_progress)
+        return find_duplicates(collection, preset, threshold, vectors, turned, on_progress, spatial)
     with Collection.open(collection) as col:
-        return find_duplicates(col, preset, threshold, vectors, turned, on_progress)
+        return find_duplicates(col, preset, threshold, vectors, turned, on_progress, spatial)

@@ -545,6 +545,10 @@ def duplicates(
         "--turned/--no-turned", help="Also find copies turned by 90 degrees either way (instance "
         "vectors; not for exact). The first time, each photo is turned and run through the "
         "model once more (stored in the index, so later runs are quick).")] = True,
+    spatial: Annotated[bool, typer.Option(
+        "--spatial", help="edits: also match keypoints between the two photos of each pair in one "
+        "geometry (ORB + RANSAC), which drops look-alikes (two landmarks that look alike); about "
+        "a second per pair found.")] = False,
     write_list: Annotated[Path | None, typer.Option(
         "--write-list", metavar="FILE", help="Write the paths of the photos not suggested to "
         "keep to FILE, one a line.")] = None,
@@ -569,7 +573,7 @@ def duplicates(
     with col:
         with IndexProgressBars() as bars:
             result = find_duplicates(col, preset, threshold, vectors, turned,
-                                     on_progress=None if as_json else bars)
+                                     on_progress=None if as_json else bars, spatial=spatial)
         moved = []
         if write_list is not None:
             try:
@@ -588,6 +592,8 @@ def duplicates(
         how = f"preset {result.preset}" if result.preset else "threshold"
         pixels = (f" and pixel SSIM >= {result.pixel_threshold}"
                   if result.pixel_threshold is not None else "")
+        if result.spatial_inliers is not None:
+            pixels += f" and >= {result.spatial_inliers} keypoints in one geometry"
         n_groups, n_others = len(result.groups), len(result.others)
         print(f"{n_groups} group{'' if n_groups == 1 else 's'}, {n_others} "
               f"photo{'' if n_others == 1 else 's'} to review, among "

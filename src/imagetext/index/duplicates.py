@@ -186,6 +186,7 @@ class Duplicates:
     # "exact"), and how many photos had no turned vector to look with (index busy/read-only)
     turned: bool = False
     turned_missing: int = 0
+    spatial_inliers: int | None = None  # "edits" with spatial: the inliers each pair reached
 
     @property
     def others(self) -> list[str]:
@@ -196,6 +197,7 @@ class Duplicates:
         return {"root": self.root, "vectors": self.vectors, "preset": self.preset,
                 "threshold": self.threshold, "pixel_threshold": self.pixel_threshold,
                 "turned": self.turned, "turned_missing": self.turned_missing,
+                "spatial_inliers": self.spatial_inliers,
                 "n_images": self.n_images,
                 "n_groups": len(self.groups), "n_others": len(self.others),
                 "seconds": self.seconds, "groups": [g.to_dict() for g in self.groups]}
@@ -386,8 +388,9 @@ def find_duplicates(collection: Collection, preset: str | None = DEFAULT_PRESET,
     pixels = pixel_threshold() if preset == "exact" else None
     if pixels is not None:  # and the same pixels: see pixel_similarity
         i, j = _same_pixels(collection, ids, i, j, pixels)
-    if spatial and preset == "edits":  # and one geometry: see instance/spatial.py
-        i, j = _same_geometry(collection, ids, i, j, spatial_threshold())
+    inliers = spatial_threshold() if spatial and preset == "edits" else None
+    if inliers is not None:  # and one geometry: see instance/spatial.py
+        i, j = _same_geometry(collection, ids, i, j, inliers)
     neighbours: dict[int, set[int]] = {}
     for m, n in zip(i.tolist(), j.tolist()):
         neighbours.setdefault(m, set()).add(n)
@@ -415,7 +418,7 @@ def find_duplicates(collection: Collection, preset: str | None = DEFAULT_PRESET,
     return Duplicates(str(collection.root), vectors, preset, round(float(threshold), 4), len(ids),
                       [DuplicateGroup(n + 1, g) for n, g in enumerate(groups)],
                       pixel_threshold=pixels, seconds=round(time.perf_counter() - started, 2),
-                      turned=turned, turned_missing=turned_missing)
+                      turned=turned, turned_missing=turned_missing, spatial_inliers=inliers)
 
 
 def _move_no_clobber(src: Path, dst: Path) -> Path:

@@ -190,6 +190,8 @@ class DuplicatesResponse(BaseModel):
                                      "vectors, not exact).")
     turned_missing: int = Field(description="Photos with no turned vector to look with (the "
                                             "index was busy or read-only).")
+    spatial_inliers: int | None = Field(description="edits with spatial: the keypoints in one "
+                                                    "geometry each pair also shared.")
     n_images: int = Field(description="Images compared.")
     n_groups: int
     n_others: int = Field(description="Photos not suggested to keep.")

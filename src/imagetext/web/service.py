@@ -256,14 +256,14 @@ class WebService:
         return {"album": self.album_dict(cluster), "results": [self.result_dict(r) for r in members]}
 
     # -- near-duplicates (index/duplicates.py) -----------------------------------------
-    def duplicates(self, preset: str, turned: bool = True) -> dict:
+    def duplicates(self, preset: str, turned: bool = True, spatial: bool = False) -> dict:
         """Groups of near-duplicates at a preset (`turned`: copies turned by 90 degrees too;
         photos without a turned vector get one first, stored), each photo an image record plus
         its file size, sharpness, similarity to the photo suggested to keep, and whether it
         is that one. Review only: nothing is moved."""
         from imagetext.index.duplicates import find_duplicates
 
-        result = find_duplicates(self.collection, preset, turned=turned)
+        result = find_duplicates(self.collection, preset, turned=turned, spatial=spatial)
         data = result.to_dict()
         data["root"] = shown_path(data["root"])
         data["groups"] = [{"id": g.id, "size": len(g.photos), "photos": [

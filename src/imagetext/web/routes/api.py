@@ -226,8 +226,11 @@ async def api_duplicates(
     turned: Annotated[bool, Query(
         description="Also copies turned by 90 degrees (not for exact). The first time, each "
         "photo is turned and run through the model once more, stored in the index.")] = True,
+    spatial: Annotated[bool, Query(
+        description="edits: also match keypoints in one geometry (ORB + RANSAC), which drops "
+        "look-alikes; about a second per pair found.")] = False,
 ) -> dict:
     """Groups of near-duplicates, the photo suggested to keep first in each. Review only:
     no file is moved or deleted (the CLI's `imagetext duplicates --move-to` does that)."""
     async with heavy():
-        return await service.call(service.duplicates, preset, turned)
+        return await service.call(service.duplicates, preset, turned, spatial)

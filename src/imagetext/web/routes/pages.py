@@ -237,7 +237,7 @@ async def explore_make_albums(request: Request, web: State, heavy: Heavy, k: For
 
 @router.get("/duplicates")
 async def duplicates_page(request: Request, web: State, heavy: Heavy, preset: str = "edits",
-                          turned: str = "yes"):
+                          turned: str = "yes", check: str = "vectors"):
     """The Duplicates page: groups side by side at a preset (review only, nothing is moved)."""
     from imagetext.index.duplicates import PRESETS
 
@@ -246,9 +246,13 @@ async def duplicates_page(request: Request, web: State, heavy: Heavy, preset: st
         raise UserError(f"There is no preset {shown(preset)}: choose exact, edits or scene.")
     if turned not in ("yes", "no"):
         raise UserError(f"turned is yes or no, not {shown(turned)}.")
+    check = check.strip().lower()
+    if check not in ("vectors", "keypoints"):
+        raise UserError(f"check is vectors or keypoints, not {shown(check)}.")
     async with heavy():
-        context = await web.service.call(web.service.duplicates, preset, turned == "yes")
-    context["turned_asked"] = turned == "yes"
+        context = await web.service.call(web.service.duplicates, preset, turned == "yes",
+                                         check == "keypoints")
+    context["turned_asked"], context["check"] = turned == "yes", check
     return await web.render(request, "duplicates.html", context, tab="duplicates")
 
 
