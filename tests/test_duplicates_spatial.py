@@ -5,13 +5,11 @@ Gateway of India and the Taj Mahal), which the "edits" cosine alone groups, do n
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from tests.test_duplicates import GALLERY, edited_copy
+from tests.test_duplicates import GALLERY, _groups, edited_copy
 
 LANDMARKS = {"gateway-of-india-at-night.jpg", "taj-mahal.jpg"}
 
@@ -31,10 +29,6 @@ def collection(tmp_path_factory):
     assert not col.index().failed
     yield col
     col.close()
-
-
-def _groups(result) -> list[set[str]]:
-    return [{Path(p.path).name for p in g.photos} for g in result.groups]
 
 
 def test_spatial_verification_keeps_copies_and_drops_landmark_look_alikes(collection):

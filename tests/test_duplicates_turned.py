@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.test_cli import run
-from tests.test_duplicates import DISTRACTORS, GALLERY
+from tests.test_duplicates import DISTRACTORS, GALLERY, _groups
 
 
 def make_gallery(root: Path) -> Path:
@@ -40,10 +40,6 @@ def collection(tmp_path_factory):
     assert not col.index().failed
     yield col
     col.close()
-
-
-def _groups(result) -> list[set[str]]:
-    return [{Path(p.path).name for p in g.photos} for g in result.groups]
 
 
 def test_turned_copies_are_found_only_with_turned_vectors(collection):

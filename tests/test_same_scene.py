@@ -21,6 +21,7 @@ from imagetext.eval.same_scene import (
     score_matrix,
     unrelated_scores,
 )
+from tests.test_duplicates import _groups
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = REPO / "scripts" / "data" / "flickr8k_same_scene.tsv"
@@ -113,10 +114,6 @@ def bursts_and_landmarks(tmp_path_factory):
     assert not col.index().failed
     yield col
     col.close()
-
-
-def _groups(result) -> list[set[str]]:
-    return [{Path(p.path).name for p in g.photos} for g in result.groups]
 
 
 def test_two_shots_of_one_scene_are_grouped_at_scene(bursts_and_landmarks):
