@@ -533,14 +533,15 @@ def duplicates(
     preset: Annotated[str, typer.Option(
         help="exact (exact copies: resized or re-saved, the same pixels), edits (also crops, "
         "mirror images, filters, overlays, small rotations) or scene (also other shots of the "
-        "same scene, bursts). Thresholds measured on edited Flickr8k photos "
+        "same scene, bursts, and places that merely look alike: review them). Thresholds "
+        "measured on edited Flickr8k photos "
         "(scripts/fit_duplicate_thresholds.py).")] = "edits",
     threshold: Annotated[float | None, typer.Option(
         min=-1.0, max=1.0, help="A cosine similarity threshold instead of the preset's.")] = None,
     vectors: Annotated[str | None, typer.Option(
         help="The stored vectors compared: instance (the instance feature, made for copies and "
         "edits; the default where every photo has one, as the default model indexes them) or "
-        "visual (the image-to-image vector; the default otherwise).")] = None,
+        "visual (how the photos look, the tower's pooled feature; the default otherwise).")] = None,
     turned: Annotated[bool, typer.Option(
         "--turned/--no-turned", help="Also find copies turned by 90 degrees either way (instance "
         "vectors; not for exact). The first time, each photo is turned and run through the "
