@@ -66,6 +66,7 @@ def test_inliers_of_an_edited_copy_a_mirror_image_and_look_alikes(tmp_path):
     assert len(flat[0]) == 0 and spatial_inliers(flat, original) == 0
 
 
+@pytest.mark.slow  # two CLI processes and the keypoint check: ~3 s
 def test_the_cli_checks_keypoints_only_when_asked(collection):
     import json
 

@@ -58,6 +58,7 @@ def test_the_hybrid_puts_copies_first_then_the_visual_order():
     assert np.argsort(-option_keys("hybrid-semantic+turn", q, db, 0.3, 0.6)[0]).tolist() == [0, 1, 2]
 
 
+@pytest.mark.slow  # the default model on val photos: ~4 s on 2 cores
 def test_a_small_run_on_flickr8k_val():
     if not (FLICKR8K / "captions.tsv").is_file():
         pytest.skip("Flickr8k data (../shared/data/flickr8k) not present")

@@ -80,6 +80,7 @@ def test_a_13000x13000_png_is_refused_before_decoding_and_costs_nothing(server):
     assert kept < 20 * MB, f"kept +{kept // MB} MB"
 
 
+@pytest.mark.slow  # ~6 s on 2 cores
 def test_large_images_within_the_budget_are_decoded_and_the_memory_goes_back(server):
     client = server.client
     photo = Image.open(io.BytesIO(server.photo)).convert("RGB")

@@ -199,6 +199,7 @@ def test_reindex_while_another_process_indexes_is_refused_without_harm(tmp_path)
     assert rebuilt["build"] != state["build"] and not staging.parent.exists()
 
 
+@pytest.mark.slow  # 400 photos through a real indexer: ~7 s on 2 cores
 @needs_flickr
 def test_ctrl_c_stops_indexing_and_keeps_finished_batches(tmp_path):
     # enough photos that the run is still embedding when Ctrl-C comes (80 finished first on a
