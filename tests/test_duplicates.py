@@ -233,11 +233,29 @@ def test_move_to_with_a_read_only_index_moves_nothing(tmp_path):
             remount(disk, "rw")
 
 
+def add_without_instance_vectors(col, files: list[Path]) -> None:
+    """Store `files` (under the collection's folder) as images embedded elsewhere with only
+    semantic and visual vectors (add_embedded), as an index made by Ray before instance
+    vectors, or by another model, holds them."""
+    from imagetext.index.records import EmbeddedImage
+
+    emb = col.encoder.encode_images(files)
+    records = []
+    for n, path in enumerate(files):
+        data = path.read_bytes()
+        with Image.open(path) as img:
+            w, h = img.size
+        records.append(EmbeddedImage(path.relative_to(col.root).as_posix(), len(data),
+                                     path.stat().st_mtime, hashlib.sha1(data).hexdigest(),
+                                     w, h, emb.semantic[n], emb.visual[n]))
+    col.add_embedded(records)
+    assert len(col.vectors("instance")[0]) == 0
+
+
 def test_without_instance_vectors_the_visual_ones_are_grouped(tmp_path):
     """An index whose images have no instance vector (embedded elsewhere, add_embedded without
     one) falls back to the visual vectors, with their own thresholds."""
     from imagetext.api import Collection, duplicates
-    from imagetext.index.records import EmbeddedImage
 
     root = tmp_path / "photos"
     root.mkdir()
@@ -246,16 +264,6 @@ def test_without_instance_vectors_the_visual_ones_are_grouped(tmp_path):
     (root / "koala.jpg").write_bytes((GALLERY / "koala.jpg").read_bytes())
     files = sorted(root.iterdir())
     with Collection.open(root) as col:
-        emb = col.encoder.encode_images(files)
-        records = []
-        for n, path in enumerate(files):
-            data = path.read_bytes()
-            with Image.open(path) as img:
-                w, h = img.size
-            records.append(EmbeddedImage(path.name, len(data), path.stat().st_mtime,
-                                         hashlib.sha1(data).hexdigest(), w, h, emb.semantic[n],
-                                         emb.visual[n]))
-        col.add_embedded(records)
-        assert len(col.vectors("instance")[0]) == 0
+        add_without_instance_vectors(col, files)
         result = duplicates(col, "edits")
         assert result.vectors == "visual" and _groups(result) == [{"gate.jpg", "gate-edited.jpg"}]

@@ -5,7 +5,6 @@ instance vectors. The measurement behind it: eval/similar.py (`imagetext eval si
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -156,22 +155,12 @@ def test_without_instance_vectors_the_semantic_vector_ranks(tmp_path):
     """An index whose images have no instance vector (embedded elsewhere, add_embedded without
     one) ranks by the semantic vector alone, and marks no copy."""
     from imagetext.api import Collection
-    from imagetext.index.records import EmbeddedImage
+    from tests.test_duplicates import add_without_instance_vectors
 
     root = make_gallery(tmp_path / "photos")
     files = sorted(p for p in root.rglob("*.jpg"))
     with Collection.open(root) as col:
-        emb = col.encoder.encode_images(files)
-        records = []
-        for n, path in enumerate(files):
-            data = path.read_bytes()
-            with Image.open(path) as img:
-                w, h = img.size
-            records.append(EmbeddedImage(path.relative_to(root).as_posix(), len(data),
-                                         path.stat().st_mtime, hashlib.sha1(data).hexdigest(),
-                                         w, h, emb.semantic[n], emb.visual[n]))
-        col.add_embedded(records)
-        assert len(col.vectors("instance")[0]) == 0
+        add_without_instance_vectors(col, files)
         taj = _id(col, "taj-mahal.jpg")
         results = col.similar(taj, k=len(col) - 1)
         assert all(r.match is None for r in results) and taj not in [r.id for r in results]
