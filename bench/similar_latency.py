@@ -65,12 +65,13 @@ def main() -> None:
         def by_id_visual(i):
             vec = visual.get([ids[i]])[ids[i]]
             scores, found = visual.search(vec[None], 11)
-            col._searcher.results(scores[0], found[0], exclude=ids[i], k=10)
+            other = found[0] != ids[i]
+            col._searcher.results(scores[0][other][:10], found[0][other][:10])
 
         def outside_visual(i):
             vec = col.encoder.encode_images([str(outside[i])]).visual
             scores, found = visual.search(vec, 10)
-            col._searcher.results(scores[0], found[0], k=10)
+            col._searcher.results(scores[0], found[0])
 
         n = len(ids)
         report = {

@@ -266,44 +266,42 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> list[np.ndarray]:
     return [c for c in np.split(order, bounds) if len(c) > 1]
 
 
+def _per_photo(collection: Collection, ids: np.ndarray, describe):
+    """m -> describe(path of the photo in row m, *args), each computed once; None for a photo
+    that cannot be read (gone or broken since indexed: no one's copy)."""
+    done: dict[tuple, object] = {}
+
+    def get(m: int, *args):
+        key = (m, *args)
+        if key not in done:
+            try:
+                done[key] = describe(collection.get(int(ids[m])).path, *args)
+            except (OSError, InvalidInputError):
+                done[key] = None
+        return done[key]
+
+    return get
+
+
 def _same_pixels(collection: Collection, ids: np.ndarray, i: np.ndarray, j: np.ndarray,
                  threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """The pairs (i, j) whose photos' pixel_similarity is >= threshold (an unreadable photo
-    is no one's copy)."""
-    small: dict[int, tuple | None] = {}
-
-    def grey(m: int):
-        if m not in small:
-            try:
-                small[m] = small_grey(collection.get(int(ids[m])).path)
-            except (OSError, InvalidInputError):
-                small[m] = None
-        return small[m]
-
-    keep = [a is not None and b is not None and pixel_similarity(a, b) >= threshold
-            for a, b in ((grey(m), grey(n)) for m, n in zip(i.tolist(), j.tolist()))]
-    return i[np.array(keep, bool)], j[np.array(keep, bool)]
+    """The pairs (i, j) whose photos' pixel_similarity is >= threshold."""
+    grey = _per_photo(collection, ids, small_grey)
+    keep = np.array([a is not None and b is not None and pixel_similarity(a, b) >= threshold
+                     for a, b in ((grey(m), grey(n)) for m, n in zip(i.tolist(), j.tolist()))], bool)
+    return i[keep], j[keep]
 
 
 def _same_geometry(collection: Collection, ids: np.ndarray, i: np.ndarray, j: np.ndarray,
                    minimum: int) -> tuple[np.ndarray, np.ndarray]:
     """The pairs (i, j) whose photos share at least `minimum` spatial_inliers, the first
-    photo as it is or mirrored (an unreadable photo is no one's copy)."""
+    photo as it is or mirrored."""
     from imagetext.instance.spatial import local_features, spatial_inliers
 
-    features: dict[tuple[int, bool], tuple | None] = {}
-
-    def local(m: int, mirror: bool = False):
-        if (m, mirror) not in features:
-            try:
-                features[m, mirror] = local_features(collection.get(int(ids[m])).path, mirror)
-            except (OSError, InvalidInputError):
-                features[m, mirror] = None
-        return features[m, mirror]
-
+    local = _per_photo(collection, ids, local_features)
     keep = np.zeros(len(i), bool)
     for k, (m, n) in enumerate(zip(i.tolist(), j.tolist())):
-        a, b = local(m), local(n)
+        a, b = local(m, False), local(n, False)
         keep[k] = a is not None and b is not None and (
             spatial_inliers(a, b) >= minimum or spatial_inliers(local(m, True), b) >= minimum)
     return i[keep], j[keep]

@@ -322,12 +322,10 @@ class Searcher:
                 out[-1].match = match
         return out
 
-    def results(self, scores: np.ndarray, ids: np.ndarray, exclude: int | None = None,
-                k: int | None = None) -> list[SearchResult]:
-        valid = [(int(i), float(s)) for i, s in zip(ids, scores) if i >= 0 and i != exclude]
+    def results(self, scores: np.ndarray, ids: np.ndarray) -> list[SearchResult]:
+        valid = [(int(i), float(s)) for i, s in zip(ids, scores) if i >= 0]
         records = self.col.store.get_many(i for i, _ in valid)
-        out = [self.result(records[i], s) for i, s in valid if i in records]
-        return out[:k] if k else out
+        return [self.result(records[i], s) for i, s in valid if i in records]
 
     def result(self, r: ImageRecord, score: float) -> SearchResult:
         return SearchResult(r.id, str(self.col.root / r.path), score, r.width, r.height, r.caption)
